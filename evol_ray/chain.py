@@ -1,0 +1,99 @@
+"""One row's evolution chain, the heart of a round (WizardLM, arXiv 2304.12244, sections 3.1-3.3).
+
+For one pool row: choose the operation, evolve the instruction, then run the elimination rules,
+each cheap check before the engine call it makes unnecessary:
+
+    evolve -> rule 4 (copied prompt words) -> rule 1 (judge: Equal?) -> answer
+           -> rule 2 (short apology) -> rule 3 (only stop words)
+
+The judge runs before the answer: its prompt is short and its output is at most a few tokens,
+while an answer may run to thousands, so an instruction without information gain costs no answer.
+
+Reads the pool columns (`id`, `root_id`, `instruction`, `response`); returns one attempt row with
+every column of `columns.ROUND_SCHEMA`. An engine error becomes status `error` on that row only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict
+
+from evol_ray import columns as C
+from evol_ray import identity, prompts, rules
+from evol_ray.config import Config
+from evol_ray.engine import Completion, TextGenerator
+
+
+def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:
+    return {
+        C.ID: identity.child_id(row[C.ID], round_no),
+        C.PARENT_ID: row[C.ID],
+        C.ROOT_ID: row[C.ROOT_ID],
+        C.ROUND: round_no,
+        C.OP: op,
+        C.INSTRUCTION: None,
+        C.RESPONSE: None,
+        C.PARENT_INSTRUCTION: row[C.INSTRUCTION],
+        C.PARENT_RESPONSE: row.get(C.RESPONSE),
+        C.STATUS: C.KEPT,
+        C.REASON: None,
+        C.ERROR: None,
+        C.PROMPT_TOKENS: 0,
+        C.GENERATED_TOKENS: 0,
+        C.ENGINE_SECONDS: 0.0,
+    }
+
+
+async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg: Config) -> Dict[str, Any]:
+    parent = row[C.INSTRUCTION]
+    if parent is None or not parent.strip():
+        out = _attempt(row, round_no, None)
+        out.update({C.STATUS: C.INVALID_INPUT, C.REASON: C.R_EMPTY_INSTRUCTION})
+        return out
+
+    op = identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights)
+    out = _attempt(row, round_no, op)
+    started = time.monotonic()
+
+    async def ask(step: str, prompt: str, sampling, choices=None) -> Completion:
+        seed = identity.request_seed(cfg.seed, row[C.ID], round_no, step)
+        c = await gen.generate(prompt, sampling, seed=seed, choices=choices)
+        out[C.PROMPT_TOKENS] += c.prompt_tokens
+        out[C.GENERATED_TOKENS] += c.generated_tokens
+        return c
+
+    def eliminate(reason: str) -> Dict[str, Any]:
+        out.update({C.STATUS: C.ELIMINATED, C.REASON: reason})
+        return out
+
+    ev, el = cfg.evolution, cfg.elimination
+    try:
+        evolved = await ask("evolve", prompts.evolve_prompt(ev.templates, op, parent), ev.evolve_sampling)
+        instruction = rules.clean_evolution(evolved.text)
+        out[C.INSTRUCTION] = instruction
+        if not instruction:
+            return eliminate(C.R_EMPTY_EVOLUTION)
+        if reason := rules.copied_prompt_words(instruction, el.copied_phrases):
+            return eliminate(reason)
+        if el.judge:
+            verdict = await ask(
+                "judge",
+                el.judge_template.format(first=parent, second=instruction),
+                el.judge_sampling,
+                choices=(prompts.JUDGE_EQUAL, prompts.JUDGE_NOT_EQUAL),
+            )
+            if rules.judge_says_equal(verdict.text):
+                return eliminate(C.R_NO_GAIN)
+        answer = await ask("answer", instruction, ev.answer_sampling)
+        out[C.RESPONSE] = answer.text
+        if reason := rules.short_apology(answer.text, el.sorry_phrases, el.sorry_max_words):
+            return eliminate(reason)
+        if el.stopwords_only and (reason := rules.only_stopwords(answer.text)):
+            return eliminate(reason)
+        return out
+    except Exception as e:  # one row's engine failure must not end the round
+        out.update({C.STATUS: C.ERROR_STATUS, C.REASON: C.R_ENGINE_ERROR,
+                    C.ERROR: f"{type(e).__name__}: {e}"[:2000]})
+        return out
+    finally:
+        out[C.ENGINE_SECONDS] = time.monotonic() - started

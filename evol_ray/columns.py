@@ -1,0 +1,91 @@
+"""Every column, status and reason name evol-ray writes, declared once.
+
+Stages import names from here; nothing else spells a column as a string literal. The Arrow
+schemas at the bottom are what a round's Parquet output and the next round's pool look like.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- identity and lineage -------------------------------------------------------------------
+ID = "id"  # this row's instruction id (an evolved instruction gets a new one)
+PARENT_ID = "parent_id"  # the pool row this attempt evolved from (null for seeds)
+ROOT_ID = "root_id"  # the seed at the start of the chain
+ROUND = "round"  # the round that made this attempt (0 for seeds)
+OP = "op"  # evolution operation, one of evol_ray.prompts.OPS
+
+# --- text -----------------------------------------------------------------------------------
+INSTRUCTION = "instruction"  # the evolved instruction (the pool's instruction for seeds)
+RESPONSE = "response"  # the model's answer to INSTRUCTION
+PARENT_INSTRUCTION = "parent_instruction"  # carried so a failed attempt can hand its parent on
+PARENT_RESPONSE = "parent_response"
+
+# --- outcome --------------------------------------------------------------------------------
+STATUS = "status"
+REASON = "reason"  # named reason for any status but `kept`; null for kept rows
+ERROR = "error"  # engine error message for status `error`
+
+# --- engine accounting (per row, summed into the round manifest) ----------------------------
+PROMPT_TOKENS = "prompt_tokens"
+GENERATED_TOKENS = "generated_tokens"
+ENGINE_SECONDS = "engine_seconds"  # wall seconds from the row's first request to its last reply
+
+# --- statuses -------------------------------------------------------------------------------
+KEPT = "kept"
+ELIMINATED = "eliminated"
+INVALID_INPUT = "invalid_input"
+ERROR_STATUS = "error"
+STATUSES = (KEPT, ELIMINATED, INVALID_INPUT, ERROR_STATUS)
+
+# --- reasons (one name per elimination rule of WizardLM, arXiv 2304.12244 section 3.3) ------
+R_NO_GAIN = "no_information_gain"  # rule 1: judge says Equal
+R_SORRY = "short_apology"  # rule 2: answer has "sorry" and is short
+R_STOPWORDS = "only_stopwords"  # rule 3: answer is punctuation and stop words only
+R_COPIED_PROMPT = "copied_prompt_words"  # rule 4: instruction copies the evolving prompt
+R_EMPTY_EVOLUTION = "empty_evolution"  # the rewriter returned nothing usable
+R_EMPTY_INSTRUCTION = "empty_instruction"  # invalid_input: blank seed instruction
+R_ENGINE_ERROR = "engine_error"
+REASONS = (
+    R_NO_GAIN,
+    R_SORRY,
+    R_STOPWORDS,
+    R_COPIED_PROMPT,
+    R_EMPTY_EVOLUTION,
+    R_EMPTY_INSTRUCTION,
+    R_ENGINE_ERROR,
+)
+
+# A pool row: what one round reads.
+POOL_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(ROOT_ID, pa.string(), nullable=False),
+        pa.field(INSTRUCTION, pa.string()),
+        pa.field(RESPONSE, pa.string()),
+    ]
+)
+
+# An attempt row: what one round writes, kept or not.
+ROUND_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(PARENT_ID, pa.string()),
+        pa.field(ROOT_ID, pa.string(), nullable=False),
+        pa.field(ROUND, pa.int32(), nullable=False),
+        pa.field(OP, pa.string()),
+        pa.field(INSTRUCTION, pa.string()),
+        pa.field(RESPONSE, pa.string()),
+        pa.field(PARENT_INSTRUCTION, pa.string()),
+        pa.field(PARENT_RESPONSE, pa.string()),
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(REASON, pa.string()),
+        pa.field(ERROR, pa.string()),
+        pa.field(PROMPT_TOKENS, pa.int64()),
+        pa.field(GENERATED_TOKENS, pa.int64()),
+        pa.field(ENGINE_SECONDS, pa.float64()),
+    ]
+)
+
+# The training set: every kept row of every round (plus seeds when configured).
+FINAL_COLUMNS = (ID, PARENT_ID, ROOT_ID, ROUND, OP, INSTRUCTION, RESPONSE)

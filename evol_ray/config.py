@@ -1,0 +1,312 @@
+"""Typed configuration: OmegaConf structured dataclasses, merged from YAML files and dotted overrides,
+checked once at load so that a wrong key, type or value fails before Ray starts, naming the key.
+
+`conf/default.yaml` documents every key; the dataclass defaults below are the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from evol_ray import prompts
+
+
+class ConfigError(ValueError):
+    """A config problem, with the dotted key (and the file, where known) in the message."""
+
+
+@dataclass
+class InputConfig:
+    path: str = MISSING
+    format: str = "auto"
+    instruction_column: str = "instruction"
+    input_column: Optional[str] = "input"
+    response_column: Optional[str] = "output"
+    id_column: Optional[str] = None
+    limit: Optional[int] = None
+
+
+@dataclass
+class OutputConfig:
+    path: str = MISSING
+    include_seeds: bool = False
+    start_over: bool = False
+    rows_per_file: int = 100_000
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    retries: int = 5
+
+
+@dataclass
+class ModelConfig:
+    source: str = MISSING
+    tokenizer: Optional[str] = None
+    dtype: str = "auto"
+    max_model_len: Optional[int] = None
+    load_format: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class EngineConfig:
+    device: str = "auto"
+    replicas: int = 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.90
+    cpu_kv_cache_fraction: float = 0.10
+    cpus_per_replica: float = 1.0
+    max_num_seqs: int = 256
+    batch_size: int = 64
+    batches_in_flight: int = 4
+    enforce_eager: bool = False
+    extra_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_tokens: int = 2048
+
+
+@dataclass
+class TemplatesConfig:
+    depth: str = prompts.DEPTH_TEMPLATE
+    breadth: str = prompts.BREADTH_TEMPLATE
+    methods: Dict[str, str] = field(default_factory=lambda: dict(prompts.METHODS))
+
+
+@dataclass
+class EvolutionConfig:
+    rounds: int = 4
+    op_weights: Dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in prompts.OPS})
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    evolve_sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    answer_sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class EliminationConfig:
+    judge: bool = True
+    judge_template: str = prompts.JUDGE_TEMPLATE
+    judge_sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8)
+    )
+    sorry_phrases: List[str] = field(default_factory=lambda: ["sorry"])
+    sorry_max_words: int = 80
+    stopwords_only: bool = True
+    copied_phrases: List[str] = field(default_factory=lambda: list(prompts.COPIED_PROMPT_PHRASES))
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    elimination: EliminationConfig = field(default_factory=EliminationConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# Sections whose values change what a run produces. A rerun into an existing output path must
+# agree on these; engine sizing, storage and Ray address may change between attempts.
+RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds")
+
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
+
+
+def load_config(args: Sequence[str | Path] = ()) -> Config:
+    """Merge the defaults with each argument in order, later ones winning: a YAML file path, or a
+    `dotted.key=value` override. Then validate."""
+    cfg = OmegaConf.structured(Config)
+    for arg in args:
+        item = str(arg)
+        if "=" in item and not item.endswith((".yaml", ".yml")):
+            cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+            continue
+        try:
+            loaded = OmegaConf.load(item)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {item}: not found") from None
+        except Exception as e:  # yaml errors carry line and column
+            raise ConfigError(f"config file {item}: not valid YAML: {e}") from None
+        cfg = _merge(cfg, loaded, f"config file {item}")
+    try:
+        obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "config")) from None
+    validate(obj)
+    return obj
+
+
+def _merge(cfg: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def _describe(e: OmegaConfBaseException, source: str) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(getattr(e, "msg", e)).split("\n")[0]
+    if "missing mandatory value" in msg.lower():
+        msg = "is required but not set"
+    elif msg.startswith("Key ") and " not in " in msg:
+        node = OmegaConf.structured(Config)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        sub = OmegaConf.select(node, parent) if parent else node
+        if isinstance(sub, DictConfig):
+            msg = f"unknown key; allowed here: {', '.join(str(k) for k in sub.keys())}"
+    return f"{source}: config key '{key}': {msg}"
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ConfigError(f"config key '{key}': {problem}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks OmegaConf's types cannot express. Each failure names its key."""
+    if cfg.input.format not in ("auto", "parquet", "json", "jsonl"):
+        _fail("input.format", f"got {cfg.input.format!r}, allowed: auto, parquet, json, jsonl")
+    if not cfg.input.path.strip():
+        _fail("input.path", "must not be empty")
+    if not cfg.output.path.strip():
+        _fail("output.path", "must not be empty")
+    if not cfg.input.instruction_column:
+        _fail("input.instruction_column", "must name a column")
+    if cfg.input.limit is not None and cfg.input.limit < 1:
+        _fail("input.limit", f"got {cfg.input.limit}, expected a positive integer or null")
+    if cfg.output.rows_per_file < 1:
+        _fail("output.rows_per_file", "must be at least 1")
+    if not cfg.model.source.strip():
+        _fail("model.source", "must be a Hugging Face model id or a local directory")
+    if cfg.evolution.rounds < 1:
+        _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
+    weights = cfg.evolution.op_weights
+    for op, w in weights.items():
+        if op not in prompts.OPS:
+            _fail(f"evolution.op_weights.{op}", f"unknown operation, allowed: {', '.join(prompts.OPS)}")
+        if w < 0:
+            _fail(f"evolution.op_weights.{op}", f"got {w}, expected a weight >= 0")
+    if sum(weights.values()) <= 0:
+        _fail("evolution.op_weights", "at least one operation needs a positive weight")
+    for op in weights:
+        if op != prompts.BREADTH and weights[op] > 0 and op not in cfg.evolution.templates.methods:
+            _fail(f"evolution.templates.methods.{op}", "missing: every in-depth operation with a weight needs a method text")
+    _check_template("evolution.templates.depth", cfg.evolution.templates.depth, ("instruction", "method"))
+    _check_template("evolution.templates.breadth", cfg.evolution.templates.breadth, ("instruction",))
+    _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
+    for name in ("evolve_sampling", "answer_sampling"):
+        _check_sampling(f"evolution.{name}", getattr(cfg.evolution, name))
+    _check_sampling("elimination.judge_sampling", cfg.elimination.judge_sampling)
+    if cfg.elimination.judge and cfg.elimination.judge_sampling.max_tokens < 4:
+        _fail("elimination.judge_sampling.max_tokens", "must be at least 4 so 'Not Equal' fits")
+    if cfg.elimination.sorry_max_words < 0:
+        _fail("elimination.sorry_max_words", "must be >= 0")
+    e = cfg.engine
+    if e.device not in ("auto", "gpu", "cpu"):
+        _fail("engine.device", f"got {e.device!r}, allowed: auto, gpu, cpu")
+    for key in ("replicas", "tensor_parallel_size", "max_num_seqs", "batch_size", "batches_in_flight"):
+        if getattr(e, key) < 1:
+            _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
+    if not 0 < e.gpu_memory_utilization <= 1:
+        _fail("engine.gpu_memory_utilization", "expected a fraction in (0, 1]")
+    if not 0 < e.cpu_kv_cache_fraction <= 1:
+        _fail("engine.cpu_kv_cache_fraction", "expected a fraction in (0, 1]")
+    if e.cpus_per_replica <= 0:
+        _fail("engine.cpus_per_replica", "expected a positive number")
+    if cfg.storage.retries < 0:
+        _fail("storage.retries", "must be >= 0")
+
+
+def _check_template(key: str, template: str, fields: tuple[str, ...]) -> None:
+    import string
+
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        _fail(key, f"not a valid template ({e}); write literal braces as {{{{ and }}}}")
+    for f in fields:
+        if f not in names:
+            _fail(key, f"must contain the placeholder {{{f}}}")
+    extra = names - set(fields)
+    if extra:
+        _fail(key, f"unknown placeholder(s) {sorted(extra)}, allowed: {list(fields)}")
+
+
+def _check_sampling(key: str, s: SamplingConfig) -> None:
+    if s.temperature < 0:
+        _fail(f"{key}.temperature", "must be >= 0")
+    if not 0 < s.top_p <= 1:
+        _fail(f"{key}.top_p", "expected a value in (0, 1]")
+    if s.max_tokens < 1:
+        _fail(f"{key}.max_tokens", "must be at least 1")
+
+
+def to_container(cfg: Config, redact: bool = True) -> dict:
+    """A plain dict of the config; secrets under storage.options are masked unless redact=False."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    if redact:
+        data["storage"]["options"] = _redact(data["storage"]["options"])
+    return data  # type: ignore[return-value]
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) else _redact(v)) for k, v in value.items()}
+    return value
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(to_container(cfg))
+
+
+def result_values(cfg: Config) -> Dict[str, Any]:
+    """The flattened `key -> value` map of everything that changes what a run produces."""
+    data = to_container(cfg)
+    flat: Dict[str, Any] = {}
+    for section in RESULT_SECTIONS:
+        node: Any = data
+        for part in section.split("."):
+            node = node[part]
+        _flatten(section, node, flat)
+    return flat
+
+
+def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = node
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(result_values(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def differing_keys(saved: Dict[str, Any], cfg: Config) -> List[str]:
+    now = result_values(cfg)
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

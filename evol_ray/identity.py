@@ -1,0 +1,55 @@
+"""Stable identities and the per-row randomness derived from them.
+
+Every choice evol-ray makes at random (the evolution operation, the engine's sampling seed) is a hash
+of (`seed`, row id, round, ...), never global random state: the same run makes the same choices
+however the data is partitioned, retried or resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+from evol_ray import prompts
+
+
+def _digest(*parts: object) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(str(p).encode("utf-8"))
+        h.update(b"\x1f")  # unit separator: ("ab", "c") and ("a", "bc") differ
+    return h.digest()
+
+
+def content_id(text: str) -> str:
+    """Id of a seed derived from its content (used when no id column is configured)."""
+    return _digest("seed", text).hex()
+
+
+def child_id(parent_id: str, round_no: int) -> str:
+    """Id of the instruction evolved from `parent_id` in `round_no`."""
+    return _digest("child", parent_id, round_no).hex()
+
+
+def unit_float(*parts: object) -> float:
+    """A number in [0, 1) that depends only on `parts`."""
+    return int.from_bytes(_digest(*parts)[:8], "big") / 2**64
+
+
+def request_seed(seed: int, row_id: str, round_no: int, step: str) -> int:
+    """Sampling seed for one engine request: reproducible per row, round and step."""
+    return int.from_bytes(_digest("sample", seed, row_id, round_no, step)[:4], "big") & 0x7FFFFFFF
+
+
+def choose_op(seed: int, row_id: str, round_no: int, weights: Mapping[str, float],
+              ops: Sequence[str] = prompts.OPS) -> str:
+    """Weighted choice of an evolution operation from a hash of (seed, row id, round)."""
+    names = [op for op in ops if weights.get(op, 0) > 0]
+    total = sum(weights[op] for op in names)
+    x = unit_float("op", seed, row_id, round_no) * total
+    acc = 0.0
+    for op in names:
+        acc += weights[op]
+        if x < acc:
+            return op
+    return names[-1]  # float rounding at the very top of the range

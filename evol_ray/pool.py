@@ -1,0 +1,54 @@
+"""Pure batch functions between rounds: which row goes on to the next round, and what is training data.
+
+`next_pool` implements WizardLM's rule that a failed evolution hands its parent on unchanged
+(arXiv 2304.12244, sec. 3.3): reads `status`, `id`/`instruction`/`response` and their `parent_*`
+twins and `root_id`; writes pool rows (`columns.POOL_SCHEMA`).
+`final_rows` keeps the `kept` rows with `columns.FINAL_COLUMNS`; `seed_rows` shapes seeds alike.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from evol_ray import columns as C
+
+
+def next_pool(batch: pa.Table) -> pa.Table:
+    """Round attempts -> next round's pool: the evolved row where it was kept, else its parent.
+    Rows of status `invalid_input` have nothing to hand on and leave the pool (they stay counted
+    in the round that flagged them)."""
+    batch = batch.filter(pc.not_equal(batch[C.STATUS], C.INVALID_INPUT))
+    kept = pc.equal(batch[C.STATUS], C.KEPT)
+    return pa.table(
+        {
+            C.ID: pc.if_else(kept, batch[C.ID], batch[C.PARENT_ID]),
+            C.ROOT_ID: batch[C.ROOT_ID],
+            C.INSTRUCTION: pc.if_else(kept, batch[C.INSTRUCTION], batch[C.PARENT_INSTRUCTION]),
+            C.RESPONSE: pc.if_else(kept, batch[C.RESPONSE], batch[C.PARENT_RESPONSE]),
+        },
+        schema=C.POOL_SCHEMA,
+    )
+
+
+def final_rows(batch: pa.Table) -> pa.Table:
+    """Round attempts -> training rows: only `kept` ones."""
+    return batch.filter(pc.equal(batch[C.STATUS], C.KEPT)).select(list(C.FINAL_COLUMNS))
+
+
+def seed_rows(batch: pa.Table) -> pa.Table:
+    """Pool rows of the seeds -> training rows (round 0, no parent, no operation). Blank seeds are
+    left out: round 1 recorded them as `invalid_input`."""
+    batch = batch.filter(pc.not_equal(pc.utf8_trim_whitespace(batch[C.INSTRUCTION]), ""))
+    n = batch.num_rows
+    return pa.table(
+        {
+            C.ID: batch[C.ID],
+            C.PARENT_ID: pa.nulls(n, pa.string()),
+            C.ROOT_ID: batch[C.ROOT_ID],
+            C.ROUND: pa.array([0] * n, pa.int32()),
+            C.OP: pa.nulls(n, pa.string()),
+            C.INSTRUCTION: batch[C.INSTRUCTION],
+            C.RESPONSE: batch[C.RESPONSE],
+        }
+    )

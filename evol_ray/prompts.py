@@ -1,0 +1,96 @@
+"""Default prompt templates, our own wording of the structure in WizardLM (arXiv 2304.12244, sec. 3.1).
+
+In-depth evolving asks a rewriter to make an instruction harder by one method while keeping its
+non-text parts (tables, code) and its input, adding only 10 to 20 words, and never echoing the
+markers of the template. In-breadth evolving asks for a new, rarer instruction of the same domain,
+of similar length and difficulty. The judge prompt asks whether two instructions are equal (the
+"no information gain" elimination rule); the verdict is forced to one of two choices.
+
+These strings are only defaults: every template is a config key (`evolution.templates.*`,
+`elimination.judge_template`) so a user can change them without touching code. Placeholders are
+Python `str.format` fields: `{instruction}`, `{method}`, `{first}`, `{second}`.
+"""
+
+from __future__ import annotations
+
+# Operation names, in a fixed order (the order matters for deterministic weighted choice).
+CONSTRAINTS = "add_constraints"
+DEEPEN = "deepen"
+CONCRETIZE = "concretize"
+REASONING = "add_reasoning"
+COMPLICATE_INPUT = "complicate_input"
+BREADTH = "breadth"
+DEPTH_OPS = (CONSTRAINTS, DEEPEN, CONCRETIZE, REASONING, COMPLICATE_INPUT)
+OPS = DEPTH_OPS + (BREADTH,)
+
+ORIGINAL_MARKER = "#Original Instruction#"
+REWRITTEN_MARKER = "#Rewritten Instruction#"
+NEW_MARKER = "#New Instruction#"
+
+DEPTH_TEMPLATE = (
+    "You are an instruction rewriter. Rewrite the instruction below into a harder version, one that "
+    "well-known AI assistants would find more demanding to answer well. The rewritten instruction "
+    "must still make sense, and a person must be able to understand and answer it.\n"
+    "Keep every non-text part of the original, such as tables, code and data, and keep its input "
+    "if it has one.\n"
+    "Make it harder in this way: {method}\n"
+    "Do not make it wordy: the rewritten instruction may add only 10 to 20 words to the original.\n"
+    f"Do not write the words '{ORIGINAL_MARKER}', '{REWRITTEN_MARKER}', 'original instruction' "
+    "or 'rewritten instruction' in your answer. Reply with the rewritten instruction only.\n\n"
+    f"{ORIGINAL_MARKER}\n{{instruction}}\n\n{REWRITTEN_MARKER}\n"
+)
+
+BREADTH_TEMPLATE = (
+    "You are an instruction creator. Taking the instruction below as inspiration, write a brand "
+    "new instruction. It must belong to the same domain as the original but be about a rarer, "
+    "less common topic. Keep its length and difficulty close to the original's. A person must be "
+    "able to understand and answer it.\n"
+    f"Do not write the words '{ORIGINAL_MARKER}', '{NEW_MARKER}', 'original instruction' or "
+    "'new instruction' in your answer. Reply with the new instruction only.\n\n"
+    f"{ORIGINAL_MARKER}\n{{instruction}}\n\n{NEW_MARKER}\n"
+)
+
+METHODS = {
+    CONSTRAINTS: "Add exactly one more constraint or requirement that the answer must satisfy.",
+    DEEPEN: "If the instruction asks about a particular issue, ask about it in more depth and "
+    "breadth.",
+    CONCRETIZE: "Replace general concepts with more specific, concrete ones.",
+    REASONING: "If the instruction can be solved with a few simple steps of thought, rewrite it so "
+    "that it explicitly requires reasoning over several steps.",
+    COMPLICATE_INPUT: "Add input data in a structured format, such as an XML snippet, a JSON "
+    "object, a table or a piece of code, that the answer must use.",
+}
+
+JUDGE_TEMPLATE = (
+    "Here are two instructions given to an AI assistant. Decide whether they are equal. They are "
+    "equal only if they share the same constraints and requirements and ask for the same depth "
+    "and breadth of answer.\n\n"
+    "First instruction:\n{first}\n\n"
+    "Second instruction:\n{second}\n\n"
+    "Answer with Equal or Not Equal."
+)
+JUDGE_EQUAL = "Equal"
+JUDGE_NOT_EQUAL = "Not Equal"
+
+# Phrases that betray an evolution echoing its template (elimination rule 4). WizardLM's own
+# markers are listed too: models trained on WizardLM data tend to emit them.
+COPIED_PROMPT_PHRASES = (
+    "given prompt",
+    "rewritten prompt",
+    "#given prompt#",
+    "#rewritten prompt#",
+    "#created prompt#",
+    "original instruction",
+    "rewritten instruction",
+    "new instruction",
+    ORIGINAL_MARKER,
+    REWRITTEN_MARKER,
+    NEW_MARKER,
+)
+
+
+def evolve_prompt(templates, op: str, instruction: str) -> str:
+    """The rewriter prompt for one operation. `templates` is an `EvolutionTemplates` config."""
+    if op == BREADTH:
+        return templates.breadth.format(instruction=instruction)
+    return templates.depth.format(method=templates.methods[op], instruction=instruction)

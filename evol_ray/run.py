@@ -1,0 +1,271 @@
+"""The driver: check everything cheap first, then run the rounds, each written and committed.
+
+Output layout under `output.path` (local or `s3://`):
+
+    run.json            config hash and the values it covers (a rerun must agree)
+    config.yaml         the resolved config, secrets masked
+    round_N/            every attempted evolution of round N, kept or not, as Parquet
+    round_N/manifest.json   written last: the commit marker, with counts and the file list
+    final/              the training set: every kept row of every round (+ seeds if configured)
+    final/manifest.json
+
+A round is complete only when its manifest says so; a rerun skips complete rounds and redoes the
+rest. Round data is written to `round_N/_staging/` and moved into place before the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+import pyarrow.parquet as pq
+import ray
+
+from evol_ray import columns as C
+from evol_ray import config as config_mod
+from evol_ray import pool as pool_mod
+from evol_ray import seeds as seeds_mod
+from evol_ray import stage as stage_mod
+from evol_ray.config import Config
+from evol_ray.storage import Location, describe_error, list_files, locate, read_json, remove, write_json
+
+log = logging.getLogger("evol_ray")
+
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+
+
+class RunError(RuntimeError):
+    """A problem that stops the run, with a message meant for the user."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def round_dir(out: Location, round_no: int) -> Location:
+    return out.join(f"round_{round_no}")
+
+
+def read_manifest(loc: Location) -> Optional[dict]:
+    m = read_json(loc.join(MANIFEST))
+    return m if m and m.get("complete") else None
+
+
+def prepare_output(cfg: Config, out: Location) -> None:
+    """Refuse to mix two configs in one output path, unless `output.start_over` is set."""
+    saved = read_json(out.join(RUN_FILE))
+    if saved is not None and saved.get("config_hash") != config_mod.config_hash(cfg):
+        if cfg.output.start_over:
+            log.warning("output.start_over: removing the earlier run at %s", out.url)
+            remove(out)
+        else:
+            keys = config_mod.differing_keys(saved.get("result_values", {}), cfg)
+            raise RunError(
+                f"{out.url} holds a run made with a different config; keys that differ: "
+                f"{', '.join(keys) or '(unknown)'}. Use another output.path, or set "
+                "output.start_over=true to delete that run and start again."
+            )
+    write_json(out.join(RUN_FILE), {
+        "config_hash": config_mod.config_hash(cfg),
+        "result_values": config_mod.result_values(cfg),
+        "created": (saved or {}).get("created", _now()),
+    })
+    with out.fs.open(out.join("config.yaml").path, "w") as f:
+        f.write(config_mod.to_yaml(cfg))
+
+
+def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
+    """Counts of a round's written files: read back from storage, never by re-running the stage."""
+    cols = [C.STATUS, C.REASON, C.OP, C.PROMPT_TOKENS, C.GENERATED_TOKENS, C.ENGINE_SECONDS]
+    status, reason, op, op_kept = Counter(), Counter(), Counter(), Counter()
+    prompt_tokens = generated_tokens = 0
+    engine_seconds = 0.0
+    rows = 0
+    for path in files:
+        with loc.fs.open(path, "rb") as f:
+            t = pq.read_table(f, columns=cols)
+        rows += t.num_rows
+        d = t.to_pydict()
+        status.update(d[C.STATUS])
+        reason.update(r for r in d[C.REASON] if r)
+        op.update(o for o in d[C.OP] if o)
+        op_kept.update(o for o, s in zip(d[C.OP], d[C.STATUS]) if o and s == C.KEPT)
+        prompt_tokens += sum(x or 0 for x in d[C.PROMPT_TOKENS])
+        generated_tokens += sum(x or 0 for x in d[C.GENERATED_TOKENS])
+        engine_seconds += sum(x or 0.0 for x in d[C.ENGINE_SECONDS])
+    return {
+        "rows": rows,
+        "status_counts": dict(sorted(status.items())),
+        "reason_counts": dict(sorted(reason.items())),
+        "op_counts": dict(sorted(op.items())),
+        "op_kept_counts": dict(sorted(op_kept.items())),
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated_tokens,
+        "row_engine_seconds": engine_seconds,
+    }
+
+
+def _write_committed(ds: ray.data.Dataset, dest: Location, cfg: Config) -> List[str]:
+    """Write `ds` to `dest/_staging`, then move the files into `dest`. Returns their paths."""
+    staging = dest.join("_staging")
+    remove(staging)
+    ds.write_parquet(staging.path, filesystem=dest.arrow_fs, max_rows_per_file=cfg.output.rows_per_file)
+    files = []
+    for src in list_files(staging):
+        dst = posixpath.join(dest.path, posixpath.basename(src))
+        dest.fs.mv(src, dst)
+        files.append(dst)
+    remove(staging)
+    return sorted(files)
+
+
+def read_files(loc: Location, files: List[str]) -> ray.data.Dataset:
+    return ray.data.read_parquet([loc.url_of(f) for f in files], filesystem=loc.arrow_fs)
+
+
+def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]) -> ray.data.Dataset:
+    fs = locate(cfg.input.path, cfg.storage).arrow_fs
+    paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
+    if fmt == "parquet":
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols)
+    else:
+        # pyarrow reads JSON Lines; a JSON array falls back to json.load in the same reader.
+        ds = ray.data.read_json(paths, filesystem=fs)
+    if cfg.input.limit:
+        ds = ds.limit(cfg.input.limit)
+    return ds.map_batches(seeds_mod.to_pool, fn_kwargs={"ic": cfg.input}, batch_format="pyarrow",
+                          batch_size=None)
+
+
+def choose_device(cfg: Config) -> str:
+    if cfg.engine.device != "auto":
+        return cfg.engine.device
+    return "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
+              expected_rows: Optional[int]) -> dict:
+    rdir = round_dir(out, round_no)
+    remove(rdir)  # whatever an interrupted attempt left: never taken for a finished round
+    started = time.monotonic()
+    stats = stage_mod.EngineStats.remote()
+    attempts = stage_mod.evolve(pool, cfg, round_no, device, stats)
+    files = _write_committed(attempts, rdir, cfg)
+    counts = count_files(rdir, files)
+    if expected_rows is not None and counts["rows"] != expected_rows:
+        raise RunError(f"round {round_no}: wrote {counts['rows']} rows for {expected_rows} input rows; "
+                       "the round is left uncommitted")
+    engines = stage_mod.summarize_engines(ray.get(stats.get.remote()))
+    ray.kill(stats)
+    manifest = {
+        "round": round_no,
+        "complete": True,
+        "config_hash": config_mod.config_hash(cfg),
+        "rows_in": counts["rows"],
+        "rows_kept": counts["status_counts"].get(C.KEPT, 0),
+        **{k: v for k, v in counts.items() if k != "rows"},
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "engine": engines,
+        "device": device,
+        "files": [posixpath.relpath(f, rdir.path) for f in files],
+        "finished": _now(),
+    }
+    write_json(rdir.join(MANIFEST), manifest)
+    return manifest
+
+
+def pool_after(out: Location, round_no: int, manifest: dict) -> ray.data.Dataset:
+    rdir = round_dir(out, round_no)
+    files = [posixpath.join(rdir.path, f) for f in manifest["files"]]
+    return read_files(rdir, files).map_batches(pool_mod.next_pool, batch_format="pyarrow", batch_size=None)
+
+
+def pool_size_after(manifest: dict) -> int:
+    return manifest["rows_in"] - manifest["status_counts"].get(C.INVALID_INPUT, 0)
+
+
+def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset) -> dict:
+    final = out.join("final")
+    remove(final)
+    parts = []
+    if cfg.output.include_seeds:
+        parts.append(seeds.map_batches(pool_mod.seed_rows, batch_format="pyarrow", batch_size=None))
+    for m in manifests:
+        rdir = round_dir(out, m["round"])
+        files = [posixpath.join(rdir.path, f) for f in m["files"]]
+        parts.append(read_files(rdir, files).map_batches(pool_mod.final_rows, batch_format="pyarrow",
+                                                         batch_size=None))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    files = _write_committed(ds, final, cfg)
+    rows = 0
+    for f in files:
+        with final.fs.open(f, "rb") as fh:
+            rows += pq.read_metadata(fh).num_rows
+    manifest = {
+        "complete": True,
+        "config_hash": config_mod.config_hash(cfg),
+        "rows": rows,
+        "rounds": [m["round"] for m in manifests],
+        "include_seeds": cfg.output.include_seeds,
+        "files": [posixpath.relpath(f, final.path) for f in files],
+        "finished": _now(),
+    }
+    write_json(final.join(MANIFEST), manifest)
+    return manifest
+
+
+def run(cfg: Config) -> dict:
+    """Run every round not yet complete, then the final set. Returns a summary dict."""
+    # Everything cheap and checkable happens before Ray or any engine starts.
+    urls, fmt, cols = seeds_mod.check_input(cfg)
+    out = locate(cfg.output.path, cfg.storage)
+    try:
+        prepare_output(cfg, out)
+    except RunError:
+        raise
+    except Exception as e:
+        raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address or None, log_to_driver=True)
+    device = choose_device(cfg)
+    log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
+             len(urls), device, cfg.evolution.rounds, out.url)
+
+    seeds = read_seeds(cfg, urls, fmt, cols)
+    pool = seeds
+    expected: Optional[int] = None
+    manifests: List[dict] = []
+    redone = False  # once a round is redone, later rounds built on the old one are redone too
+    for r in range(1, cfg.evolution.rounds + 1):
+        m = None if redone else read_manifest(round_dir(out, r))
+        if m is not None and m.get("config_hash") == config_mod.config_hash(cfg):
+            log.info("round %d: complete in %s, skipped", r, out.url)
+        else:
+            m = run_round(cfg, out, r, pool, device, expected)
+            redone = True
+        manifests.append(m)
+        expected = pool_size_after(m)
+        pool = pool_after(out, r, m)
+    final = write_final(cfg, out, manifests, seeds)
+    return {"output": out.url, "rounds": manifests, "final": final}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"evol-ray: output in {summary['output']}"]
+    for m in summary["rounds"]:
+        eng = m.get("engine") or {}
+        busy = f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight)" if eng else ""
+        reasons = ", ".join(f"{k}={v}" for k, v in m["reason_counts"].items()) or "none"
+        lines.append(
+            f"round {m['round']}: in {m['rows_in']}, kept {m['rows_kept']}, "
+            f"statuses {m['status_counts']}, reasons: {reasons}; "
+            f"{m['generated_tokens']} tokens generated in {m['wall_seconds']:.1f}s{busy}"
+        )
+    lines.append(f"final: {summary['final']['rows']} rows")
+    return "\n".join(lines)

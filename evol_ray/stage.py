@@ -1,0 +1,120 @@
+"""The GPU stage of a round: one vLLM engine per actor, every row's chain running concurrently.
+
+`EvolveStage` is a callable class for `Dataset.map_batches`. Its `__call__` is an async generator,
+so Ray Data runs it on the actor's event loop and keeps several batches in flight per actor
+(`engine.batches_in_flight`): the engine's continuous batching stays full and no batch waits for
+its slowest row. One engine serves all three steps (evolve, judge, answer).
+
+Reads pool columns (`columns.POOL_SCHEMA`); writes attempt rows (`columns.ROUND_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import AsyncIterator, Optional
+
+import pyarrow as pa
+import ray
+
+from evol_ray import columns as C
+from evol_ray.chain import evolve_row
+from evol_ray.config import Config
+from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, VLLMGenerator
+
+
+@ray.remote(num_cpus=0)
+class EngineStats:
+    """Collects each engine actor's latest meter snapshot for one round (driver reads it at the end)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict = {}
+
+    def report(self, actor: str, snapshot: dict) -> None:
+        self.snapshots[actor] = snapshot
+
+    def get(self) -> dict:
+        return dict(self.snapshots)
+
+
+def summarize_engines(snapshots: dict) -> dict:
+    """Per-round engine figures from every actor's snapshot."""
+    if not snapshots:
+        return {}
+    snaps = list(snapshots.values())
+    life = sum(s["lifetime_s"] for s in snaps)
+    busy = sum(s["busy_s"] for s in snaps)
+    return {
+        "actors": len(snaps),
+        "busy_share": busy / life if life else 0.0,
+        "mean_in_flight": sum(s["mean_in_flight"] * s["lifetime_s"] for s in snaps) / life if life else 0.0,
+        "requests": sum(s["requests"] for s in snaps),
+        "prompt_tokens": sum(s["prompt_tokens"] for s in snaps),
+        "generated_tokens": sum(s["generated_tokens"] for s in snaps),
+        "startup_s": max(s.get("startup_s", 0.0) for s in snaps),
+        "per_actor": snapshots,
+    }
+
+
+class EvolveStage:
+    def __init__(self, cfg: Config, round_no: int, device: str, stats: Optional[object] = None,
+                 generator: Optional[TextGenerator] = None) -> None:
+        t0 = time.monotonic()
+        self.cfg = cfg
+        self.round_no = round_no
+        inner = generator or VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
+        self._inner = inner
+        self.meter = EngineMeter()
+        self.gen = MeteredGenerator(inner, self.meter)
+        self.stats = stats
+        self.startup_s = time.monotonic() - t0
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+
+    def _report(self) -> None:
+        if self.stats is not None:
+            snap = self.meter.snapshot()
+            snap["startup_s"] = self.startup_s
+            self.stats.report.remote(self.name, snap)
+
+    async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
+        rows = batch.select([C.ID, C.ROOT_ID, C.INSTRUCTION, C.RESPONSE]).to_pylist()
+        out = await asyncio.gather(*(evolve_row(self.gen, r, self.round_no, self.cfg) for r in rows))
+        self._report()
+        yield pa.Table.from_pylist(out, schema=C.ROUND_SCHEMA)
+
+
+def evolve(ds: ray.data.Dataset, cfg: Config, round_no: int, device: str,
+           stats: Optional[object] = None) -> ray.data.Dataset:
+    """Pool dataset -> attempt dataset for one round, on `engine.replicas` engine actors."""
+    e = cfg.engine
+    resources: dict = {"num_cpus": e.cpus_per_replica}
+    if device == "gpu":
+        if e.tensor_parallel_size == 1:
+            resources["num_gpus"] = 1
+        else:
+            # vLLM starts tensor-parallel workers as Ray actors in this actor's placement group;
+            # the actor itself holds no GPU.
+            resources["num_gpus"] = 0
+            resources["ray_remote_args_fn"] = lambda: _tp_placement(e.tensor_parallel_size, e.cpus_per_replica)
+    return ds.map_batches(
+        EvolveStage,
+        fn_constructor_kwargs={"cfg": cfg, "round_no": round_no, "device": device, "stats": stats},
+        batch_size=e.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            size=e.replicas,
+            max_tasks_in_flight_per_actor=e.batches_in_flight,
+            max_concurrent_calls_per_actor=e.batches_in_flight,
+        ),
+        **resources,
+    )
+
+
+def _tp_placement(tp: int, cpus: float) -> dict:
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"CPU": cpus}] + [{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        pg, placement_group_capture_child_tasks=True)}

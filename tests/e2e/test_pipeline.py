@@ -1,0 +1,115 @@
+"""End to end: seeds -> rounds -> final, through real Ray Data and the real vLLM engine (CPU build)
+with a tiny random model built by the fixture."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from evol_ray import columns as C
+from evol_ray.config import load_config
+from evol_ray.run import RunError, run
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.e2e
+
+N_SEEDS = 36
+
+
+def write_seeds(path):
+    rows = [{"instruction": f"Explain topic number {i} in simple words.", "input": "" if i % 3 else f"context {i}",
+             "output": f"answer {i}"} for i in range(N_SEEDS - 1)]
+    rows.append({"instruction": "   ", "input": "", "output": ""})  # invalid_input, counted not dropped
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def read_round(out, r, manifest=None):
+    manifest = manifest or json.load(open(out / f"round_{r}" / "manifest.json"))
+    return pq.read_table([str(out / f"round_{r}" / f) for f in manifest["files"]]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model, ray_local):
+    d = tmp_path_factory.mktemp("run")
+    seeds = write_seeds(d / "seeds.jsonl")
+    out = d / "out"
+    cfg = load_config(tiny_overrides(tiny_model, seeds, out) + ["output.include_seeds=true"])
+    summary = run(cfg)
+    return cfg, out, summary
+
+
+def test_every_row_accounted_for_in_every_round(finished_run):
+    cfg, out, summary = finished_run
+    assert [m["round"] for m in summary["rounds"]] == [1, 2]
+    prev_pool_ids = None
+    for r in (1, 2):
+        m = json.load(open(out / f"round_{r}" / "manifest.json"))
+        rows = read_round(out, r, m)
+        assert m["complete"] and m["round"] == r
+        assert len(rows) == m["rows_in"] == sum(m["status_counts"].values())
+        assert set(m["status_counts"]) <= set(C.STATUSES)
+        assert sum(m["reason_counts"].values()) == m["rows_in"] - m["status_counts"].get(C.KEPT, 0)
+        attempted = [x for x in rows if x[C.OP]]
+        assert sum(m["op_counts"].values()) == len(attempted)
+        assert m["generated_tokens"] > 0 and m["engine"]["requests"] > 0
+        assert 0 < m["engine"]["busy_share"] <= 1
+        assert len({x[C.PARENT_ID] for x in rows}) == len(rows), "one attempt per pool row"
+        if r == 1:
+            assert m["rows_in"] == N_SEEDS
+            assert m["status_counts"].get(C.INVALID_INPUT) == 1
+        else:
+            assert {x[C.PARENT_ID] for x in rows} == prev_pool_ids
+        prev_pool_ids = {x[C.ID] if x[C.STATUS] == C.KEPT else x[C.PARENT_ID]
+                         for x in rows if x[C.STATUS] != C.INVALID_INPUT}
+        for x in rows:
+            assert (x[C.REASON] is None) == (x[C.STATUS] == C.KEPT)
+            if x[C.STATUS] == C.ERROR_STATUS:
+                assert x[C.ERROR]
+
+
+def test_final_holds_exactly_the_kept_rows_plus_seeds(finished_run):
+    cfg, out, summary = finished_run
+    kept = set()
+    for r in (1, 2):
+        kept |= {x[C.ID] for x in read_round(out, r) if x[C.STATUS] == C.KEPT}
+    fm = json.load(open(out / "final" / "manifest.json"))
+    final = pq.read_table([str(out / "final" / f) for f in fm["files"]]).to_pylist()
+    evolved = [x for x in final if x[C.ROUND] > 0]
+    seeds = [x for x in final if x[C.ROUND] == 0]
+    assert sorted(x[C.ID] for x in evolved) == sorted(kept)
+    assert len(seeds) == N_SEEDS - 1  # the blank seed is not training data
+    assert fm["rows"] == len(final)
+    assert all(x[C.INSTRUCTION] and x[C.RESPONSE] is not None for x in evolved)
+
+
+def test_resolved_config_saved_with_output(finished_run):
+    cfg, out, _ = finished_run
+    saved = load_config([str(out / "config.yaml")])
+    assert saved == cfg
+
+
+def test_rerun_skips_complete_rounds_and_redoes_a_half_written_one(finished_run, tmp_path):
+    cfg, out, _ = finished_run
+    before = {r: json.load(open(out / f"round_{r}" / "manifest.json")) for r in (1, 2)}
+    mtimes = {p: os.stat(p).st_mtime_ns for p in (out / "round_1").iterdir()}
+    again = run(cfg)
+    assert again["rounds"] == [before[1], before[2]]  # nothing recomputed
+    assert {p: os.stat(p).st_mtime_ns for p in (out / "round_1").iterdir()} == mtimes
+
+    # A crash between writing round 2's data and its manifest leaves no manifest: it is redone.
+    os.remove(out / "round_2" / "manifest.json")
+    (out / "round_2" / "stray-partial.parquet").write_bytes(b"half a file")
+    redone = run(cfg)
+    assert redone["rounds"][0] == before[1]
+    m2 = redone["rounds"][1]
+    assert m2["finished"] >= before[2]["finished"] and m2["rows_in"] == before[2]["rows_in"]
+    assert not (out / "round_2" / "stray-partial.parquet").exists()
+
+
+def test_rerun_with_other_config_refuses_and_names_keys(finished_run):
+    cfg, out, _ = finished_run
+    other = load_config([str(out / "config.yaml"), "seed=99", "evolution.rounds=3"])
+    with pytest.raises(RunError, match=r"keys that differ: evolution.rounds, seed"):
+        run(other)

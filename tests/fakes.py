@@ -1,0 +1,34 @@
+"""A scripted test double behind the engine seam, for unit tests of pure logic only."""
+
+from __future__ import annotations
+
+from evol_ray.engine import Completion
+
+
+class ScriptedGenerator:
+    """Answers by step: the evolve prompt, the judge prompt (choices given) and the answer prompt.
+
+    `evolved`, `verdict` and `answer` are callables of the prompt (or plain strings); every call is
+    recorded in `calls` as (step, prompt)."""
+
+    def __init__(self, evolved="A harder instruction about birds and their migration routes.",
+                 verdict="Not Equal", answer="Birds migrate along flyways such as the East Atlantic.",
+                 fail_on=None):
+        self.evolved, self.verdict, self.answer, self.fail_on = evolved, verdict, answer, fail_on
+        self.calls: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _text(v, prompt):
+        return v(prompt) if callable(v) else v
+
+    async def generate(self, prompt, sampling, *, seed, choices=None):
+        if choices:
+            step, text = "judge", self._text(self.verdict, prompt)
+        elif "Rewrite the instruction below" in prompt or "write a brand new instruction" in prompt:
+            step, text = "evolve", self._text(self.evolved, prompt)
+        else:
+            step, text = "answer", self._text(self.answer, prompt)
+        self.calls.append((step, prompt))
+        if self.fail_on == step:
+            raise RuntimeError(f"engine failed during {step}")
+        return Completion(text, prompt_tokens=len(prompt.split()), generated_tokens=len(text.split()))

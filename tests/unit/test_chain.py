@@ -1,0 +1,92 @@
+import asyncio
+
+import pytest
+
+from evol_ray import columns as C
+from evol_ray import identity
+from evol_ray.chain import evolve_row
+from evol_ray.config import load_config
+from tests.fakes import ScriptedGenerator
+
+CFG = load_config(["input.path=x", "output.path=y", "model.source=m"])
+ROW = {C.ID: "p1", C.ROOT_ID: "r1", C.INSTRUCTION: "Name a migratory bird.", C.RESPONSE: "The swallow."}
+
+
+def run(gen, row=ROW, cfg=CFG, round_no=1):
+    return asyncio.run(evolve_row(gen, row, round_no, cfg))
+
+
+def steps(gen):
+    return [s for s, _ in gen.calls]
+
+
+def test_kept_row_has_lineage_and_all_columns():
+    gen = ScriptedGenerator()
+    out = run(gen)
+    assert set(out) == set(C.ROUND_SCHEMA.names)
+    assert out[C.STATUS] == C.KEPT and out[C.REASON] is None
+    assert out[C.ID] == identity.child_id("p1", 1)
+    assert (out[C.PARENT_ID], out[C.ROOT_ID], out[C.ROUND]) == ("p1", "r1", 1)
+    assert out[C.PARENT_INSTRUCTION] == ROW[C.INSTRUCTION]
+    assert out[C.INSTRUCTION] == gen.evolved and out[C.RESPONSE] == gen.answer
+    assert out[C.OP] == identity.choose_op(0, "p1", 1, CFG.evolution.op_weights)
+    assert steps(gen) == ["evolve", "judge", "answer"]
+    assert out[C.GENERATED_TOKENS] > 0 and out[C.PROMPT_TOKENS] > 0
+    # The answer prompt is the evolved instruction itself; the judge sees parent and child.
+    judge_prompt = gen.calls[1][1]
+    assert ROW[C.INSTRUCTION] in judge_prompt and gen.evolved in judge_prompt
+    assert gen.calls[2][1] == gen.evolved
+
+
+def test_copied_prompt_words_skip_judge_and_answer():
+    gen = ScriptedGenerator(evolved="#Rewritten Prompt#: name two birds")
+    out = run(gen)
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_COPIED_PROMPT)
+    assert steps(gen) == ["evolve"]
+
+
+def test_no_information_gain_skips_the_answer():
+    gen = ScriptedGenerator(verdict="Equal")
+    out = run(gen)
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_NO_GAIN)
+    assert steps(gen) == ["evolve", "judge"]
+    assert out[C.RESPONSE] is None
+
+
+def test_judge_can_be_switched_off():
+    cfg = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge=false"])
+    gen = ScriptedGenerator(verdict="Equal")
+    assert run(gen, cfg=cfg)[C.STATUS] == C.KEPT
+    assert steps(gen) == ["evolve", "answer"]
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("Sorry, I cannot answer that.", C.R_SORRY),
+    ("It is what it is.", C.R_STOPWORDS),
+    ("", C.R_STOPWORDS),
+])
+def test_answer_rules(answer, reason):
+    out = run(ScriptedGenerator(answer=answer))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, reason)
+    assert out[C.RESPONSE] == answer
+
+
+def test_empty_evolution_is_eliminated():
+    out = run(ScriptedGenerator(evolved='  ""  '))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_EMPTY_EVOLUTION)
+
+
+@pytest.mark.parametrize("step", ["evolve", "judge", "answer"])
+def test_engine_error_marks_only_this_row(step):
+    out = run(ScriptedGenerator(fail_on=step))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ERROR_STATUS, C.R_ENGINE_ERROR)
+    assert f"engine failed during {step}" in out[C.ERROR]
+    assert out[C.PARENT_INSTRUCTION] == ROW[C.INSTRUCTION]
+
+
+@pytest.mark.parametrize("blank", ["", "   \n", None])
+def test_blank_instruction_is_invalid_input_without_engine_calls(blank):
+    gen = ScriptedGenerator()
+    out = run(gen, row={**ROW, C.INSTRUCTION: blank})
+    assert (out[C.STATUS], out[C.REASON]) == (C.INVALID_INPUT, C.R_EMPTY_INSTRUCTION)
+    assert gen.calls == []

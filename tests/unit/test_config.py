@@ -1,0 +1,86 @@
+import pytest
+
+from evol_ray import config as cfgmod
+from evol_ray.config import ConfigError, load_config
+
+BASE = ["input.path=seeds.json", "output.path=out", "model.source=m"]
+
+
+def test_defaults_and_documented_names():
+    cfg = load_config(BASE)
+    assert cfg.evolution.rounds == 4
+    assert cfg.input.path == "seeds.json" and cfg.output.path == "out" and cfg.model.source == "m"
+    assert cfg.seed == 0
+
+
+def test_later_arguments_win(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("evolution: {rounds: 2}\nseed: 5\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("evolution: {rounds: 3}\n")
+    cfg = load_config(BASE + [str(a), "evolution.rounds=7", str(b)])
+    assert cfg.evolution.rounds == 3 and cfg.seed == 5
+    cfg = load_config(BASE + [str(a), str(b), "evolution.rounds=7"])
+    assert cfg.evolution.rounds == 7
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("engine.bogus=1", "engine.bogus", "allowed here: device"),
+        ("evolution.rounds=many", "evolution.rounds", "Integer"),
+        ("evolution.rounds=0", "evolution.rounds", "at least 1"),
+        ("engine.device=tpu", "engine.device", "allowed: auto, gpu, cpu"),
+        ("input.format=csv", "input.format", "allowed: auto, parquet"),
+        ("evolution.op_weights.shrink=1", "evolution.op_weights.shrink", "unknown operation"),
+        ("evolution.answer_sampling.top_p=0", "evolution.answer_sampling.top_p", "(0, 1]"),
+        ("elimination.judge_sampling.max_tokens=2", "elimination.judge_sampling.max_tokens", "Not Equal"),
+        ("evolution.templates.breadth=no placeholder", "evolution.templates.breadth", "{instruction}"),
+        ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization", "fraction"),
+    ],
+)
+def test_bad_values_name_the_key(override, key, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(BASE + [override])
+    assert f"'{key}'" in str(e.value)
+    assert words in str(e.value)
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="'model.source'.*required"):
+        load_config(["input.path=x", "output.path=y"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine: {replicas: [1, 2}\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(BASE + [str(bad)])
+    with pytest.raises(ConfigError, match="missing.yaml: not found"):
+        load_config(BASE + [str(tmp_path / "missing.yaml")])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("evolution:\n  roundz: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: config key 'evolution.roundz'"):
+        load_config(BASE + [str(typo)])
+
+
+def test_shipped_configs_load(tmp_path):
+    import pathlib
+
+    conf = pathlib.Path(__file__).resolve().parents[2] / "conf"
+    cfg = load_config([conf / "default.yaml"] + BASE)
+    assert cfg == load_config(BASE), "conf/default.yaml must hold exactly the dataclass defaults"
+    local = load_config([conf / "local.yaml"])
+    assert local.model.source and local.evolution.rounds >= 1
+
+
+def test_secrets_are_masked_and_hash_ignores_engine_sizing():
+    cfg = load_config(BASE + ["storage.options.secret=hunter2", "storage.options.key=AKIA123",
+                              "storage.options.anon=false"])
+    text = cfgmod.to_yaml(cfg)
+    assert "hunter2" not in text and "AKIA123" not in text and "anon: false" in text
+    other = load_config(BASE + ["engine.replicas=8", "engine.batch_size=3"])
+    assert cfgmod.config_hash(other) == cfgmod.config_hash(load_config(BASE))
+    changed = load_config(BASE + ["seed=3", "evolution.rounds=2"])
+    saved = cfgmod.result_values(load_config(BASE))
+    assert cfgmod.differing_keys(saved, changed) == ["evolution.rounds", "seed"]
