@@ -21,7 +21,7 @@ from typing import Any, Dict
 from evol_ray import columns as C
 from evol_ray import identity, prompts, rules
 from evol_ray.config import Config
-from evol_ray.engine import Completion, TextGenerator
+from evol_ray.engine import Completion, TextGenerator, engine_is_dead
 
 
 def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:
@@ -92,6 +92,8 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
             return eliminate(reason)
         return out
     except Exception as e:  # one row's engine failure must not end the round
+        if engine_is_dead(e):
+            raise
         out.update({C.STATUS: C.ERROR_STATUS, C.REASON: C.R_ENGINE_ERROR,
                     C.ERROR: f"{type(e).__name__}: {e}"[:2000]})
         return out

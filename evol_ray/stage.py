@@ -11,6 +11,7 @@ Reads pool columns (`columns.POOL_SCHEMA`); writes attempt rows (`columns.ROUND_
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import AsyncIterator, Optional
@@ -21,7 +22,9 @@ import ray
 from evol_ray import columns as C
 from evol_ray.chain import evolve_row
 from evol_ray.config import Config
-from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, VLLMGenerator
+from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, VLLMGenerator, engine_is_dead
+
+log = logging.getLogger("evol_ray")
 
 
 @ray.remote(num_cpus=0)
@@ -49,6 +52,7 @@ def summarize_engines(snapshots: dict) -> dict:
         "actors": len(snaps),
         "busy_share": busy / life if life else 0.0,
         "mean_in_flight": sum(s["mean_in_flight"] * s["lifetime_s"] for s in snaps) / life if life else 0.0,
+        "rows": sum(s.get("rows", 0) for s in snaps),
         "requests": sum(s["requests"] for s in snaps),
         "prompt_tokens": sum(s["prompt_tokens"] for s in snaps),
         "generated_tokens": sum(s["generated_tokens"] for s in snaps),
@@ -70,16 +74,27 @@ class EvolveStage:
         self.stats = stats
         self.startup_s = time.monotonic() - t0
         self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.rows = 0
 
     def _report(self) -> None:
         if self.stats is not None:
             snap = self.meter.snapshot()
             snap["startup_s"] = self.startup_s
+            snap["rows"] = self.rows
             self.stats.report.remote(self.name, snap)
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = batch.select([C.ID, C.ROOT_ID, C.INSTRUCTION, C.RESPONSE]).to_pylist()
-        out = await asyncio.gather(*(evolve_row(self.gen, r, self.round_no, self.cfg) for r in rows))
+        try:
+            out = await asyncio.gather(*(evolve_row(self.gen, r, self.round_no, self.cfg) for r in rows))
+        except Exception as e:
+            if engine_is_dead(e):
+                # The engine process is gone: end this actor so Ray Data restarts it with a fresh
+                # engine and retries this batch (its rows were not written yet).
+                log.error("engine died (%s); restarting the actor", e)
+                os._exit(1)
+            raise
+        self.rows += len(rows)
         self._report()
         yield pa.Table.from_pylist(out, schema=C.ROUND_SCHEMA)
 

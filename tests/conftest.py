@@ -33,3 +33,61 @@ def tiny_overrides(model_dir, seeds, out, rounds=2):
         "engine.batch_size=8", "engine.batches_in_flight=4", f"evolution.rounds={rounds}",
         "evolution.evolve_sampling.max_tokens=24", "evolution.answer_sampling.max_tokens=24",
     ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """A real S3-protocol server (moto's server mode) on loopback, started and stopped by the tests."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.running = False
+
+    def start(self) -> None:
+        self._server.start()
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._server.stop()
+            self.running = False
+
+    def make_bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def overrides(self) -> list:
+        """Config overrides that point evol-ray's storage at this server."""
+        return [f"storage.endpoint_url={self.endpoint}", "storage.region=us-east-1"]
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3 server on loopback for the whole session. Credentials are dummies moto accepts; they
+    are set in the environment, where evol-ray (s3fs/botocore) reads them as for real AWS."""
+    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
