@@ -127,14 +127,14 @@ def _write_committed(ds: ray.data.Dataset, dest: Location, cfg: Config) -> List[
 
 
 def read_files(loc: Location, files: List[str]) -> ray.data.Dataset:
-    return ray.data.read_parquet([loc.url_of(f) for f in files], filesystem=loc.arrow_fs)
+    return ray.data.read_parquet(list(files), filesystem=loc.arrow_fs)
 
 
 def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]) -> ray.data.Dataset:
     fs = locate(cfg.input.path, cfg.storage).arrow_fs
     paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
     if fmt == "parquet":
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols)
+        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(cols)
     else:
         # pyarrow reads JSON Lines; a JSON array falls back to json.load in the same reader.
         ds = ray.data.read_json(paths, filesystem=fs)

@@ -60,6 +60,8 @@ def s3_options(cfg: StorageConfig) -> dict:
     if client:
         opts["client_kwargs"] = client
     opts["config_kwargs"] = {"retries": {"max_attempts": max(cfg.retries, 1), "mode": "adaptive"}}
+    # Ray workers write the files the driver then lists: a cached listing would be stale.
+    opts["use_listings_cache"] = False
     user = dict(cfg.options)
     for key in ("client_kwargs", "config_kwargs"):
         if key in user:

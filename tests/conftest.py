@@ -16,7 +16,23 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def aws_credentials():
+    """Dummy AWS credentials in the environment, set before Ray starts so its workers inherit them
+    the way cluster nodes get theirs (env, profile or instance role), never from evol-ray's config."""
+    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(aws_credentials):
     """One local Ray for the session, with the machine's two CPUs declared explicitly."""
     import ray
 
@@ -49,12 +65,14 @@ class S3Server:
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        self._server_cls = ThreadedMotoServer
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.running = False
 
     def start(self) -> None:
+        """Start (or restart after `stop`) on the same port; moto keeps its buckets in memory."""
+        self._server = self._server_cls(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         self.running = True
 
@@ -75,19 +93,9 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3():
-    """An S3 server on loopback for the whole session. Credentials are dummies moto accepts; they
-    are set in the environment, where evol-ray (s3fs/botocore) reads them as for real AWS."""
-    env = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+def s3(aws_credentials):
+    """An S3 server on loopback for the whole session (moto's server mode, as s3fs tests itself)."""
     server = S3Server()
     server.start()
     yield server
     server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
