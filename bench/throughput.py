@@ -1,0 +1,170 @@
+"""Throughput of one evolution round: the real pipeline on local Ray against bare vLLM.
+
+    python bench/throughput.py --rows 256 --hidden 512 --layers 4            # CPU, random local model
+    python bench/throughput.py --rows 4096 --model /models/llama-8b --load-format dummy   # a GPU node
+
+Both sides send the same requests: the bare side runs the very same per-row chain
+(`evol_ray.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
+sampling parameters, the same seeds) for every row at once on one vLLM `AsyncLLM` in this process,
+without Ray. The pipeline side runs one round of `evol_ray.run.run` on a local Ray.
+
+Printed for both: generated tokens, wall seconds, generated tokens per second, counted two ways:
+  * end to end: from the start (engine start-up included on both sides) to the last token written;
+  * generation window: from the engine being ready to its last reply (the pipeline's window is its
+    engine actor's measured lifetime after start-up).
+Also the engine's busy share and mean requests in flight after start-up. The last line is
+`ratio=<r> pipeline_tok_s=<a> bare_tok_s=<b> rows=<N>` with the end-to-end figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from evol_ray import columns as C  # noqa: E402
+from evol_ray.chain import evolve_row  # noqa: E402
+from evol_ray.config import load_config  # noqa: E402
+from evol_ray.engine import EngineMeter, MeteredGenerator, VLLMGenerator, resolve_device  # noqa: E402
+
+TOPICS = ["sorting algorithms", "photosynthesis", "the French revolution", "compound interest",
+          "volcanoes", "unit testing", "the immune system", "supply chains", "jazz harmony",
+          "plate tectonics", "hash maps", "urban planning", "bird migration", "tax policy"]
+VERBS = ["Explain", "Summarize", "Compare two views on", "Write a short guide to", "List the key facts about",
+         "Describe the history of", "Give an example that illustrates"]
+
+
+def write_seeds(path: Path, n: int) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            text = f"{VERBS[i % len(VERBS)]} {TOPICS[(i * 7) % len(TOPICS)]} for reader number {i}."
+            f.write(json.dumps({"instruction": text}) + "\n")
+
+
+def build_config(args, model: str, seeds: Path, out: Path):
+    overrides = [
+        f"input.path={seeds}", f"output.path={out}", f"model.source={model}", "evolution.rounds=1",
+        f"model.load_format={args.load_format}", f"engine.device={args.device}",
+        f"engine.batch_size={args.batch_size}", f"engine.batches_in_flight={args.batches_in_flight}",
+        f"engine.max_num_seqs={args.max_num_seqs}", f"engine.enforce_eager={str(args.eager).lower()}",
+        f"evolution.evolve_sampling.max_tokens={args.evolve_tokens}",
+        f"evolution.answer_sampling.max_tokens={args.answer_tokens}", f"seed={args.seed}",
+    ]
+    if args.max_model_len:
+        overrides.append(f"model.max_model_len={args.max_model_len}")
+    return load_config(overrides + args.set)
+
+
+def run_bare(cfg) -> dict:
+    """Every row's chain at once on one engine in this process: the ceiling the pipeline chases."""
+    import pyarrow.json as pj
+
+    from evol_ray.seeds import to_pool
+
+    pool = to_pool(pj.read_json(cfg.input.path), cfg.input).to_pylist()
+    device = resolve_device(cfg.engine.device)
+    t0 = time.monotonic()
+    gen = VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
+    ready = time.monotonic()
+    meter = EngineMeter()
+    metered = MeteredGenerator(gen, meter)
+
+    async def all_rows():
+        return await asyncio.gather(*(evolve_row(metered, row, 1, cfg) for row in pool))
+
+    rows = asyncio.run(all_rows())
+    end = time.monotonic()
+    snap = meter.snapshot()
+    gen.shutdown()
+    tokens = sum(r[C.GENERATED_TOKENS] for r in rows)
+    return {"tokens": tokens, "wall_s": end - t0, "gen_s": end - ready, "startup_s": ready - t0,
+            "busy_share": snap["busy_share"], "mean_in_flight": snap["mean_in_flight"],
+            "errors": sum(r[C.STATUS] == C.ERROR_STATUS for r in rows)}
+
+
+def run_pipeline(cfg) -> dict:
+    import ray
+
+    from evol_ray.run import run
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.monotonic()
+        summary = run(cfg)
+        wall = time.monotonic() - t0
+    finally:
+        ray.shutdown()
+    m = summary["rounds"][0]
+    eng = m["engine"]
+    gen_s = max(a["lifetime_s"] for a in eng["per_actor"].values())
+    return {"tokens": m["generated_tokens"], "wall_s": wall, "gen_s": gen_s, "startup_s": eng["startup_s"],
+            "round_s": m["wall_seconds"], "busy_share": eng["busy_share"],
+            "mean_in_flight": eng["mean_in_flight"], "errors": m["status_counts"].get(C.ERROR_STATUS, 0)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--model", help="HF id or directory; default: build a random Llama locally")
+    p.add_argument("--hidden", type=int, default=512, help="size of the random local model")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--load-format", default="auto", help="`dummy`: random weights of a real architecture")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches-in-flight", type=int, default=4)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--evolve-tokens", type=int, default=64)
+    p.add_argument("--answer-tokens", type=int, default=192)
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--eager", action="store_true", help="enforce_eager (faster start on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", default="bare-first", choices=["bare-first", "pipeline-first"])
+    p.add_argument("--set", nargs="*", default=[], help="more dotted.key=value config overrides")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="evol-bench-"))
+    model = args.model
+    if not model:
+        from evol_ray.tiny_model import build_random_llama
+
+        heads = max(args.hidden // 64, 1)
+        model = str(build_random_llama(work / "model", hidden=args.hidden, layers=args.layers, heads=heads,
+                                       kv_heads=max(heads // 2, 1)))
+    seeds = work / "seeds.jsonl"
+    write_seeds(seeds, args.rows)
+    cfg = build_config(args, model, seeds, work / "out")
+
+    results = {}
+    order = ["bare", "pipeline"] if args.order == "bare-first" else ["pipeline", "bare"]
+    for side in order:
+        results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
+
+    print(f"\nrows={args.rows} model={model} device={resolve_device(args.device)} "
+          f"batch_size={args.batch_size} batches_in_flight={args.batches_in_flight}")
+    print(f"{'':10}{'tokens':>9}{'wall_s':>9}{'tok/s':>9}{'start_s':>9}{'gen_s':>8}{'gen tok/s':>11}"
+          f"{'busy':>7}{'in flight':>10}{'errors':>8}")
+    for side in ("bare", "pipeline"):
+        r = results[side]
+        r["tok_s"] = r["tokens"] / r["wall_s"]
+        r["gen_tok_s"] = r["tokens"] / r["gen_s"]
+        print(f"{side:10}{r['tokens']:>9}{r['wall_s']:>9.1f}{r['tok_s']:>9.1f}{r['startup_s']:>9.1f}"
+              f"{r['gen_s']:>8.1f}{r['gen_tok_s']:>11.1f}{r['busy_share']:>7.1%}{r['mean_in_flight']:>10.1f}"
+              f"{r['errors']:>8}")
+    a, b = results["pipeline"], results["bare"]
+    print(f"generation window ratio={a['gen_tok_s'] / b['gen_tok_s']:.3f}; "
+          f"pipeline engine busy {a['busy_share']:.1%} of the round after start-up")
+    print(f"ratio={a['tok_s'] / b['tok_s']:.3f} pipeline_tok_s={a['tok_s']:.1f} "
+          f"bare_tok_s={b['tok_s']:.1f} rows={args.rows}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
