@@ -38,6 +38,7 @@ def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, An
         C.STATUS: C.KEPT,
         C.REASON: None,
         C.ERROR: None,
+        C.DUPLICATE_OF: None,  # set later by the dedup stages
         C.PROMPT_TOKENS: 0,
         C.GENERATED_TOKENS: 0,
         C.ENGINE_SECONDS: 0.0,

@@ -1,4 +1,5 @@
-"""`evol-ray` command line: `run` a job, `show-config` to print the resolved config."""
+"""`evol-ray` command line: `run` a job, `show-config` to print the resolved config, `score` and
+`report` on a run's output."""
 
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs="*", metavar="CONFIG.yaml | dotted.key=value",
                        help="config files and overrides, applied in order (later wins)")
+    for name, helptext in (("report", "write OUTPUT/report/ (HTML and JSON) from a run's output"),
+                           ("score", "rate the difficulty of a sample of each round into OUTPUT/scores/")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
+        p.add_argument("args", nargs="*", metavar="dotted.key=value",
+                       help="overrides of the run's saved config, e.g. storage.endpoint_url=...")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if ns.command in ("report", "score"):
+        return _on_output(ns.command, ns.output, ns.args)
     try:
         cfg = load_config(ns.args)
     except ConfigError as e:
@@ -41,6 +50,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
+    return 0
+
+
+def _on_output(command: str, url: str, overrides: List[str]) -> int:
+    """`report` and `score`: they read a finished run's output and its saved config."""
+    from evol_ray.runread import RunReadError, open_run
+
+    try:
+        if command == "report":
+            from evol_ray.report import report
+
+            print(report(url, overrides))
+        else:
+            from evol_ray.score import score_run
+
+            out, cfg = open_run(url, overrides)
+            m = score_run(cfg, out, force=True)
+            means = ", ".join(f"round {r}: {d['mean']:.2f}" if d["mean"] is not None else f"round {r}: -"
+                              for r, d in m["by_round"].items())
+            print(f"evol-ray score: {m['rows']} instructions rated by {m['model']} into "
+                  f"{out.join('scores').url}; mean difficulty {means}")
+    except ConfigError as e:
+        print(f"evol-ray: config error: {e}", file=sys.stderr)
+        return 2
+    except RunReadError as e:
+        print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -25,6 +25,7 @@ PARENT_RESPONSE = "parent_response"
 STATUS = "status"
 REASON = "reason"  # named reason for any status but `kept`; null for kept rows
 ERROR = "error"  # engine error message for status `error`
+DUPLICATE_OF = "duplicate_of"  # for reasons `duplicate`/`near_duplicate`: the id of the row kept
 
 # --- engine accounting (per row, summed into the round manifest) ----------------------------
 PROMPT_TOKENS = "prompt_tokens"
@@ -56,6 +57,26 @@ REASONS = (
     R_ENGINE_ERROR,
 )
 
+# --- dedup and quality reasons (status `eliminated`; evol_ray/dedup.py, evol_ray/quality.py) --
+R_DUPLICATE = "duplicate"  # same normalized instruction as the kept row `duplicate_of`
+R_NEAR_DUPLICATE = "near_duplicate"  # MinHash Jaccard >= dedup.threshold with `duplicate_of`
+R_INSTRUCTION_LENGTH = "instruction_length"  # quality: instruction outside its length bounds
+R_ANSWER_LENGTH = "answer_length"  # quality: answer outside its length bounds
+R_REFUSAL = "refusal"  # quality: the answer contains a refusal phrase
+R_REPEATS_INSTRUCTION = "answer_repeats_instruction"  # quality: the answer mostly restates it
+R_UNBALANCED_FENCE = "unbalanced_code_fence"  # quality: an odd number of ``` fences
+R_NON_PRINTABLE = "non_printable"  # quality: control or replacement characters
+DEDUP_REASONS = (R_DUPLICATE, R_NEAR_DUPLICATE)
+QUALITY_REASONS = (R_INSTRUCTION_LENGTH, R_ANSWER_LENGTH, R_REFUSAL, R_REPEATS_INSTRUCTION,
+                   R_UNBALANCED_FENCE, R_NON_PRINTABLE)
+REASONS = REASONS + DEDUP_REASONS + QUALITY_REASONS
+
+# --- dedup working columns: between dedup stages only, never written -------------------------
+DEDUP_TARGET = "dedup_target"  # true: may be marked; false: seeds/earlier rounds, compared against
+DEDUP_KEY = "dedup_key"  # uint64: exact-text key or one LSH band's key
+DEDUP_NODE = "dedup_node"  # uint64 hash of the row id
+DEDUP_PART = "dedup_part"  # shuffle partition of the key
+
 # A pool row: what one round reads.
 POOL_SCHEMA = pa.schema(
     [
@@ -84,8 +105,22 @@ ROUND_SCHEMA = pa.schema(
         pa.field(PROMPT_TOKENS, pa.int64()),
         pa.field(GENERATED_TOKENS, pa.int64()),
         pa.field(ENGINE_SECONDS, pa.float64()),
+        pa.field(DUPLICATE_OF, pa.string()),
     ]
 )
 
 # The training set: every kept row of every round (plus seeds when configured).
 FINAL_COLUMNS = (ID, PARENT_ID, ROOT_ID, ROUND, OP, INSTRUCTION, RESPONSE)
+
+# Difficulty ratings (`evol-ray score`): a sample of the seeds (round 0) and of each round's kept rows.
+DIFFICULTY = "difficulty"  # 1..10 from the rating model; null where the engine failed (see ERROR)
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(ROOT_ID, pa.string(), nullable=False),
+        pa.field(ROUND, pa.int32(), nullable=False),
+        pa.field(INSTRUCTION, pa.string()),
+        pa.field(DIFFICULTY, pa.int32()),
+        pa.field(ERROR, pa.string()),
+    ]
+)

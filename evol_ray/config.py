@@ -112,6 +112,76 @@ class EliminationConfig:
 
 
 @dataclass
+class ScoreConfig:
+    enabled: bool = False
+    sample_size: int = 50
+    model: Optional[str] = None
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=4)
+    )
+
+
+@dataclass
+class ReportConfig:
+    sample_size: int = 200
+    near_duplicate_threshold: float = 0.7
+    lineages: int = 3
+
+
+@dataclass
+class DedupConfig:
+    in_rounds: bool = True
+    in_final: bool = True
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.7
+    num_perm: int = 128
+    bands: Optional[int] = None
+    rows: Optional[int] = None
+    ngram: int = 3
+    partitions: int = 64
+
+
+@dataclass
+class LengthRule:
+    enabled: bool = True
+    min_chars: int = 1
+    max_chars: int = 100_000
+
+
+@dataclass
+class RefusalRule:
+    enabled: bool = True
+    phrases: List[str] = field(default_factory=lambda: [
+        "as an AI language model", "I'm sorry, but I can't", "I'm sorry, but I cannot",
+        "I cannot fulfill", "I can't assist with", "I cannot assist with", "I am unable to help",
+    ])
+
+
+@dataclass
+class RepeatRule:
+    enabled: bool = True
+    max_overlap: float = 0.8
+
+
+@dataclass
+class Switch:
+    enabled: bool = True
+
+
+@dataclass
+class QualityConfig:
+    in_rounds: bool = True
+    in_final: bool = False
+    non_printable: Switch = field(default_factory=Switch)
+    instruction_length: LengthRule = field(default_factory=lambda: LengthRule(min_chars=10, max_chars=8000))
+    answer_length: LengthRule = field(default_factory=lambda: LengthRule(min_chars=1, max_chars=32000))
+    refusal: RefusalRule = field(default_factory=RefusalRule)
+    unbalanced_code_fence: Switch = field(default_factory=Switch)
+    answer_repeats_instruction: RepeatRule = field(default_factory=RepeatRule)
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = None
 
@@ -126,12 +196,17 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     elimination: EliminationConfig = field(default_factory=EliminationConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
 # Sections whose values change what a run produces. A rerun into an existing output path must
 # agree on these; engine sizing, storage and Ray address may change between attempts.
-RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds")
+RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds",
+                   "dedup", "quality")
 
 _SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
 
@@ -156,6 +231,20 @@ def load_config(args: Sequence[str | Path] = ()) -> Config:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, "config")) from None
+    validate(obj)
+    return obj
+
+
+def load_saved_config(saved: dict, source: str, overrides: Sequence[str] = ()) -> Config:
+    """A run's saved config (the dict of its config.yaml, read from `source`) under the current
+    defaults, then `dotted.key=value` overrides; validated like `load_config`."""
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(saved), source)
+    for item in overrides:
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    try:
+        obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, source)) from None
     validate(obj)
     return obj
 
@@ -238,6 +327,55 @@ def validate(cfg: Config) -> None:
         _fail("engine.cpus_per_replica", "expected a positive number")
     if cfg.storage.retries < 0:
         _fail("storage.retries", "must be >= 0")
+    if cfg.score.sample_size < 1:
+        _fail("score.sample_size", f"got {cfg.score.sample_size}, expected at least 1")
+    if cfg.score.model is not None and not cfg.score.model.strip():
+        _fail("score.model", "must be a Hugging Face model id, a local directory, or null")
+    _check_sampling("score.sampling", cfg.score.sampling)
+    if cfg.score.sampling.max_tokens < 2:
+        _fail("score.sampling.max_tokens", "must be at least 2 so the score 10 fits")
+    if cfg.report.sample_size < 2:
+        _fail("report.sample_size", f"got {cfg.report.sample_size}, expected at least 2")
+    if not 0 < cfg.report.near_duplicate_threshold <= 1:
+        _fail("report.near_duplicate_threshold", "expected a Jaccard similarity in (0, 1]")
+    if cfg.report.lineages < 0:
+        _fail("report.lineages", "must be >= 0")
+    _check_dedup(cfg.dedup)
+    _check_quality(cfg.quality)
+
+
+def _check_dedup(d: DedupConfig) -> None:
+    if not 0 < d.threshold <= 1:
+        _fail("dedup.threshold", f"got {d.threshold}, expected a Jaccard similarity in (0, 1]")
+    if d.num_perm < 2:
+        _fail("dedup.num_perm", f"got {d.num_perm}, expected at least 2")
+    for key in ("bands", "rows"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            _fail(f"dedup.{key}", f"got {v}, expected a positive integer or null")
+    if d.bands is not None and d.rows is not None and d.bands * d.rows > d.num_perm:
+        _fail("dedup.bands", f"bands x rows = {d.bands * d.rows} exceeds dedup.num_perm = {d.num_perm}")
+    for key in ("bands", "rows"):
+        v = getattr(d, key)
+        if v is not None and v > d.num_perm:
+            _fail(f"dedup.{key}", f"got {v}, at most dedup.num_perm = {d.num_perm}")
+    if d.ngram < 1:
+        _fail("dedup.ngram", f"got {d.ngram}, expected at least 1")
+    if d.partitions < 1:
+        _fail("dedup.partitions", f"got {d.partitions}, expected at least 1")
+
+
+def _check_quality(q: QualityConfig) -> None:
+    for key in ("instruction_length", "answer_length"):
+        rule: LengthRule = getattr(q, key)
+        if rule.min_chars < 0:
+            _fail(f"quality.{key}.min_chars", "must be >= 0")
+        if rule.max_chars < rule.min_chars:
+            _fail(f"quality.{key}.max_chars", f"got {rule.max_chars}, below min_chars {rule.min_chars}")
+    if not 0 < q.answer_repeats_instruction.max_overlap <= 1:
+        _fail("quality.answer_repeats_instruction.max_overlap", "expected a share in (0, 1]")
+    if q.refusal.enabled and not any(p.strip() for p in q.refusal.phrases):
+        _fail("quality.refusal.phrases", "needs at least one phrase while quality.refusal.enabled")
 
 
 def _check_template(key: str, template: str, fields: tuple[str, ...]) -> None:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from evol_ray import cleanup
 from evol_ray import columns as C
 from evol_ray import config as config_mod
 from evol_ray import pool as pool_mod
@@ -181,14 +182,20 @@ def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch[C.ID], value_set=ids)))
 
 
-def post_round(ds: ray.data.Dataset, cfg: Config, out: Location, round_no: int) -> Optional[ray.data.Dataset]:
+def post_round(ds: ray.data.Dataset, cfg: Config, out: Location, round_no: int,
+               seeds: Optional[ray.data.Dataset] = None, manifests: List[dict] = ()) -> Optional[ray.data.Dataset]:
     """CPU stages run on a round's attempts before it is committed (dedup, quality filters).
-    They may change `status` and `reason` of rows, never drop one. None: no stage configured."""
-    return None
+    They may change `status` and `reason` of rows, never drop one. None: no stage configured.
+    Dedup compares against `seeds` and the rounds of `manifests` (the earlier ones)."""
+    earlier = [read_files(round_dir(out, m["round"]),
+                          [posixpath.join(round_dir(out, m["round"]).path, f) for f in m["files"]])
+               for m in manifests]
+    return cleanup.round_checks(ds, cfg, seeds, earlier)
 
 
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
-              expected_rows: Optional[int]) -> dict:
+              expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
+              manifests: List[dict] = ()) -> dict:
     """One round in two phases, each safe to run again:
 
     1. engine: pool rows without an attempt in `round_N/_attempts/` go through the engine stage,
@@ -221,7 +228,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     if expected_rows is not None and counts["rows"] != expected_rows:
         raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
                        f"the round is left uncommitted in {attempts_dir.url}")
-    post = post_round(read_files(attempts_dir, parts), cfg, out, round_no)
+    post = post_round(read_files(attempts_dir, parts), cfg, out, round_no, seeds, manifests)
     if post is None:
         files = []
         for src in parts:
@@ -272,6 +279,19 @@ def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.da
         parts.append(read_files(rdir, files).map_batches(pool_mod.final_rows, batch_format="pyarrow",
                                                          batch_size=None))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    removed: Counter = Counter()
+    removed_files: List[str] = []
+    checked = cleanup.final_checks(ds, cfg)  # final dedup / quality, per config
+    if checked is not None:
+        # rows the final checks reject are left out of the training set, never lost: written
+        # with their reason to final/_removed/ and counted in the manifest
+        gone = final.join("_removed")
+        removed_files = _write_committed(
+            checked.map_batches(cleanup.removed_rows, batch_format="pyarrow", batch_size=None), gone, cfg)
+        for f in removed_files:
+            with final.fs.open(f, "rb") as fh:
+                removed.update(pq.read_table(fh, columns=[C.REASON]).column(C.REASON).to_pylist())
+        ds = checked.map_batches(pool_mod.final_rows, batch_format="pyarrow", batch_size=None)
     files = _write_committed(ds, final, cfg)
     rows = 0
     for f in files:
@@ -284,6 +304,8 @@ def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.da
         "rounds": [m["round"] for m in manifests],
         "include_seeds": cfg.output.include_seeds,
         "files": [posixpath.relpath(f, final.path) for f in files],
+        "removed_counts": dict(sorted(removed.items())),
+        "removed_files": [posixpath.relpath(f, final.path) for f in removed_files],
         "finished": _now(),
     }
     write_json(final.join(MANIFEST), manifest)
@@ -318,13 +340,18 @@ def run(cfg: Config) -> dict:
         if m is not None and m.get("config_hash") == config_mod.config_hash(cfg):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
-            m = run_round(cfg, out, r, pool, device, expected)
+            m = run_round(cfg, out, r, pool, device, expected, seeds, manifests)
             redone = True
         manifests.append(m)
         expected = pool_size_after(m)
         pool = pool_after(out, r, m)
     final = write_final(cfg, out, manifests, seeds)
-    return {"output": out.url, "rounds": manifests, "final": final}
+    summary = {"output": out.url, "rounds": manifests, "final": final}
+    if cfg.score.enabled:
+        from evol_ray.score import score_run
+
+        summary["scores"] = score_run(cfg, out)
+    return summary
 
 
 def format_summary(summary: dict) -> str:
@@ -339,4 +366,6 @@ def format_summary(summary: dict) -> str:
             f"{m['generated_tokens']} tokens generated in {m['wall_seconds']:.1f}s{busy}"
         )
     lines.append(f"final: {summary['final']['rows']} rows")
+    if summary.get("scores"):
+        lines.append(f"scores: {summary['scores']['rows']} rated; `evol-ray report {summary['output']}` plots them")
     return "\n".join(lines)

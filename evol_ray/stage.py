@@ -21,7 +21,7 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.chain import evolve_row
-from evol_ray.config import Config
+from evol_ray.config import Config, EngineConfig
 from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, VLLMGenerator, engine_is_dead
 
 log = logging.getLogger("evol_ray")
@@ -99,30 +99,34 @@ class EvolveStage:
         yield pa.Table.from_pylist(out, schema=C.ROUND_SCHEMA)
 
 
-def evolve(ds: ray.data.Dataset, cfg: Config, round_no: int, device: str,
-           stats: Optional[object] = None) -> ray.data.Dataset:
-    """Pool dataset -> attempt dataset for one round, on `engine.replicas` engine actors."""
-    e = cfg.engine
-    resources: dict = {"num_cpus": e.cpus_per_replica}
-    if device == "gpu":
-        if e.tensor_parallel_size == 1:
-            resources["num_gpus"] = 1
-        else:
-            # vLLM starts tensor-parallel workers as Ray actors in this actor's placement group;
-            # the actor itself holds no GPU.
-            resources["num_gpus"] = 0
-            resources["ray_remote_args_fn"] = lambda: _tp_placement(e.tensor_parallel_size, e.cpus_per_replica)
-    return ds.map_batches(
-        EvolveStage,
-        fn_constructor_kwargs={"cfg": cfg, "round_no": round_no, "device": device, "stats": stats},
-        batch_size=e.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(
-            size=e.replicas,
+def engine_actor_args(e: EngineConfig, device: str, replicas: int) -> dict:
+    """`map_batches` arguments for a pool of engine actors: the actor asks for one GPU, or, for
+    tensor parallelism, a placement group whose GPU bundles vLLM's Ray executor fills (the actor
+    itself then holds none). The job's driver asks for nothing, so the head can be CPU-only."""
+    args: dict = {
+        "num_cpus": e.cpus_per_replica,
+        "batch_size": e.batch_size,
+        "batch_format": "pyarrow",
+        "compute": ray.data.ActorPoolStrategy(
+            size=replicas,
             max_tasks_in_flight_per_actor=e.batches_in_flight,
             max_concurrent_calls_per_actor=e.batches_in_flight,
         ),
-        **resources,
+    }
+    if device == "gpu":
+        args["num_gpus"] = 1 if e.tensor_parallel_size == 1 else 0
+        if e.tensor_parallel_size > 1:
+            args["ray_remote_args_fn"] = lambda: _tp_placement(e.tensor_parallel_size, e.cpus_per_replica)
+    return args
+
+
+def evolve(ds: ray.data.Dataset, cfg: Config, round_no: int, device: str,
+           stats: Optional[object] = None) -> ray.data.Dataset:
+    """Pool dataset -> attempt dataset for one round, on `engine.replicas` engine actors."""
+    return ds.map_batches(
+        EvolveStage,
+        fn_constructor_kwargs={"cfg": cfg, "round_no": round_no, "device": device, "stats": stats},
+        **engine_actor_args(cfg.engine, device, cfg.engine.replicas),
     )
 
 

@@ -1,0 +1,70 @@
+"""Where the CPU checks run: quality filters first, then dedup, on a round's attempts before the
+round is committed, and on the final set; both places switched by config (`quality.in_rounds`,
+`quality.in_final`, `dedup.in_rounds`, `dedup.in_final`). Wiring only: the stages are
+`evol_ray.quality.check` and the stages of `evol_ray.dedup`.
+
+Quality runs first so that a row it rejects is never the kept row of a duplicate cluster.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from evol_ray import columns as C
+from evol_ray import dedup as dedup_mod
+from evol_ray import quality
+from evol_ray.config import Config
+
+
+def _dedup_on(cfg: Config) -> bool:
+    return cfg.dedup.exact or cfg.dedup.near
+
+
+def round_checks(ds: ray.data.Dataset, cfg: Config, seeds: Optional[ray.data.Dataset],
+                 earlier: List[ray.data.Dataset]) -> Optional[ray.data.Dataset]:
+    """Round attempts -> the same rows with statuses/reasons changed, or None if nothing is
+    configured. `seeds` (pool rows) and `earlier` (earlier rounds' attempts) are compared against."""
+    q = cfg.quality.in_rounds and bool(quality.enabled_rules(cfg.quality))
+    d = cfg.dedup.in_rounds and _dedup_on(cfg)
+    if not (q or d):
+        return None
+    if q:
+        ds = quality.filter_rows(ds, cfg.quality)
+    if d:
+        ref = dedup_mod.reference_items(seeds, earlier)
+        ds = dedup_mod.dedup(ds, dedup_mod.params_from(cfg.dedup, cfg.seed), ref)
+    return ds
+
+
+def with_status(batch: pa.Table) -> pa.Table:
+    """Final rows -> the same with `status` kept, `reason` and `duplicate_of` null, so the round
+    checks apply to them."""
+    n = batch.num_rows
+    return (batch.append_column(C.STATUS, pa.array([C.KEPT] * n, pa.string()))
+            .append_column(C.REASON, pa.nulls(n, pa.string()))
+            .append_column(C.DUPLICATE_OF, pa.nulls(n, pa.string())))
+
+
+def removed_rows(batch: pa.Table) -> pa.Table:
+    """Checked final rows -> those the checks rejected, with their reason and `duplicate_of`."""
+    return batch.filter(pc.not_equal(batch[C.STATUS], C.KEPT))
+
+
+def final_checks(ds: ray.data.Dataset, cfg: Config) -> Optional[ray.data.Dataset]:
+    """Final rows (`columns.FINAL_COLUMNS`) -> the same rows with `status`, `reason`,
+    `duplicate_of` (materialized: the caller writes kept and removed rows from it), or None if no
+    final check is configured."""
+    q = cfg.quality.in_final and bool(quality.enabled_rules(cfg.quality))
+    d = cfg.dedup.in_final and _dedup_on(cfg)
+    if not (q or d):
+        return None
+    ds = ds.map_batches(with_status, batch_format="pyarrow", batch_size=dedup_mod.BATCH_ROWS)
+    if q:
+        ds = quality.filter_rows(ds, cfg.quality)
+    if d:
+        ds = dedup_mod.dedup(ds, dedup_mod.params_from(cfg.dedup, cfg.seed))
+    return ds.materialize()

@@ -1,0 +1,364 @@
+"""`evol-ray report OUTPUT`: what every round did, and whether the instructions got harder and
+more diverse, from what the run wrote (never by running anything again).
+
+`collect` reads the run once, file by file, and returns the figures as plain data (the JSON that
+is written next to the HTML); `write_report` renders them with `plots` into one self-contained HTML
+file (PNG images inlined) under `OUTPUT/report/`; `summary_text` is the short text for the terminal.
+
+Round 0 is the seeds. Per round the counts come from the manifest, which the report checks against
+the Parquet files it reads anyway (any disagreement is listed under `mismatches`). Statuses,
+reasons and operations are whatever the manifests counted: a stage added later shows up unasked.
+Lengths are words (runs of non-space characters) of the kept rows. Diversity is measured on samples
+of one size for every round (`report.sample_size`, or the smallest round's kept count).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from evol_ray import columns as C
+from evol_ray import diversity, plots, runread
+from evol_ray.config import Config
+from evol_ray.storage import Location, read_json, write_json
+
+REPORT_DIR = "report"
+HTML_FILE = "report.html"
+JSON_FILE = "figures.json"
+_READ = [C.ID, C.PARENT_ID, C.ROOT_ID, C.ROUND, C.OP, C.STATUS, C.REASON, C.INSTRUCTION, C.RESPONSE,
+         C.PARENT_INSTRUCTION, C.PARENT_RESPONSE]
+_COUNTED = ("status_counts", "reason_counts", "op_counts", "op_kept_counts")
+
+
+def word_counts(col: pa.ChunkedArray) -> np.ndarray:
+    """Words per non-null text."""
+    return pc.count_substring_regex(col.drop_null(), r"\S+").to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def length_stats(x: np.ndarray) -> Dict[str, float]:
+    if not len(x):
+        return {"rows": 0}
+    q = np.percentile(x, [10, 25, 50, 75, 90])
+    return {"rows": int(len(x)), "mean": float(x.mean()), "min": int(x.min()), "p10": float(q[0]),
+            "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]), "p90": float(q[4]),
+            "max": int(x.max())}
+
+
+def _file_counts(t: pa.Table) -> Dict[str, Counter]:
+    kept = t.filter(pc.equal(t[C.STATUS], C.KEPT))
+    return {"status_counts": Counter(runread.counts_by(t, C.STATUS)),
+            "reason_counts": Counter(runread.counts_by(t, C.REASON)),
+            "op_counts": Counter(runread.counts_by(t, C.OP)),
+            "op_kept_counts": Counter(runread.counts_by(kept, C.OP))}
+
+
+def round_figures(m: dict, counted: Dict[str, Counter], rows: int) -> dict:
+    """One round's figures from its manifest, plus the disagreements with the files' own counts."""
+    kept = m["status_counts"].get(C.KEPT, 0)
+    ops = m.get("op_counts", {})
+    engine = m.get("engine") or {}
+    mismatches = [f"rows: manifest {m['rows_in']}, files {rows}"] if rows != m["rows_in"] else []
+    for key in _COUNTED:
+        if dict(counted[key]) != m.get(key, {}):
+            mismatches.append(f"{key}: manifest {m.get(key)}, files {dict(sorted(counted[key].items()))}")
+    return {
+        "round": m["round"],
+        "rows_in": m["rows_in"],
+        "kept": kept,
+        "survival": kept / m["rows_in"] if m["rows_in"] else 0.0,
+        **{key: m.get(key, {}) for key in _COUNTED},
+        "op_survival": {op: m.get("op_kept_counts", {}).get(op, 0) / n for op, n in ops.items() if n},
+        "prompt_tokens": m.get("prompt_tokens", 0),
+        "generated_tokens": m.get("generated_tokens", 0),
+        "wall_seconds": m.get("wall_seconds"),
+        "engine_startup_seconds": engine.get("startup_s"),
+        "engine_busy_share": engine.get("busy_share"),
+        "row_engine_seconds": m.get("row_engine_seconds"),
+        "mismatches": mismatches,
+    }
+
+
+def _lineage(rows_by_round: Dict[int, pa.Table], roots: List[str]) -> List[dict]:
+    """Seed -> last round for each root: op, status, reason and the instruction at each step."""
+    chains = []
+    for root in roots:
+        steps = []
+        for r in sorted(rows_by_round):
+            t = rows_by_round[r].filter(pc.equal(rows_by_round[r][C.ROOT_ID], root)).to_pylist()
+            if not t:
+                continue
+            x = t[0]
+            if r == 1:
+                steps.append({"round": 0, "op": None, "status": "seed", "reason": None,
+                              "instruction": x[C.PARENT_INSTRUCTION]})
+            steps.append({"round": r, "op": x[C.OP], "status": x[C.STATUS], "reason": x[C.REASON],
+                          "instruction": x[C.INSTRUCTION]})
+        chains.append({"root_id": root, "steps": steps})
+    return chains
+
+
+def collect(out: Location, cfg: Config) -> dict:
+    """Every figure of the report, as plain data, from one pass over the run's files.
+    Raw length arrays are kept under `_lengths` for the plots and left out of the JSON."""
+    manifests, missing = runread.round_manifests(out, cfg.evolution.rounds)
+    if not manifests:
+        raise runread.RunReadError(f"{out.url}: no complete round yet; nothing to report")
+    rc = cfg.report
+    lengths: Dict[str, Dict[int, List[np.ndarray]]] = {"instruction": {0: []}, "response": {0: []}}
+    samples = {0: runread.Sampler(rc.sample_size, cfg.seed)}
+    lineage_pick = runread.Sampler(rc.lineages, cfg.seed, key=C.ROOT_ID)
+    lineage_rows: Dict[int, pa.Table] = {}
+    roots = pa.array([], pa.string())  # the lineage roots, known once round 1 is read
+    per_round = []
+    for m in manifests:
+        r = m["round"]
+        counted = {k: Counter() for k in _COUNTED}
+        rows = 0
+        samples[r] = runread.Sampler(rc.sample_size, cfg.seed)
+        lengths["instruction"][r], lengths["response"][r] = [], []
+        picked = []
+        for t in runread.read_tables(out, runread.round_files(out, m), _READ):
+            rows += t.num_rows
+            for k, v in _file_counts(t).items():
+                counted[k].update(v)
+            kept = t.filter(pc.equal(t[C.STATUS], C.KEPT))
+            groups = [(r, kept)]
+            if r == 1:
+                groups.append((0, runread.seeds_of(t)))
+                if rc.lineages:
+                    lineage_pick.add(t.filter(pc.not_equal(t[C.STATUS], C.INVALID_INPUT)))
+            for g, tab in groups:
+                lengths["instruction"][g].append(word_counts(tab[C.INSTRUCTION]))
+                lengths["response"][g].append(word_counts(tab[C.RESPONSE]))
+                samples[g].add(tab.select([C.ID, C.INSTRUCTION]))
+            if r > 1 and len(roots):
+                picked.append(t.filter(pc.is_in(t[C.ROOT_ID], value_set=roots)))
+        if r == 1 and lineage_pick.table is not None:
+            lineage_rows[1] = lineage_pick.table
+            roots = lineage_pick.table[C.ROOT_ID].combine_chunks()
+        elif picked:
+            lineage_rows[r] = pa.concat_tables(picked)
+        per_round.append(round_figures(m, counted, rows))
+
+    groups = [0] + [m["round"] for m in manifests]
+    raw_lengths = {kind: {g: np.concatenate(v[g]) if v[g] else np.zeros(0, np.int64) for g in groups}
+                   for kind, v in lengths.items()}
+    drawn = {g: samples[g].result(pa.schema([(C.ID, pa.string()), (C.INSTRUCTION, pa.string())]))
+             for g in groups}
+    nonempty = [t.num_rows for t in drawn.values() if t.num_rows]
+    n_equal = min([rc.sample_size] + nonempty)
+    div = {}
+    for g in groups:
+        t = drawn[g]
+        if t.num_rows < n_equal or not t.num_rows:
+            div[str(g)] = None
+            continue
+        texts = runread.smallest(t, n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
+        div[str(g)] = diversity.diversity(texts, rc.near_duplicate_threshold)
+
+    shown = sorted(roots.to_pylist(), key=lambda x: runread.sample_key(cfg.seed, x))
+    final = read_json(out.join("final", runread.MANIFEST))
+    return {
+        "output": out.url,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": manifests[-1].get("config_hash"),
+        "rounds": [m["round"] for m in manifests],
+        "rounds_configured": cfg.evolution.rounds,
+        "rounds_missing": missing,
+        "statuses": sorted({s for x in per_round for s in x["status_counts"]}),
+        "reasons": sorted({s for x in per_round for s in x["reason_counts"]}),
+        "ops": sorted({s for x in per_round for s in x["op_counts"]}),
+        "per_round": per_round,
+        "lengths": {kind: {str(g): length_stats(v[g]) for g in groups} for kind, v in raw_lengths.items()},
+        "diversity": {"sample_size": n_equal, "threshold": rc.near_duplicate_threshold,
+                      "by_round": div},
+        "difficulty": _difficulty(out),
+        "lineage": _lineage(lineage_rows, shown),
+        "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
+                                          "rounds": final.get("rounds")},
+        "_lengths": raw_lengths,
+    }
+
+
+def _difficulty(out: Location) -> Optional[dict]:
+    m, t = runread.read_scores(out)
+    if m is None:
+        return None
+    by_round = {}
+    for r in m["rounds"]:
+        rt = t.filter(pc.equal(t[C.ROUND], r))
+        ok = rt[C.DIFFICULTY].drop_null().to_pylist()
+        hist = Counter(ok)
+        by_round[str(r)] = {"rows": rt.num_rows, "rated": len(ok), "errors": rt.num_rows - len(ok),
+                            "mean": float(np.mean(ok)) if ok else None,
+                            "median": float(np.median(ok)) if ok else None,
+                            "histogram": {str(s): hist.get(s, 0) for s in range(1, 11)}}
+    return {"model": m.get("model"), "sample_size": m.get("sample_size"), "rounds": m["rounds"],
+            "by_round": by_round}
+
+
+def _table(header: List[str], rows: List[List[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _img(name: str, png: bytes, alt: str) -> str:
+    return (f'<figure><img id="plot-{name}" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{html.escape(alt)}'
+            "</figcaption></figure>")
+
+
+def render_html(fig: dict, images: Dict[str, bytes]) -> str:
+    """One self-contained page: tables, inlined PNG plots and lineage text; no script, no link."""
+    pr = fig["per_round"]
+    counts = _table(
+        ["round", "rows in", "kept", "survival"] + [f"status: {s}" for s in fig["statuses"]]
+        + [f"reason: {s}" for s in fig["reasons"]],
+        [[x["round"], x["rows_in"], x["kept"], f"{x['survival']:.0%}"]
+         + [x["status_counts"].get(s, 0) for s in fig["statuses"]]
+         + [x["reason_counts"].get(s, 0) for s in fig["reasons"]] for x in pr])
+    engine = _table(["round", "prompt tokens", "generated tokens", "wall s", "engine start s",
+                     "engine busy", "row engine s"],
+                    [[x["round"], x["prompt_tokens"], x["generated_tokens"], x["wall_seconds"],
+                      x["engine_startup_seconds"], x["engine_busy_share"], x["row_engine_seconds"]] for x in pr])
+    ops = _table(["round"] + [f"{op} (kept/tried)" for op in fig["ops"]],
+                 [[x["round"]] + [f"{x['op_kept_counts'].get(op, 0)}/{x['op_counts'].get(op, 0)}"
+                                  for op in fig["ops"]] for x in pr])
+    lens = _table(["round", "kind", "rows", "mean", "p10", "median", "p90", "max"],
+                  [[g, kind, s.get("rows"), s.get("mean"), s.get("p10"), s.get("median"), s.get("p90"), s.get("max")]
+                   for kind, by in fig["lengths"].items() for g, s in by.items()])
+    dv = fig["diversity"]
+    div = _table(["round", "rows", "distinct-1", "distinct-2", "near-duplicate share"],
+                 [[g, *(["(too few kept rows)", None, None, None] if d is None else
+                        [d["rows"], d["distinct_1"], d["distinct_2"], d["near_duplicate_share"]])]
+                  for g, d in dv["by_round"].items()])
+    dif = fig["difficulty"]
+    if dif:
+        diff_html = (f"<p>Rated by <code>{html.escape(str(dif['model']))}</code>, up to {dif['sample_size']} "
+                     "rows per round, forced choice 1-10.</p>"
+                     + _table(["round", "rated", "errors", "mean", "median"] + [str(s) for s in range(1, 11)],
+                              [[g, d["rated"], d["errors"], d["mean"], d["median"]]
+                               + [d["histogram"][str(s)] for s in range(1, 11)] for g, d in dif["by_round"].items()])
+                     + _img("difficulty", images["difficulty"], "Difficulty score by round (0 = seeds)"))
+    else:
+        diff_html = ("<p>Not scored yet: run <code>evol-ray score OUTPUT</code> (or set "
+                     "<code>score.enabled=true</code> for the run), then this report again.</p>")
+    lineage = "".join(
+        f"<h3>root {html.escape(c['root_id'][:12])}</h3><pre>"
+        + html.escape("\n".join(
+            f"round {s['round']}: {s['status']}" + (f" ({s['reason']})" if s["reason"] else "")
+            + (f" by {s['op']}" if s["op"] else "") + "\n    " + _short(s["instruction"])
+            for s in c["steps"])) + "</pre>" for c in fig["lineage"])
+    warn = ""
+    problems = [f"round {x['round']}: {p}" for x in pr for p in x["mismatches"]]
+    if fig["rounds_missing"]:
+        problems.insert(0, f"rounds not complete: {fig['rounds_missing']}")
+    if problems:
+        warn = '<div class="warn"><b>Check:</b><ul>' + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul></div>"
+    final = fig["final"]
+    final_p = (f"<p>Final training set: {final['rows']:,} rows (seeds included: {final['include_seeds']}).</p>"
+               if final else "<p>No final/ set written yet.</p>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>evol-ray report: {html.escape(fig['output'])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1150px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f0f0f0; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+pre {{ background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; }}
+.warn {{ background: #fff3cd; padding: 0.5em 1em; border: 1px solid #e0c060; }}
+</style></head><body>
+<h1>evol-ray report</h1>
+<p>Output <code>{html.escape(fig['output'])}</code>, config {html.escape(str(fig['config_hash']))},
+rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated']}.</p>
+{warn}{final_p}
+<h2>Rows by round</h2>{counts}
+{_img("survival", images["survival"], "Rows by round: kept and each elimination reason")}
+<h2>Operations</h2>{ops}
+{_img("operations", images["operations"], "Operation mix and survival rate by round")}
+<h2>Lengths (words, kept rows; round 0 = seeds)</h2>{lens}
+{_img("lengths", images["lengths"], "Instruction and answer length by round")}
+<h2>Diversity (instructions, {dv['sample_size']} rows per round)</h2>{div}
+{_img("diversity", images["diversity"], "Diversity by round")}
+<h2>Difficulty</h2>{diff_html}
+<h2>Engine</h2>{engine}
+<h2>Lineage</h2>{lineage or "<p>No lineage (report.lineages is 0).</p>"}
+</body></html>
+"""
+
+
+def _short(text: Optional[str], limit: int = 300) -> str:
+    t = " ".join((text or "").split())
+    return t if len(t) <= limit else t[:limit] + " ..."
+
+
+def write_report(out: Location, fig: dict) -> Dict[str, str]:
+    """Render `fig` into OUTPUT/report/report.html and figures.json; returns their URLs."""
+    images = plots.render_all(fig, fig["_lengths"])
+    page = render_html(fig, images)
+    rdir = out.join(REPORT_DIR)
+    out.fs.makedirs(rdir.path, exist_ok=True)
+    with out.fs.open(rdir.join(HTML_FILE).path, "wb") as f:
+        f.write(page.encode("utf-8"))
+    data = {k: v for k, v in fig.items() if not k.startswith("_")}
+    data["plots"] = sorted(images)
+    write_json(rdir.join(JSON_FILE), data)
+    return {"html": rdir.join(HTML_FILE).url, "json": rdir.join(JSON_FILE).url}
+
+
+def summary_text(fig: dict, paths: Dict[str, str]) -> str:
+    lines = [f"evol-ray report: {fig['output']} (rounds {fig['rounds']} of {fig['rounds_configured']})"]
+    dif = (fig["difficulty"] or {}).get("by_round", {})
+    div = fig["diversity"]["by_round"]
+    seed_len = fig["lengths"]["instruction"]["0"]
+    lines.append(f"seeds: {seed_len['rows']} rows, instruction words median {seed_len.get('median', '-')}"
+                 + _extra(dif.get("0"), div.get("0")))
+    for x in fig["per_round"]:
+        r = str(x["round"])
+        gone = ", ".join(f"{k} {v}" for k, v in x["reason_counts"].items()) or "none"
+        ln = fig["lengths"]["instruction"][r]
+        lines.append(f"round {r}: in {x['rows_in']}, kept {x['kept']} ({x['survival']:.0%}); dropped: {gone}; "
+                     f"instruction words median {ln.get('median', '-')}" + _extra(dif.get(r), div.get(r)))
+        lines.extend(f"  CHECK round {r}: {p}" for p in x["mismatches"])
+    if fig["rounds_missing"]:
+        lines.append(f"rounds not complete: {fig['rounds_missing']}")
+    if not fig["difficulty"]:
+        lines.append("difficulty: not scored (evol-ray score OUTPUT)")
+    lines.append(f"report: {paths['html']}")
+    lines.append(f"figures: {paths['json']}")
+    return "\n".join(lines)
+
+
+def _extra(dif: Optional[dict], div: Optional[dict]) -> str:
+    s = ""
+    if dif and dif.get("mean") is not None:
+        s += f", difficulty mean {dif['mean']:.2f}"
+    if div:
+        s += f", distinct-2 {div['distinct_2']:.2f}, near-dup {div['near_duplicate_share']:.0%}"
+    return s
+
+
+def report(url: str, overrides: List[str] = ()) -> str:
+    """The whole `evol-ray report` command: read, render, write; returns the text summary."""
+    out, cfg = runread.open_run(url, overrides)
+    fig = collect(out, cfg)
+    return summary_text(fig, write_report(out, fig))

@@ -1,0 +1,88 @@
+"""The round and final checks (quality filters, then dedup) as Ray Data stages on local Ray, over
+generated round-like data: no engine needed, the full pipeline's e2e covers the wiring into rounds."""
+
+import pyarrow as pa
+import pytest
+import ray
+
+from evol_ray import cleanup
+from evol_ray import columns as C
+from evol_ray.config import load_config
+from evol_ray.run import count_files
+from evol_ray.storage import list_files, locate
+
+pytestmark = pytest.mark.e2e
+
+
+def sentence(i, extra=""):
+    topic = " ".join(f"word{(i * 37 + k * 11) % 1009}" for k in range(14))  # unlike any other i
+    return f"Describe item {i}, {topic}, in plain words{extra}."
+
+
+def attempts(n, round_no, text_of):
+    rows = [{C.ID: f"r{round_no}-{i}", C.PARENT_ID: f"p{i}", C.ROOT_ID: f"s{i}", C.ROUND: round_no,
+             C.OP: "deepen", C.INSTRUCTION: text_of(i), C.RESPONSE: f"Answer number {i} with detail.",
+             C.PARENT_INSTRUCTION: f"seed {i}", C.PARENT_RESPONSE: "x", C.STATUS: C.KEPT}
+            for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=C.ROUND_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def checked(ray_local, tmp_path_factory):
+    cfg = load_config(["input.path=s.json", "output.path=o", "model.source=m"])
+    seeds = ray.data.from_arrow(pa.table({
+        C.ID: [f"s{i}" for i in range(40)], C.ROOT_ID: [f"s{i}" for i in range(40)],
+        C.INSTRUCTION: [f"Seed question {i}: how do tides and the moon relate, step {i}?" for i in range(40)],
+        C.RESPONSE: ["a"] * 40,
+    }))
+    earlier = ray.data.from_arrow(attempts(60, 1, sentence))
+    # round 2: rows 0-9 repeat round 1 (case/punctuation changed), 10-19 near-repeat it, 20-24
+    # repeat a seed, 25-29 fail a quality rule, the rest are new
+    def round2(i):
+        if i < 10:
+            return sentence(i).upper().replace(",", " ;")
+        if i < 20:
+            return sentence(i, extra=" please")
+        if i < 25:
+            return f"SEED question {i}: how do tides and the moon relate, step {i}?"
+        if i < 30:
+            return "Tiny?"
+        return f"A wholly new task {i}: plan a garden for a rainy climate with {i} plants."
+    now = ray.data.from_arrow(attempts(80, 2, round2))
+    out = cleanup.round_checks(now, cfg, seeds, [earlier])
+    dest = tmp_path_factory.mktemp("round")
+    out.write_parquet(str(dest))
+    loc = locate(str(dest), cfg.storage)
+    return cfg, {r[C.ID]: r for r in out.take_all()}, count_files(loc, list_files(loc))
+
+
+def test_rows_are_marked_never_dropped_and_counted(checked):
+    _, rows, counts = checked
+    assert len(rows) == counts["rows"] == 80 == sum(counts["status_counts"].values())
+    assert counts["reason_counts"] == {C.R_DUPLICATE: 15, C.R_NEAR_DUPLICATE: 10, C.R_INSTRUCTION_LENGTH: 5}
+    assert counts["status_counts"] == {C.KEPT: 50, C.ELIMINATED: 30}
+
+
+def test_duplicates_point_at_the_earlier_row(checked):
+    _, rows, _ = checked
+    for i in range(10):
+        assert (rows[f"r2-{i}"][C.REASON], rows[f"r2-{i}"][C.DUPLICATE_OF]) == (C.R_DUPLICATE, f"r1-{i}")
+    for i in range(10, 20):
+        assert (rows[f"r2-{i}"][C.REASON], rows[f"r2-{i}"][C.DUPLICATE_OF]) == (C.R_NEAR_DUPLICATE, f"r1-{i}")
+    for i in range(20, 25):
+        assert rows[f"r2-{i}"][C.DUPLICATE_OF] == f"s{i}"
+    assert all(rows[f"r2-{i}"][C.DUPLICATE_OF] is None for i in range(25, 80))
+
+
+def test_final_checks_split_kept_and_removed(checked, ray_local):
+    cfg, _, _ = checked
+    t = "Write a haiku about autumn leaves falling on a quiet lake"
+    final = ray.data.from_arrow(pa.table({
+        C.ID: ["b", "a", "c"], C.PARENT_ID: [None, None, "a"], C.ROOT_ID: ["b", "a", "a"],
+        C.ROUND: pa.array([0, 0, 1], pa.int32()), C.OP: [None, None, "deepen"],
+        C.INSTRUCTION: [t, t + "!", "Something else to write about, at length and in detail."],
+        C.RESPONSE: ["x", "x", "y"],
+    }))
+    out = {r[C.ID]: r for r in cleanup.final_checks(final, cfg).take_all()}
+    assert (out["b"][C.REASON], out["b"][C.DUPLICATE_OF]) == (C.R_DUPLICATE, "a")
+    assert out["a"][C.STATUS] == out["c"][C.STATUS] == C.KEPT

@@ -1,0 +1,144 @@
+"""Dedup stages as pure functions (no Ray): planted exact and near duplicates, the kept-row rule."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from evol_ray import columns as C
+from evol_ray import dedup as D
+from evol_ray import text
+from evol_ray.config import DedupConfig
+
+P = D.params_from(DedupConfig(), seed=0)
+
+
+def items(texts, rounds=None, answers=None, ids=None, target=None):
+    n = len(texts)
+    return pa.table({
+        C.ID: ids or [f"id{i:05d}" for i in range(n)],
+        C.ROUND: pa.array(rounds or [1] * n, pa.int32()),
+        C.INSTRUCTION: texts,
+        C.RESPONSE: answers or ["answer"] * n,
+        C.DEDUP_TARGET: target or [True] * n,
+    })
+
+
+def find(table, p=P):
+    """find_duplicates without Ray: every stage on one batch, all keys in one group."""
+    sigs = D.signature_rows(table, p)
+    edges = D.bucket_edges(D.key_rows(sigs, p))
+    nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
+    marks = D.resolve(edges, D.candidate_rows(sigs, nodes), p)
+    return {r[C.ID]: (r[C.REASON], r[C.DUPLICATE_OF]) for r in marks.to_pylist()}
+
+
+def shingles(words, n=3):
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a, b):
+    x, y = shingles(a), shingles(b)
+    return len(x & y) / len(x | y)
+
+
+def planted(seed, n_pairs):
+    """Pairs (original, copy) with a copy made by replacing k words; k spans high and low Jaccard."""
+    rng = np.random.default_rng(seed)
+    texts, pairs = [], []
+    for i in range(n_pairs):
+        base = [f"w{x}" for x in rng.choice(200_000, 50, replace=False)]
+        k = int(rng.choice([1, 2, 12, 14, 16]))
+        copy = list(base)
+        spots = [1, 2] if k == 2 else list(range(1, 50, 3))[:k] if k > 2 else [int(rng.integers(1, 48))]
+        for s in spots:
+            copy[s] = f"new{i}_{s}"
+        pairs.append((len(texts), len(texts) + 1, jaccard(base, copy)))
+        texts += [" ".join(base), " ".join(copy)]
+    return texts, pairs
+
+
+def test_planted_near_duplicates_found_and_far_ones_not():
+    texts, pairs = planted(0, 600)
+    table = items(texts)
+    marks = find(table)
+    ids = table[C.ID].to_pylist()
+    rep = [marks.get(i, (None, i))[1] for i in ids]
+    high = [rep[a] == rep[b] for a, b, j in pairs if j >= 0.8]
+    low = [rep[a] == rep[b] for a, b, j in pairs if j <= 0.5]
+    assert len(high) > 150 and len(low) > 150
+    assert sum(high) / len(high) >= 0.95
+    assert sum(low) / len(low) <= 0.01
+    assert {r for r, _ in marks.values()} == {C.R_NEAR_DUPLICATE}
+
+
+def test_exact_copies_across_rounds_all_found_and_point_at_the_earliest():
+    rng = np.random.default_rng(1)
+    base = [" ".join(f"w{x}" for x in rng.choice(100_000, 30, replace=False)) for _ in range(50)]
+    texts, rounds = list(base), [0] * 50
+    for r in (1, 2, 3):  # each round repeats every base text, with case/punctuation/spacing changed
+        texts += [f"  {t.upper()}!!" if r % 2 else t.replace(" ", " ,\t") for t in base]
+        rounds += [r] * 50
+    table = items(texts, rounds=rounds, target=[r > 0 for r in rounds])
+    marks = find(table)
+    ids = table[C.ID].to_pylist()
+    assert set(marks) == set(ids[50:])  # every copy, and no seed (round 0 is reference only)
+    for k, i in enumerate(ids[50:]):
+        assert marks[i] == (C.R_DUPLICATE, ids[k % 50])
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_exact_dedup_alone_or_with_near(near):
+    p = D.params_from(DedupConfig(near=near), seed=0)
+    table = items(["Hello there, world of ours!", "hello THERE world of ours", "something else entirely"])
+    assert find(table, p) == {"id00001": (C.R_DUPLICATE, "id00000")}
+
+
+def test_kept_row_follows_earliest_round_then_longest_answer_then_smallest_id():
+    t = "Write a short poem about the sea and the wind at night"
+    table = items([t] * 5, rounds=[2, 1, 1, 1, 1], answers=["a" * 99, "a" * 10, "a" * 50, "a" * 50, "a"],
+                  ids=["e", "d", "c", "b", "a"])
+    marks = find(table)
+    assert set(marks) == {"e", "d", "c", "a"}  # round 1 beats round 2; longest answer; then smallest id
+    assert {dup for _, dup in marks.values()} == {"b"}
+
+
+def test_reference_rows_are_never_marked():
+    t = "Describe how a bicycle gear system changes the effort needed to pedal uphill"
+    table = items([t, t, t + " quickly"], rounds=[1, 0, 0], target=[True, False, False])
+    marks = find(table)
+    assert list(marks) == ["id00000"]  # the two seeds duplicate each other, but only targets are marked
+
+
+def test_mark_changes_only_marked_rows():
+    batch = pa.Table.from_pylist([
+        {C.ID: "a", C.STATUS: C.KEPT, C.REASON: None},
+        {C.ID: "b", C.STATUS: C.KEPT, C.REASON: None},
+        {C.ID: "c", C.STATUS: C.ELIMINATED, C.REASON: C.R_SORRY},
+    ], schema=pa.schema([(C.ID, pa.string()), (C.STATUS, pa.string()), (C.REASON, pa.string())]))
+    marks = pa.table({C.ID: ["b"], C.REASON: [C.R_NEAR_DUPLICATE], C.DUPLICATE_OF: ["a"]})
+    out = D.mark(batch, marks).to_pylist()
+    assert out[0] == {C.ID: "a", C.STATUS: C.KEPT, C.REASON: None, C.DUPLICATE_OF: None}
+    assert out[1] == {C.ID: "b", C.STATUS: C.ELIMINATED, C.REASON: C.R_NEAR_DUPLICATE, C.DUPLICATE_OF: "a"}
+    assert out[2][C.REASON] == C.R_SORRY and out[2][C.DUPLICATE_OF] is None
+
+
+def test_banding_from_threshold_and_explicit():
+    p = D.params_from(DedupConfig(threshold=0.7, num_perm=128), seed=0)
+    assert p.bands * p.rows <= 128
+    assert D.candidate_probability(0.7, p.bands, p.rows) >= 0.9
+    assert D.candidate_probability(0.8, p.bands, p.rows) >= 0.99
+    q = D.params_from(DedupConfig(bands=16, rows=8), seed=0)
+    assert (q.bands, q.rows) == (16, 8)
+
+
+def test_short_and_empty_instructions_do_not_collide():
+    table = items(["one", "two words", "", "!!!", "one"])
+    marks = find(table)
+    # a text without words ("", "!!!") resembles nothing (the length filter's job); a one-word
+    # text is one shingle, so its exact copy is found
+    assert marks == {"id00004": (C.R_DUPLICATE, "id00000")}
+
+
+def test_normalization_is_one_function():
+    assert text.normalize_one("  Hello,\tWORLD!!  It's ＦＵＬＬ ") == "hello world it s full"
+    assert text.words(text.normalize(pa.array(["a b", None, "", "?!"]))).to_pylist() == [["a", "b"], [], [], []]
