@@ -207,6 +207,8 @@ class Config:
 # agree on these; engine sizing, storage and Ray address may change between attempts.
 RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds",
                    "dedup", "quality")
+# Keys inside those sections that only size the work, never change its result.
+SIZING_KEYS = ("dedup.partitions",)
 
 _SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
 
@@ -429,6 +431,8 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         for part in section.split("."):
             node = node[part]
         _flatten(section, node, flat)
+    for key in SIZING_KEYS:
+        flat.pop(key, None)
     return flat
 
 

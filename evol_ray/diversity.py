@@ -10,18 +10,20 @@
 
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Sequence
 
+import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+from evol_ray import text as text_mod
+
 NUM_PERM = 128
 SHINGLE = 3
 
 
 def words(text: str | None) -> List[str]:
-    return _WORD.findall((text or "").lower())
+    """Words after the project's one normalization (`evol_ray.text`), as dedup sees them."""
+    return text_mod.words(text_mod.normalize(pa.array([text], pa.string())))[0].as_py()
 
 
 def distinct_n(texts: Sequence[str | None], n: int) -> float:

@@ -79,7 +79,7 @@ def test_secrets_are_masked_and_hash_ignores_engine_sizing():
                               "storage.options.anon=false"])
     text = cfgmod.to_yaml(cfg)
     assert "hunter2" not in text and "AKIA123" not in text and "anon: false" in text
-    other = load_config(BASE + ["engine.replicas=8", "engine.batch_size=3"])
+    other = load_config(BASE + ["engine.replicas=8", "engine.batch_size=3", "dedup.partitions=5"])
     assert cfgmod.config_hash(other) == cfgmod.config_hash(load_config(BASE))
     changed = load_config(BASE + ["seed=3", "evolution.rounds=2"])
     saved = cfgmod.result_values(load_config(BASE))
