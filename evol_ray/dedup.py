@@ -254,6 +254,7 @@ def key_rows(sigs: pa.Table, p: Params) -> pa.Table:
 
 
 EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
+MARK_SCHEMA = pa.schema([(C.ID, pa.string()), (C.REASON, pa.string()), (C.DUPLICATE_OF, pa.string())])
 
 
 def bucket_edges(group: pa.Table) -> pa.Table:
@@ -287,8 +288,7 @@ def resolve(edges: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    empty = pa.table({C.ID: pa.array([], pa.string()), C.REASON: pa.array([], pa.string()),
-                      C.DUPLICATE_OF: pa.array([], pa.string())})
+    empty = MARK_SCHEMA.empty_table()
     if edges.num_rows == 0 or cands.num_rows == 0:
         return empty
     order = np.argsort(cands[C.DEDUP_NODE].to_numpy())
@@ -370,6 +370,8 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     """Items dataset -> marks (`id`, `reason`, `duplicate_of`) for the target rows to drop."""
     sigs = items.map_batches(signature_rows, fn_kwargs={"p": p}, batch_format="pyarrow",
                              batch_size=BATCH_ROWS).materialize()
+    if sigs.count() == 0:  # nothing kept: Ray's hash shuffle cannot sort a schema-less empty input
+        return MARK_SCHEMA.empty_table()
     keys = sigs.map_batches(key_rows, fn_kwargs={"p": p}, batch_format="pyarrow", batch_size=BATCH_ROWS)
     grouped = keys.groupby(C.DEDUP_PART, num_partitions=p.partitions)
     edges = _collect(grouped.map_groups(bucket_edges, batch_format="pyarrow"), EDGE_SCHEMA)

@@ -86,3 +86,16 @@ def test_final_checks_split_kept_and_removed(checked, ray_local):
     out = {r[C.ID]: r for r in cleanup.final_checks(final, cfg).take_all()}
     assert (out["b"][C.REASON], out["b"][C.DUPLICATE_OF]) == (C.R_DUPLICATE, "a")
     assert out["a"][C.STATUS] == out["c"][C.STATUS] == C.KEPT
+
+
+def test_round_with_nothing_kept_passes_the_checks_unchanged(checked, ray_local):
+    """A round where every evolution failed (common with a tiny model) has no items to dedup: the
+    hash shuffle must not run on an empty, schema-less input; every row comes back as it was."""
+    cfg, _, _ = checked
+    table = attempts(12, 3, sentence)
+    table = table.set_column(table.schema.get_field_index(C.STATUS), C.STATUS,
+                             pa.array([C.ELIMINATED] * 12, pa.string()))
+    out = cleanup.round_checks(ray.data.from_arrow(table), cfg, None, []).take_all()
+    assert sorted(r[C.ID] for r in out) == sorted(table[C.ID].to_pylist())
+    assert {r[C.STATUS] for r in out} == {C.ELIMINATED}
+    assert all(r[C.DUPLICATE_OF] is None for r in out)
