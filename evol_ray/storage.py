@@ -43,7 +43,19 @@ class Location:
         """The same filesystem for pyarrow and Ray Data."""
         if not is_s3(self.url):
             return pafs.LocalFileSystem()
-        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return pafs.PyFileSystem(ObjectStoreHandler(self.fs))
+
+
+class ObjectStoreHandler(pafs.FSSpecHandler):
+    """pyarrow over s3fs, where a "directory" exists only while objects sit under it: deleting one
+    that holds nothing is done already. (Ray Data's Parquet sink deletes the folder it "created"
+    when a write produced no rows, for example a final set from which nothing was removed.)"""
+
+    def delete_dir(self, path: str) -> None:
+        try:
+            super().delete_dir(path)
+        except FileNotFoundError:
+            pass
 
 
 def is_s3(url: str) -> bool:

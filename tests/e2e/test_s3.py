@@ -89,3 +89,20 @@ def test_unwritable_output_fails_naming_the_path(s3, s3_run, tiny_model):
     with pytest.raises(RunError) as e:
         run(cfg)
     assert "s3://missing-out-bucket/x" in str(e.value) and "testing-secret" not in str(e.value)
+
+
+def test_empty_write_on_s3_commits_no_files(s3, ray_local):
+    """Writing no rows to s3:// (a final set from which nothing was removed) commits an empty
+    folder: Ray's sink deletes the "directory" it made, which on S3 never existed."""
+    import pyarrow as pa
+    import ray
+
+    from evol_ray.run import _write_committed
+    from evol_ray.storage import list_files, locate
+
+    url = s3.make_bucket("evol-empty")
+    cfg = load_config(["input.path=s.json", f"output.path={url}/out", "model.source=m"] + s3.overrides())
+    dest = locate(f"{url}/out/final/_removed", cfg.storage)
+    empty = ray.data.from_arrow(pa.table({C.ID: pa.array(["x"])})).filter(lambda r: False)
+    assert _write_committed(empty, dest, cfg) == []
+    assert list_files(dest) == []
