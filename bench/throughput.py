@@ -106,7 +106,8 @@ def run_pipeline(cfg) -> dict:
     eng = m["engine"]
     gen_s = max(a["lifetime_s"] for a in eng["per_actor"].values())
     return {"tokens": m["generated_tokens"], "wall_s": wall, "gen_s": gen_s, "startup_s": eng["startup_s"],
-            "round_s": m["wall_seconds"], "busy_share": eng["busy_share"],
+            "round_s": m["wall_seconds"], "phases": m["phase_seconds"], "final_s": wall - m["wall_seconds"],
+            "busy_share": eng["busy_share"],
             "mean_in_flight": eng["mean_in_flight"], "errors": m["status_counts"].get(C.ERROR_STATUS, 0)}
 
 
@@ -127,6 +128,7 @@ def main() -> int:
     p.add_argument("--eager", action="store_true", help="enforce_eager (faster start on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="bare-first", choices=["bare-first", "pipeline-first"])
+    p.add_argument("--only", choices=["bare", "pipeline"], help="run one side (for profiling); no ratio")
     p.add_argument("--set", nargs="*", default=[], help="more dotted.key=value config overrides")
     args = p.parse_args()
 
@@ -145,19 +147,27 @@ def main() -> int:
     results = {}
     order = ["bare", "pipeline"] if args.order == "bare-first" else ["pipeline", "bare"]
     for side in order:
-        results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
+        if args.only in (None, side):
+            results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
 
     print(f"\nrows={args.rows} model={model} device={resolve_device(args.device)} "
           f"batch_size={args.batch_size} batches_in_flight={args.batches_in_flight}")
     print(f"{'':10}{'tokens':>9}{'wall_s':>9}{'tok/s':>9}{'start_s':>9}{'gen_s':>8}{'gen tok/s':>11}"
           f"{'busy':>7}{'in flight':>10}{'errors':>8}")
-    for side in ("bare", "pipeline"):
-        r = results[side]
+    for side, r in results.items():
         r["tok_s"] = r["tokens"] / r["wall_s"]
         r["gen_tok_s"] = r["tokens"] / r["gen_s"]
         print(f"{side:10}{r['tokens']:>9}{r['wall_s']:>9.1f}{r['tok_s']:>9.1f}{r['startup_s']:>9.1f}"
               f"{r['gen_s']:>8.1f}{r['gen_tok_s']:>11.1f}{r['busy_share']:>7.1%}{r['mean_in_flight']:>10.1f}"
               f"{r['errors']:>8}")
+    if "pipeline" in results:
+        a = results["pipeline"]
+        outside = a["round_s"] - a["startup_s"] - a["gen_s"]
+        print(f"pipeline round {a['round_s']:.1f} s = engine start-up {a['startup_s']:.1f} + generation "
+              f"{a['gen_s']:.1f} + outside the engine {outside:.1f} (of which commit phase "
+              f"{a['phases']['commit']:.1f}); after the round (final set) {a['final_s']:.1f} s")
+    if args.only:
+        return 0
     a, b = results["pipeline"], results["bare"]
     print(f"generation window ratio={a['gen_tok_s'] / b['gen_tok_s']:.3f}; "
           f"pipeline engine busy {a['busy_share']:.1%} of the round after start-up")

@@ -222,6 +222,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
                            max_rows_per_file=cfg.output.rows_per_file)
     engines = stage_mod.summarize_engines(ray.get(stats.get.remote()))
     ray.kill(stats)
+    engine_done = time.monotonic()
 
     parts = readable_parts(attempts_dir)
     counts = count_files(attempts_dir, parts)
@@ -247,6 +248,10 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         "rows_resumed": len(resumed_ids),
         **{k: v for k, v in counts.items() if k != "rows"},
         "wall_seconds": round(time.monotonic() - started, 3),
+        # engine phase: from the round's start (actors launched, engines starting) to the last
+        # attempt written; commit phase: CPU checks (dedup, quality), files moved, manifest.
+        "phase_seconds": {"engine": round(engine_done - started, 3),
+                          "commit": round(time.monotonic() - engine_done, 3)},
         "engine": engines,
         "device": device,
         "files": sorted(posixpath.relpath(f, rdir.path) for f in files),

@@ -81,6 +81,7 @@ class EvolveStage:
             snap = self.meter.snapshot()
             snap["startup_s"] = self.startup_s
             snap["rows"] = self.rows
+            snap["niceness"] = os.nice(0)
             self.stats.report.remote(self.name, snap)
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
@@ -99,12 +100,20 @@ class EvolveStage:
         yield pa.Table.from_pylist(out, schema=C.ROUND_SCHEMA)
 
 
+ENGINE_NICENESS_VAR = "RAY_worker_niceness"  # read by Ray when it starts the worker process
+
+
 def engine_actor_args(e: EngineConfig, device: str, replicas: int) -> dict:
     """`map_batches` arguments for a pool of engine actors: the actor asks for one GPU, or, for
     tensor parallelism, a placement group whose GPU bundles vLLM's Ray executor fills (the actor
-    itself then holds none). The job's driver asks for nothing, so the head can be CPU-only."""
+    itself then holds none). The job's driver asks for nothing, so the head can be CPU-only.
+
+    Engine actors run at normal CPU priority: Ray starts worker processes at niceness 15, under
+    its own daemons and the driver, and the engine's scheduler and its child processes inherit
+    that. The engine is what the run pays for; background data tasks keep niceness 15."""
     args: dict = {
         "num_cpus": e.cpus_per_replica,
+        "runtime_env": {"env_vars": {ENGINE_NICENESS_VAR: "0"}},
         "batch_size": e.batch_size,
         "batch_format": "pyarrow",
         "compute": ray.data.ActorPoolStrategy(

@@ -7,6 +7,7 @@ import ray
 
 from evol_ray import cleanup
 from evol_ray import columns as C
+from evol_ray import dedup as dedup_mod
 from evol_ray.config import load_config
 from evol_ray.run import count_files
 from evol_ray.storage import list_files, locate
@@ -27,8 +28,17 @@ def attempts(n, round_no, text_of):
     return pa.Table.from_pylist(rows, schema=C.ROUND_SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def checked(ray_local, tmp_path_factory):
+@pytest.fixture(scope="module", params=["one_block", "hash_shuffle"])
+def checked(request, ray_local, tmp_path_factory):
+    """Small data groups its band keys in one block; `hash_shuffle` makes the same data take Ray
+    Data's hash shuffle over several partitions, the path of big rounds."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "hash_shuffle":
+            mp.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 200)
+        yield _checked(tmp_path_factory)
+
+
+def _checked(tmp_path_factory):
     cfg = load_config(["input.path=s.json", "output.path=o", "model.source=m"])
     seeds = ray.data.from_arrow(pa.table({
         C.ID: [f"s{i}" for i in range(40)], C.ROOT_ID: [f"s{i}" for i in range(40)],

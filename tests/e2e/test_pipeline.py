@@ -55,6 +55,10 @@ def test_every_row_accounted_for_in_every_round(finished_run):
         assert sum(m["op_counts"].values()) == len(attempted)
         assert m["generated_tokens"] > 0 and m["engine"]["requests"] > 0
         assert 0 < m["engine"]["busy_share"] <= 1
+        # engines run at normal priority, not at Ray's worker niceness of 15
+        assert {a["niceness"] for a in m["engine"]["per_actor"].values()} == {0}
+        assert set(m["phase_seconds"]) == {"engine", "commit"}
+        assert m["phase_seconds"]["engine"] + m["phase_seconds"]["commit"] <= m["wall_seconds"] + 0.01
         assert len({x[C.PARENT_ID] for x in rows}) == len(rows), "one attempt per pool row"
         if r == 1:
             assert m["rows_in"] == N_SEEDS

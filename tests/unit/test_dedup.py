@@ -142,3 +142,11 @@ def test_short_and_empty_instructions_do_not_collide():
 def test_normalization_is_one_function():
     assert text.normalize_one("  Hello,\tWORLD!!  It's ＦＵＬＬ ") == "hello world it s full"
     assert text.words(text.normalize(pa.array(["a b", None, "", "?!"]))).to_pylist() == [["a", "b"], [], [], []]
+
+
+def test_shuffle_partitions_follow_the_data_up_to_the_configured_most():
+    assert D.shuffle_partitions(100, P) == 1
+    assert D.shuffle_partitions(1_000_000, P) == min(P.partitions, -(-1_000_000 * P.bands // D.KEY_ROWS_PER_PARTITION))
+    assert D.shuffle_partitions(10_000_000, P) == P.partitions
+    exact_only = D.Params(near=False, partitions=64)
+    assert D.shuffle_partitions(300_000, exact_only) == 2
