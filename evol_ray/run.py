@@ -214,7 +214,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     resumed_ids = done_ids(attempts_dir, earlier)
     if len(resumed_ids):
         log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
-    stats = stage_mod.EngineStats.remote()
+    stats = stage_mod.start_engine_stats(round_no)
     todo = pool.map_batches(without_ids, fn_kwargs={"ids": resumed_ids}, batch_format="pyarrow",
                             batch_size=None)
     attempts = stage_mod.evolve(todo, cfg, round_no, device, stats)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from typing import AsyncIterator, Optional
 
 import pyarrow as pa
@@ -39,6 +40,17 @@ class EngineStats:
 
     def get(self) -> dict:
         return dict(self.snapshots)
+
+
+STATS_ACTOR_PREFIX = "evol-ray-engine-stats"
+
+
+def start_engine_stats(round_no: int) -> object:
+    """The round's EngineStats actor, named so that live progress can be read while the round runs
+    (`ray.util.list_named_actors()`, then `ray.get(ray.get_actor(name).get.remote())`). The name
+    carries the round and a random suffix, so concurrent runs on one cluster never collide."""
+    name = f"{STATS_ACTOR_PREFIX}-round{round_no}-{uuid.uuid4().hex[:8]}"
+    return EngineStats.options(name=name).remote()
 
 
 def summarize_engines(snapshots: dict) -> dict:
