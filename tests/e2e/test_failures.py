@@ -35,9 +35,12 @@ def write_seeds(path: Path) -> set:
 
 
 def slow_round(model, seeds, out):
-    """One round in small batches with long answers, so the round lasts long enough to be hit."""
+    """One round in small batches with long answers, so the round lasts long enough to be hit.
+    The tiny model decodes a step in milliseconds, and Ray Data writes a finished block a moment
+    after the engine yields it, so the answers are long enough that the round outlasts that lag
+    many times over, on a fast machine too."""
     return tiny_overrides(model, seeds, out, rounds=1) + [
-        "engine.batch_size=2", "engine.batches_in_flight=1", "evolution.answer_sampling.max_tokens=160",
+        "engine.batch_size=2", "engine.batches_in_flight=1", "evolution.answer_sampling.max_tokens=384",
         "elimination.judge=false",
     ]
 
