@@ -86,6 +86,7 @@ class EvolveStage:
         self.stats = stats
         self.startup_s = time.monotonic() - t0
         self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.niceness = os.nice(0)
         self.rows = 0
 
     def _report(self) -> None:
@@ -93,7 +94,7 @@ class EvolveStage:
             snap = self.meter.snapshot()
             snap["startup_s"] = self.startup_s
             snap["rows"] = self.rows
-            snap["niceness"] = os.nice(0)
+            snap["niceness"] = self.niceness
             self.stats.report.remote(self.name, snap)
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:

@@ -19,7 +19,7 @@ from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import load_config
 from evol_ray.run import run
-from evol_ray.stage import STATS_ACTOR_PREFIX
+from evol_ray.stage import STATS_ACTOR_PREFIX, summarize_engines
 from evol_ray.storage import locate
 from tests.conftest import tiny_overrides
 
@@ -91,7 +91,7 @@ def engine_rows_done(ray) -> int:
             snaps = ray.get(ray.get_actor(name).get.remote(), timeout=10)
         except Exception:
             continue  # the round ended and removed it
-        done += sum(s.get("rows", 0) for s in snaps.values())
+        done += summarize_engines(snaps).get("rows", 0)
     return done
 
 
