@@ -135,8 +135,8 @@ def score(rep: np.ndarray, pairs: np.ndarray, jac: np.ndarray):
 def run_ray(items: pa.Table, p: dedup.Params, blocks: int):
     import ray
 
-    ds = ray.data.from_arrow([items.slice(i * len(items) // blocks, len(items) // blocks + 1)
-                              for i in range(blocks)])
+    bounds = [i * len(items) // blocks for i in range(blocks + 1)]
+    ds = ray.data.from_arrow([items.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
     t0 = time.perf_counter()
     marked = dedup.dedup(ds, p).select_columns([C.ID, C.STATUS, C.REASON, C.DUPLICATE_OF])
     out = pa.concat_tables(list(marked.iter_batches(batch_format="pyarrow", batch_size=None)))
@@ -211,8 +211,12 @@ def main() -> None:
     print(f"params: num_perm={p.num_perm} bands={p.bands} rows={p.rows} ngram={p.ngram} "
           f"threshold={p.threshold} partitions={p.partitions}", flush=True)
 
+    import logging
+
     import ray
 
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("evol_ray").setLevel(logging.INFO)  # dedup's phase times
     t = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"ray: started in {time.perf_counter() - t:.1f}s with {os.cpu_count()} CPUs", flush=True)

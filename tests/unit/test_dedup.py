@@ -127,6 +127,9 @@ def test_banding_from_threshold_and_explicit():
     assert p.bands * p.rows <= 128
     assert D.candidate_probability(0.7, p.bands, p.rows) >= 0.9
     assert D.candidate_probability(0.8, p.bands, p.rows) >= 0.99
+    # the fewest bands that reach the target at the most selective rows per band
+    assert D.candidate_probability(0.7, p.bands - 1, p.rows) < 0.9
+    assert all(D.candidate_probability(0.7, 128 // r, r) < 0.9 for r in range(p.rows + 1, 129))
     q = D.params_from(DedupConfig(bands=16, rows=8), seed=0)
     assert (q.bands, q.rows) == (16, 8)
 
