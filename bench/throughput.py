@@ -131,6 +131,10 @@ def main() -> int:
     p.add_argument("--only", choices=["bare", "pipeline"], help="run one side (for profiling); no ratio")
     p.add_argument("--set", nargs="*", default=[], help="more dotted.key=value config overrides")
     args = p.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("evol_ray").setLevel(logging.INFO)  # round progress, dedup's phase times
 
     work = Path(tempfile.mkdtemp(prefix="evol-bench-"))
     model = args.model

@@ -437,6 +437,7 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     # Nothing that could be marked (no kept row this round): no shuffle at all. (Ray's hash shuffle
     # also cannot sort a schema-less empty input.)
     if n == 0 or not _targets(sigs):
+        log.info("dedup: %d items, none to check; signatures %.1fs", n, time.perf_counter() - t0)
         return MARK_SCHEMA.empty_table()
     p = replace(p, partitions=shuffle_partitions(n, p))
     keys = sigs.map_batches(key_rows, fn_kwargs={"p": p}, batch_format="pyarrow", batch_size=BATCH_ROWS)
