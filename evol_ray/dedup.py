@@ -408,11 +408,16 @@ def _shuffle_map_batches(ds: ray.data.Dataset, key_bytes: int):
         ctx.shuffle_input_batch_bytes = before
 
 
+def keys_per_item(p: Params) -> int:
+    """Key rows `key_rows` writes per item: one per band, or the exact-text key alone."""
+    return p.bands if p.near else 1
+
+
 def shuffle_partitions(items: int, p: Params) -> int:
     """Shuffle partitions for `items` items: about KEY_ROWS_PER_PARTITION key rows each, at most
     `p.partitions`. A round of a few thousand rows then groups in one partition instead of paying
     for dozens of near-empty reduce tasks (9 s of 64 partitions for 256 items on 2 cores)."""
-    key_rows = items * (p.bands if p.near else 1)
+    key_rows = items * keys_per_item(p)
     return max(1, min(p.partitions, math.ceil(key_rows / KEY_ROWS_PER_PARTITION)))
 
 
@@ -448,18 +453,14 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     else:
         grouped = keys.groupby(C.DEDUP_PART, num_partitions=p.partitions).map_groups(
             bucket_edges, batch_format="pyarrow")
-    with _shuffle_map_batches(grouped, n * p.bands * KEY_ROW_BYTES):
+    with _shuffle_map_batches(grouped, n * keys_per_item(p) * KEY_ROW_BYTES):
         edges = _collect(grouped, EDGE_SCHEMA)
     t_edges = time.perf_counter()
-    if edges.num_rows == 0:
-        marks, cands = MARK_SCHEMA.empty_table(), pa.table({})
-    else:
-        nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-        cands = _collect(sigs.map_batches(candidate_rows, fn_kwargs={"nodes": nodes}, batch_format="pyarrow",
-                                          batch_size=BATCH_ROWS))
+    nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
+    cands = _collect(sigs.map_batches(candidate_rows, fn_kwargs={"nodes": nodes}, batch_format="pyarrow",
+                                      batch_size=BATCH_ROWS)) if len(nodes) else pa.table({})
     t_cands = time.perf_counter()
-    if edges.num_rows:
-        marks = resolve(edges, cands, p)
+    marks = resolve(edges, cands, p)  # no edges or no candidates: no marks
     log.info("dedup: %d items; signatures %.1fs; %d candidate edges from %d shuffle partition(s) %.1fs; "
              "%d candidate rows %.1fs; %d marked %.1fs", n, t_sig - t0, edges.num_rows, p.partitions,
              t_edges - t_sig, cands.num_rows, t_cands - t_edges, marks.num_rows, time.perf_counter() - t_cands)

@@ -32,6 +32,13 @@ def find(table, p=P):
     return {r[C.ID]: (r[C.REASON], r[C.DUPLICATE_OF]) for r in marks.to_pylist()}
 
 
+def representatives(texts):
+    """Each row's cluster representative after `find`: the id it duplicates, or its own."""
+    table = items(texts)
+    marks = find(table)
+    return [marks.get(i, (None, i))[1] for i in table[C.ID].to_pylist()], marks
+
+
 def shingles(words, n=3):
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
@@ -59,10 +66,7 @@ def planted(seed, n_pairs):
 
 def test_planted_near_duplicates_found_and_far_ones_not():
     texts, pairs = planted(0, 600)
-    table = items(texts)
-    marks = find(table)
-    ids = table[C.ID].to_pylist()
-    rep = [marks.get(i, (None, i))[1] for i in ids]
+    rep, marks = representatives(texts)
     high = [rep[a] == rep[b] for a, b, j in pairs if j >= 0.8]
     low = [rep[a] == rep[b] for a, b, j in pairs if j <= 0.5]
     assert len(high) > 150 and len(low) > 150
@@ -93,10 +97,7 @@ def test_pairs_just_inside_the_goals_bounds():
     lo_texts, lo = boundary_pairs(4, 300, 17)
     assert all(0.8 <= j < 0.82 for _, _, j in hi) and all(0.48 < j <= 0.5 for _, _, j in lo)
     off = len(hi_texts)
-    table = items(hi_texts + lo_texts)
-    marks = find(table)
-    ids = table[C.ID].to_pylist()
-    rep = [marks.get(i, (None, i))[1] for i in ids]
+    rep, _ = representatives(hi_texts + lo_texts)
     found = sum(rep[a] == rep[b] for a, b, _ in hi) / len(hi)
     flagged = sum(rep[a + off] == rep[b + off] for a, b, _ in lo) / len(lo)
     assert found >= 0.95, found
