@@ -5,14 +5,19 @@
 
 Both sides send the same requests: the bare side runs the very same per-row chain
 (`evol_ray.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
-sampling parameters, the same seeds) for every row at once on one vLLM `AsyncLLM` in this process,
-without Ray. The pipeline side runs one round of `evol_ray.run.run` on a local Ray.
+sampling parameters, the same seeds) for every row at once on one vLLM `AsyncLLM` in a new Python
+process, without Ray. The pipeline side runs one round of `evol_ray.run.run` on a local Ray that is
+already up (on a cluster it is), its engine actor a new process.
 
 Printed for both: generated tokens, wall seconds, generated tokens per second, counted two ways:
-  * end to end: from the start (engine start-up included on both sides) to the last token written;
+  * end to end: from the start to the last token written. Both sides start cold: the bare clock
+    starts before its interpreter is launched, so both pay for Python, torch and vLLM to load and
+    for the engine to start;
   * generation window: from the engine being ready to its last reply (the pipeline's window is its
     engine actor's measured lifetime after start-up).
-Also the engine's busy share and mean requests in flight after start-up. The last line is
+start_s is, for bare, from launch to the engine being ready; for the pipeline, the engine actor's
+constructor (the actor's own process start counts as outside the engine). Also the engine's busy
+share and mean requests in flight after start-up. The last line is
 `ratio=<r> pipeline_tok_s=<a> bare_tok_s=<b> rows=<N>` with the end-to-end figures.
 """
 
@@ -64,16 +69,30 @@ def build_config(args, model: str, seeds: Path, out: Path):
 
 
 def run_bare(cfg) -> dict:
-    """Every row's chain at once on one engine in this process: the ceiling the pipeline chases."""
+    """Every row's chain at once on one engine, in a new interpreter without Ray: the ceiling the
+    pipeline chases. Its clock starts before that interpreter is launched, so, like a bare vLLM
+    script and like the pipeline's engine actor, it pays for starting Python and importing torch
+    and vLLM (this process has imported torch already, to build the model)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_bare_process, args=(cfg, time.time(), results))
+    proc.start()
+    out = results.get()
+    proc.join()
+    return out
+
+
+def _bare_process(cfg, t0: float, results) -> None:
     import pyarrow.json as pj
 
     from evol_ray.seeds import to_pool
 
     pool = to_pool(pj.read_json(cfg.input.path), cfg.input).to_pylist()
     device = resolve_device(cfg.engine.device)
-    t0 = time.monotonic()
     gen = VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
-    ready = time.monotonic()
+    ready = time.time()
     meter = EngineMeter()
     metered = MeteredGenerator(gen, meter)
 
@@ -81,13 +100,13 @@ def run_bare(cfg) -> dict:
         return await asyncio.gather(*(evolve_row(metered, row, 1, cfg) for row in pool))
 
     rows = asyncio.run(all_rows())
-    end = time.monotonic()
+    end = time.time()
     snap = meter.snapshot()
     gen.shutdown()
     tokens = sum(r[C.GENERATED_TOKENS] for r in rows)
-    return {"tokens": tokens, "wall_s": end - t0, "gen_s": end - ready, "startup_s": ready - t0,
-            "busy_share": snap["busy_share"], "mean_in_flight": snap["mean_in_flight"],
-            "errors": sum(r[C.STATUS] == C.ERROR_STATUS for r in rows)}
+    results.put({"tokens": tokens, "wall_s": end - t0, "gen_s": end - ready, "startup_s": ready - t0,
+                 "busy_share": snap["busy_share"], "mean_in_flight": snap["mean_in_flight"],
+                 "errors": sum(r[C.STATUS] == C.ERROR_STATUS for r in rows)})
 
 
 def run_pipeline(cfg) -> dict:

@@ -36,7 +36,7 @@ from evol_ray import columns as C
 from evol_ray import config as config_mod
 from evol_ray import identity, runread
 from evol_ray.config import Config, ModelConfig, SamplingConfig
-from evol_ray.engine import TextGenerator, VLLMGenerator, engine_is_dead
+from evol_ray.engine import TextGenerator, actor_engine, engine_is_dead
 from evol_ray.stage import engine_actor_args
 from evol_ray.storage import Location, remove, write_json
 
@@ -80,7 +80,7 @@ class ScoreStage:
 
     def __init__(self, model: ModelConfig, cfg: Config, device: str,
                  generator: Optional[TextGenerator] = None) -> None:
-        self.gen = generator or VLLMGenerator(model, cfg.engine, device, cfg.seed)
+        self.gen = generator or actor_engine(model, cfg.engine, device, cfg.seed)
         self.seed = cfg.seed
         self.sampling = cfg.score.sampling
 

@@ -23,7 +23,7 @@ import ray
 from evol_ray import columns as C
 from evol_ray.chain import evolve_row
 from evol_ray.config import Config, EngineConfig
-from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, VLLMGenerator, engine_is_dead
+from evol_ray.engine import EngineMeter, MeteredGenerator, TextGenerator, actor_engine, engine_is_dead
 
 log = logging.getLogger("evol_ray")
 
@@ -79,7 +79,7 @@ class EvolveStage:
         t0 = time.monotonic()
         self.cfg = cfg
         self.round_no = round_no
-        inner = generator or VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
+        inner = generator or actor_engine(cfg.model, cfg.engine, device, cfg.seed)
         self._inner = inner
         self.meter = EngineMeter()
         self.gen = MeteredGenerator(inner, self.meter)

@@ -4,10 +4,12 @@ with a tiny random model built by the fixture."""
 import json
 import os
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from evol_ray import columns as C
+from evol_ray import run as run_mod
 from evol_ray.config import load_config
 from evol_ray.run import RunError, run
 from tests.conftest import tiny_overrides
@@ -25,6 +27,16 @@ def write_seeds(path):
     return path
 
 
+def engine_processes():
+    """vLLM's engine-core and worker processes on this machine (vLLM titles them `VLLM::...`)."""
+    titles = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith("VLLM::"):
+            titles.append(f"{cmd[0]} (pid {p.pid})")
+    return titles
+
+
 def read_round(out, r, manifest=None):
     manifest = manifest or json.load(open(out / f"round_{r}" / "manifest.json"))
     return pq.read_table([str(out / f"round_{r}" / f) for f in manifest["files"]]).to_pylist()
@@ -36,12 +48,22 @@ def finished_run(tmp_path_factory, tiny_model, ray_local):
     seeds = write_seeds(d / "seeds.jsonl")
     out = d / "out"
     cfg = load_config(tiny_overrides(tiny_model, seeds, out) + ["output.include_seeds=true"])
-    summary = run(cfg)
-    return cfg, out, summary
+    at_commit = {}  # round -> vLLM processes alive as its manifest is written
+    write_json = run_mod.write_json
+
+    def noting_write_json(loc, obj):
+        if "round" in obj:
+            at_commit[obj["round"]] = engine_processes()
+        return write_json(loc, obj)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_mod, "write_json", noting_write_json)
+        summary = run(cfg)
+    return cfg, out, summary, at_commit
 
 
 def test_every_row_accounted_for_in_every_round(finished_run):
-    cfg, out, summary = finished_run
+    cfg, out, summary, _ = finished_run
     assert [m["round"] for m in summary["rounds"]] == [1, 2]
     prev_pool_ids = None
     for r in (1, 2):
@@ -73,8 +95,15 @@ def test_every_row_accounted_for_in_every_round(finished_run):
                 assert x[C.ERROR]
 
 
+def test_no_engine_process_outlives_its_round(finished_run):
+    """vLLM's engine core and worker end with their round's engine actor: by the time the round's
+    manifest is written none is left, holding memory (GPU memory, on a GPU) the next round's
+    engine needs. (How fast they end is the throughput benchmark's business.)"""
+    assert finished_run[3] == {1: [], 2: []}
+
+
 def test_final_holds_exactly_the_kept_rows_plus_seeds(finished_run):
-    cfg, out, summary = finished_run
+    cfg, out, summary, _ = finished_run
     kept = set()
     for r in (1, 2):
         kept |= {x[C.ID] for x in read_round(out, r) if x[C.STATUS] == C.KEPT}
@@ -89,13 +118,13 @@ def test_final_holds_exactly_the_kept_rows_plus_seeds(finished_run):
 
 
 def test_resolved_config_saved_with_output(finished_run):
-    cfg, out, _ = finished_run
+    cfg, out, _, _ = finished_run
     saved = load_config([str(out / "config.yaml")])
     assert saved == cfg
 
 
 def test_rerun_skips_complete_rounds_and_redoes_a_half_written_one(finished_run, tmp_path):
-    cfg, out, _ = finished_run
+    cfg, out, _, _ = finished_run
     before = {r: json.load(open(out / f"round_{r}" / "manifest.json")) for r in (1, 2)}
     mtimes = {p: os.stat(p).st_mtime_ns for p in (out / "round_1").iterdir()}
     again = run(cfg)
@@ -113,7 +142,7 @@ def test_rerun_skips_complete_rounds_and_redoes_a_half_written_one(finished_run,
 
 
 def test_rerun_with_other_config_refuses_and_names_keys(finished_run):
-    cfg, out, _ = finished_run
+    cfg, out, _, _ = finished_run
     other = load_config([str(out / "config.yaml"), "seed=99", "evolution.rounds=3"])
     with pytest.raises(RunError, match=r"keys that differ: evolution.rounds, seed"):
         run(other)
