@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -79,7 +80,13 @@ def run_bare(cfg) -> dict:
     results = ctx.Queue()
     proc = ctx.Process(target=_bare_process, args=(cfg, time.time(), results))
     proc.start()
-    out = results.get()
+    while True:
+        try:
+            out = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the bare vLLM process exited with code {proc.exitcode} before reporting")
     proc.join()
     return out
 
