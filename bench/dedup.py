@@ -37,8 +37,8 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from evol_ray import columns as C  # noqa: E402
-from evol_ray import dedup  # noqa: E402
-from evol_ray import text  # noqa: E402
+from evol_ray.checks import dedup  # noqa: E402
+from evol_ray.checks import text  # noqa: E402
 from evol_ray.config import DedupConfig  # noqa: E402
 
 WORDS = 50

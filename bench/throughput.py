@@ -4,9 +4,9 @@
     python bench/throughput.py --rows 4096 --model /models/llama-8b --load-format dummy   # a GPU node
 
 Both sides send the same requests: the bare side runs the very same per-row chain
-(`evol_ray.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
+(`evol_ray.evolve.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
 sampling parameters, the same seeds) for every row at once on one vLLM `AsyncLLM` in a new Python
-process, without Ray. The pipeline side runs one round of `evol_ray.run.run` on a local Ray that is
+process, without Ray. The pipeline side runs one round of `evol_ray.pipeline.driver.run` on a local Ray that is
 already up (on a cluster it is), its engine actor a new process.
 
 Printed for both: generated tokens, wall seconds, generated tokens per second, counted two ways:
@@ -37,9 +37,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from evol_ray import columns as C  # noqa: E402
-from evol_ray.chain import evolve_row  # noqa: E402
+from evol_ray.evolve.chain import evolve_row  # noqa: E402
 from evol_ray.config import load_config  # noqa: E402
-from evol_ray.engine import EngineMeter, MeteredGenerator, VLLMGenerator, resolve_device  # noqa: E402
+from evol_ray.engine.meter import EngineMeter, MeteredGenerator  # noqa: E402
+from evol_ray.engine.resources import choose_device  # noqa: E402
+from evol_ray.engine.vllm_engine import VLLMGenerator  # noqa: E402
 
 TOPICS = ["sorting algorithms", "photosynthesis", "the French revolution", "compound interest",
           "volcanoes", "unit testing", "the immune system", "supply chains", "jazz harmony",
@@ -47,6 +49,13 @@ TOPICS = ["sorting algorithms", "photosynthesis", "the French revolution", "comp
 VERBS = ["Explain", "Summarize", "Compare two views on", "Write a short guide to", "List the key facts about",
          "Describe the history of", "Give an example that illustrates"]
 
+
+
+def local_device(requested: str) -> str:
+    """The bare side runs in this process, without Ray: its device is what this process sees."""
+    import torch
+
+    return choose_device(requested, {"GPU": torch.cuda.device_count() if torch.cuda.is_available() else 0})
 
 def write_seeds(path: Path, n: int) -> None:
     with open(path, "w") as f:
@@ -94,10 +103,10 @@ def run_bare(cfg) -> dict:
 def _bare_process(cfg, t0: float, results) -> None:
     import pyarrow.json as pj
 
-    from evol_ray.seeds import to_pool
+    from evol_ray.io.seeds import to_pool
 
     pool = to_pool(pj.read_json(cfg.input.path), cfg.input).to_pylist()
-    device = resolve_device(cfg.engine.device)
+    device = local_device(cfg.engine.device)
     gen = VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
     ready = time.time()
     meter = EngineMeter()
@@ -119,7 +128,7 @@ def _bare_process(cfg, t0: float, results) -> None:
 def run_pipeline(cfg) -> dict:
     import ray
 
-    from evol_ray.run import run
+    from evol_ray.pipeline.driver import run
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
@@ -165,7 +174,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="evol-bench-"))
     model = args.model
     if not model:
-        from evol_ray.tiny_model import build_random_llama
+        from evol_ray.engine.tiny_model import build_random_llama
 
         heads = max(args.hidden // 64, 1)
         model = str(build_random_llama(work / "model", hidden=args.hidden, layers=args.layers, heads=heads,
@@ -180,7 +189,7 @@ def main() -> int:
         if args.only in (None, side):
             results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
 
-    print(f"\nrows={args.rows} model={model} device={resolve_device(args.device)} "
+    print(f"\nrows={args.rows} model={model} device={local_device(args.device)} "
           f"batch_size={args.batch_size} batches_in_flight={args.batches_in_flight}")
     print(f"{'':10}{'tokens':>9}{'wall_s':>9}{'tok/s':>9}{'start_s':>9}{'gen_s':>8}{'gen tok/s':>11}"
           f"{'busy':>7}{'in flight':>10}{'errors':>8}")

@@ -41,8 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
-    from evol_ray.run import RunError, format_summary, run
-    from evol_ray.seeds import InputError
+    from evol_ray.pipeline.driver import RunError, run
+    from evol_ray.io.seeds import InputError
 
     try:
         summary = run(cfg)
@@ -55,22 +55,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _on_output(command: str, url: str, overrides: List[str]) -> int:
     """`report` and `score`: they read a finished run's output and its saved config."""
-    from evol_ray.runread import RunReadError, open_run
+    from evol_ray.analysis.runread import RunReadError, open_run
+    from evol_ray.io.layout import SCORES
 
     try:
         if command == "report":
-            from evol_ray.report import report
+            from evol_ray.analysis.report import report
 
             print(report(url, overrides))
         else:
-            from evol_ray.score import score_run
+            from evol_ray.analysis.score import score_run
 
             out, cfg = open_run(url, overrides)
             m = score_run(cfg, out, force=True)
             means = ", ".join(f"round {r}: {d['mean']:.2f}" if d["mean"] is not None else f"round {r}: -"
                               for r, d in m["by_round"].items())
             print(f"evol-ray score: {m['rows']} instructions rated by {m['model']} into "
-                  f"{out.join('scores').url}; mean difficulty {means}")
+                  f"{out.join(SCORES).url}; mean difficulty {means}")
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
@@ -78,6 +79,24 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The run's summary for the terminal: per round what came in, what was kept and why not."""
+    lines = [f"evol-ray: output in {summary['output']}"]
+    for m in summary["rounds"]:
+        eng = m.get("engine") or {}
+        busy = f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight)" if eng else ""
+        reasons = ", ".join(f"{k}={v}" for k, v in m["reason_counts"].items()) or "none"
+        lines.append(
+            f"round {m['round']}: in {m['rows_in']}, kept {m['rows_kept']}, "
+            f"statuses {m['status_counts']}, reasons: {reasons}; "
+            f"{m['generated_tokens']} tokens generated in {m['wall_seconds']:.1f}s{busy}"
+        )
+    lines.append(f"final: {summary['final']['rows']} rows")
+    if summary.get("scores"):
+        lines.append(f"scores: {summary['scores']['rows']} rated; `evol-ray report {summary['output']}` plots them")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

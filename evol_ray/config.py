@@ -16,11 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from evol_ray import prompts
-
-
-class ConfigError(ValueError):
-    """A config problem, with the dotted key (and the file, where known) in the message."""
+from evol_ray.config_checks import ConfigError, validate
+from evol_ray.evolve import prompts
 
 
 @dataclass
@@ -116,6 +113,7 @@ class ScoreConfig:
     enabled: bool = False
     sample_size: int = 50
     model: Optional[str] = None
+    template: str = prompts.DIFFICULTY_TEMPLATE
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=4)
     )
@@ -162,6 +160,7 @@ class RefusalRule:
 class RepeatRule:
     enabled: bool = True
     max_overlap: float = 0.8
+    ngram: int = 3
 
 
 @dataclass
@@ -270,138 +269,6 @@ def _describe(e: OmegaConfBaseException, source: str) -> str:
         if isinstance(sub, DictConfig):
             msg = f"unknown key; allowed here: {', '.join(str(k) for k in sub.keys())}"
     return f"{source}: config key '{key}': {msg}"
-
-
-def _fail(key: str, problem: str) -> None:
-    raise ConfigError(f"config key '{key}': {problem}")
-
-
-def validate(cfg: Config) -> None:
-    """Value checks OmegaConf's types cannot express. Each failure names its key."""
-    if cfg.input.format not in ("auto", "parquet", "json", "jsonl"):
-        _fail("input.format", f"got {cfg.input.format!r}, allowed: auto, parquet, json, jsonl")
-    if not cfg.input.path.strip():
-        _fail("input.path", "must not be empty")
-    if not cfg.output.path.strip():
-        _fail("output.path", "must not be empty")
-    if not cfg.input.instruction_column:
-        _fail("input.instruction_column", "must name a column")
-    if cfg.input.limit is not None and cfg.input.limit < 1:
-        _fail("input.limit", f"got {cfg.input.limit}, expected a positive integer or null")
-    if cfg.output.rows_per_file < 1:
-        _fail("output.rows_per_file", "must be at least 1")
-    if not cfg.model.source.strip():
-        _fail("model.source", "must be a Hugging Face model id or a local directory")
-    if cfg.evolution.rounds < 1:
-        _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
-    weights = cfg.evolution.op_weights
-    for op, w in weights.items():
-        if op not in prompts.OPS:
-            _fail(f"evolution.op_weights.{op}", f"unknown operation, allowed: {', '.join(prompts.OPS)}")
-        if w < 0:
-            _fail(f"evolution.op_weights.{op}", f"got {w}, expected a weight >= 0")
-    if sum(weights.values()) <= 0:
-        _fail("evolution.op_weights", "at least one operation needs a positive weight")
-    for op in weights:
-        if op != prompts.BREADTH and weights[op] > 0 and op not in cfg.evolution.templates.methods:
-            _fail(f"evolution.templates.methods.{op}", "missing: every in-depth operation with a weight needs a method text")
-    _check_template("evolution.templates.depth", cfg.evolution.templates.depth, ("instruction", "method"))
-    _check_template("evolution.templates.breadth", cfg.evolution.templates.breadth, ("instruction",))
-    _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
-    for name in ("evolve_sampling", "answer_sampling"):
-        _check_sampling(f"evolution.{name}", getattr(cfg.evolution, name))
-    _check_sampling("elimination.judge_sampling", cfg.elimination.judge_sampling)
-    if cfg.elimination.judge and cfg.elimination.judge_sampling.max_tokens < 4:
-        _fail("elimination.judge_sampling.max_tokens", "must be at least 4 so 'Not Equal' fits")
-    if cfg.elimination.sorry_max_words < 0:
-        _fail("elimination.sorry_max_words", "must be >= 0")
-    e = cfg.engine
-    if e.device not in ("auto", "gpu", "cpu"):
-        _fail("engine.device", f"got {e.device!r}, allowed: auto, gpu, cpu")
-    for key in ("replicas", "tensor_parallel_size", "max_num_seqs", "batch_size", "batches_in_flight"):
-        if getattr(e, key) < 1:
-            _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
-    if not 0 < e.gpu_memory_utilization <= 1:
-        _fail("engine.gpu_memory_utilization", "expected a fraction in (0, 1]")
-    if not 0 < e.cpu_kv_cache_fraction <= 1:
-        _fail("engine.cpu_kv_cache_fraction", "expected a fraction in (0, 1]")
-    if e.cpus_per_replica <= 0:
-        _fail("engine.cpus_per_replica", "expected a positive number")
-    if cfg.storage.retries < 0:
-        _fail("storage.retries", "must be >= 0")
-    if cfg.score.sample_size < 1:
-        _fail("score.sample_size", f"got {cfg.score.sample_size}, expected at least 1")
-    if cfg.score.model is not None and not cfg.score.model.strip():
-        _fail("score.model", "must be a Hugging Face model id, a local directory, or null")
-    _check_sampling("score.sampling", cfg.score.sampling)
-    if cfg.score.sampling.max_tokens < 2:
-        _fail("score.sampling.max_tokens", "must be at least 2 so the score 10 fits")
-    if cfg.report.sample_size < 2:
-        _fail("report.sample_size", f"got {cfg.report.sample_size}, expected at least 2")
-    if not 0 < cfg.report.near_duplicate_threshold <= 1:
-        _fail("report.near_duplicate_threshold", "expected a Jaccard similarity in (0, 1]")
-    if cfg.report.lineages < 0:
-        _fail("report.lineages", "must be >= 0")
-    _check_dedup(cfg.dedup)
-    _check_quality(cfg.quality)
-
-
-def _check_dedup(d: DedupConfig) -> None:
-    if not 0 < d.threshold <= 1:
-        _fail("dedup.threshold", f"got {d.threshold}, expected a Jaccard similarity in (0, 1]")
-    if d.num_perm < 2:
-        _fail("dedup.num_perm", f"got {d.num_perm}, expected at least 2")
-    for key in ("bands", "rows"):
-        v = getattr(d, key)
-        if v is not None and v < 1:
-            _fail(f"dedup.{key}", f"got {v}, expected a positive integer or null")
-    if d.bands is not None and d.rows is not None and d.bands * d.rows > d.num_perm:
-        _fail("dedup.bands", f"bands x rows = {d.bands * d.rows} exceeds dedup.num_perm = {d.num_perm}")
-    for key in ("bands", "rows"):
-        v = getattr(d, key)
-        if v is not None and v > d.num_perm:
-            _fail(f"dedup.{key}", f"got {v}, at most dedup.num_perm = {d.num_perm}")
-    if d.ngram < 1:
-        _fail("dedup.ngram", f"got {d.ngram}, expected at least 1")
-    if d.partitions < 1:
-        _fail("dedup.partitions", f"got {d.partitions}, expected at least 1")
-
-
-def _check_quality(q: QualityConfig) -> None:
-    for key in ("instruction_length", "answer_length"):
-        rule: LengthRule = getattr(q, key)
-        if rule.min_chars < 0:
-            _fail(f"quality.{key}.min_chars", "must be >= 0")
-        if rule.max_chars < rule.min_chars:
-            _fail(f"quality.{key}.max_chars", f"got {rule.max_chars}, below min_chars {rule.min_chars}")
-    if not 0 < q.answer_repeats_instruction.max_overlap <= 1:
-        _fail("quality.answer_repeats_instruction.max_overlap", "expected a share in (0, 1]")
-    if q.refusal.enabled and not any(p.strip() for p in q.refusal.phrases):
-        _fail("quality.refusal.phrases", "needs at least one phrase while quality.refusal.enabled")
-
-
-def _check_template(key: str, template: str, fields: tuple[str, ...]) -> None:
-    import string
-
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        _fail(key, f"not a valid template ({e}); write literal braces as {{{{ and }}}}")
-    for f in fields:
-        if f not in names:
-            _fail(key, f"must contain the placeholder {{{f}}}")
-    extra = names - set(fields)
-    if extra:
-        _fail(key, f"unknown placeholder(s) {sorted(extra)}, allowed: {list(fields)}")
-
-
-def _check_sampling(key: str, s: SamplingConfig) -> None:
-    if s.temperature < 0:
-        _fail(f"{key}.temperature", "must be >= 0")
-    if not 0 < s.top_p <= 1:
-        _fail(f"{key}.top_p", "expected a value in (0, 1]")
-    if s.max_tokens < 1:
-        _fail(f"{key}.max_tokens", "must be at least 1")
 
 
 def to_container(cfg: Config, redact: bool = True) -> dict:

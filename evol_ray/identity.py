@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Mapping, Sequence
 
-from evol_ray import prompts
+from evol_ray.evolve import prompts
 
 
 def _digest(*parts: object) -> bytes:

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random Llama and its tokenizer built locally: nothing is downloaded."""
-    from evol_ray.tiny_model import build_random_llama
+    from evol_ray.engine.tiny_model import build_random_llama
 
     return str(build_random_llama(tmp_path_factory.mktemp("model") / "tiny-llama"))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evol_ray.engine import Completion
+from evol_ray.engine.base import Completion
 
 
 class ScriptedGenerator:

@@ -5,12 +5,12 @@ import pyarrow as pa
 import pytest
 import ray
 
-from evol_ray import cleanup
+from evol_ray.checks import where as cleanup
 from evol_ray import columns as C
-from evol_ray import dedup as dedup_mod
+from evol_ray.checks import dedup as dedup_mod
 from evol_ray.config import load_config
-from evol_ray.run import count_files
-from evol_ray.storage import list_files, locate
+from evol_ray.pipeline.round import count_files
+from evol_ray.io.storage import list_files, locate
 
 pytestmark = pytest.mark.e2e
 

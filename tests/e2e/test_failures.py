@@ -18,9 +18,9 @@ import pytest
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import load_config
-from evol_ray.run import run
-from evol_ray.stage import STATS_ACTOR_PREFIX, summarize_engines
-from evol_ray.storage import locate
+from evol_ray.pipeline.driver import run
+from evol_ray.engine.meter import STATS_ACTOR_PREFIX, summarize_engines
+from evol_ray.io.storage import locate
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.e2e

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from evol_ray import columns as C
-from evol_ray import run as run_mod
+from evol_ray.io import commit as commit_mod
 from evol_ray.config import load_config
-from evol_ray.run import RunError, run
+from evol_ray.pipeline.driver import RunError, run
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ def finished_run(tmp_path_factory, tiny_model, ray_local):
     out = d / "out"
     cfg = load_config(tiny_overrides(tiny_model, seeds, out) + ["output.include_seeds=true"])
     at_commit = {}  # round -> vLLM processes alive as its manifest is written
-    write_json = run_mod.write_json
+    write_json = commit_mod.write_json
 
     def noting_write_json(loc, obj):
         if "round" in obj:
@@ -57,7 +57,7 @@ def finished_run(tmp_path_factory, tiny_model, ray_local):
         return write_json(loc, obj)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_mod, "write_json", noting_write_json)
+        mp.setattr(commit_mod, "write_json", noting_write_json)
         summary = run(cfg)
     return cfg, out, summary, at_commit
 

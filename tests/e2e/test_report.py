@@ -18,7 +18,7 @@ from PIL import Image
 from evol_ray import columns as C
 from evol_ray.cli import main
 from evol_ray.config import load_config
-from evol_ray.run import run
+from evol_ray.pipeline.driver import run
 from tests.conftest import tiny_overrides
 from tests.e2e.test_pipeline import N_SEEDS, write_seeds
 

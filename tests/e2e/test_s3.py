@@ -9,8 +9,8 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray.config import load_config
-from evol_ray.run import RunError, run
-from evol_ray.seeds import InputError
+from evol_ray.pipeline.driver import RunError, run
+from evol_ray.io.seeds import InputError
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.e2e
@@ -97,12 +97,12 @@ def test_empty_write_on_s3_commits_no_files(s3, ray_local):
     import pyarrow as pa
     import ray
 
-    from evol_ray.run import _write_committed
-    from evol_ray.storage import list_files, locate
+    from evol_ray.io.commit import write_dataset
+    from evol_ray.io.storage import list_files, locate
 
     url = s3.make_bucket("evol-empty")
     cfg = load_config(["input.path=s.json", f"output.path={url}/out", "model.source=m"] + s3.overrides())
     dest = locate(f"{url}/out/final/_removed", cfg.storage)
     empty = ray.data.from_arrow(pa.table({C.ID: pa.array(["x"])})).filter(lambda r: False)
-    assert _write_committed(empty, dest, cfg) == []
+    assert write_dataset(empty, dest, cfg.output.rows_per_file) == []
     assert list_files(dest) == []

@@ -4,7 +4,7 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray import identity
-from evol_ray.chain import evolve_row
+from evol_ray.evolve.chain import evolve_row
 from evol_ray.config import load_config
 from tests.fakes import ScriptedGenerator
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from evol_ray import run as run_mod
+from evol_ray.pipeline import driver as run_mod
 from evol_ray.config import load_config
-from evol_ray.storage import locate
+from evol_ray.io.storage import locate
 
 
 def evol_ray(*args, cwd):

@@ -5,8 +5,9 @@ import pyarrow as pa
 import pytest
 
 from evol_ray import columns as C
-from evol_ray import dedup as D
-from evol_ray import text
+from evol_ray.checks import dedup as D
+from evol_ray.checks import minhash as M
+from evol_ray.checks import text
 from evol_ray.config import DedupConfig
 
 P = D.params_from(DedupConfig(), seed=0)
@@ -158,11 +159,11 @@ def test_mark_changes_only_marked_rows():
 def test_banding_from_threshold_and_explicit():
     p = D.params_from(DedupConfig(threshold=0.7, num_perm=128), seed=0)
     assert p.bands * p.rows <= 128
-    assert D.candidate_probability(0.7, p.bands, p.rows) >= 0.9
-    assert D.candidate_probability(0.8, p.bands, p.rows) >= 0.99
+    assert M.candidate_probability(0.7, p.bands, p.rows) >= 0.9
+    assert M.candidate_probability(0.8, p.bands, p.rows) >= 0.99
     # the fewest bands that reach the target at the most selective rows per band
-    assert D.candidate_probability(0.7, p.bands - 1, p.rows) < 0.9
-    assert all(D.candidate_probability(0.7, 128 // r, r) < 0.9 for r in range(p.rows + 1, 129))
+    assert M.candidate_probability(0.7, p.bands - 1, p.rows) < 0.9
+    assert all(M.candidate_probability(0.7, 128 // r, r) < 0.9 for r in range(p.rows + 1, 129))
     q = D.params_from(DedupConfig(bands=16, rows=8), seed=0)
     assert (q.bands, q.rows) == (16, 8)
 

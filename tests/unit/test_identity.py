@@ -1,6 +1,7 @@
 from collections import Counter
 
-from evol_ray import identity, prompts
+from evol_ray import identity
+from evol_ray.evolve import prompts
 
 
 def test_op_choice_is_deterministic_and_depends_on_seed_id_round():

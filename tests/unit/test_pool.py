@@ -1,7 +1,7 @@
 import pyarrow as pa
 
 from evol_ray import columns as C
-from evol_ray.pool import final_rows, next_pool, seed_rows
+from evol_ray.pipeline.pool import final_rows, next_pool, seed_rows
 
 
 def attempts(rows):

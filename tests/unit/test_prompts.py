@@ -1,6 +1,6 @@
 import pytest
 
-from evol_ray import prompts
+from evol_ray.evolve import prompts
 from evol_ray.config import TemplatesConfig
 
 

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from evol_ray import columns as C
-from evol_ray import quality
+from evol_ray.checks import quality
 from evol_ray.config import ConfigError, QualityConfig, load_config
 
 GOOD_Q = "Explain how photosynthesis turns light into chemical energy."

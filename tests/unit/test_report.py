@@ -15,7 +15,7 @@ from PIL import Image
 
 from evol_ray import columns as C
 from evol_ray import config as cfgmod
-from evol_ray import diversity, report, runread, score
+from evol_ray.analysis import diversity, report, runread, score
 from evol_ray.cli import main
 from evol_ray.config import ConfigError, load_config
 
@@ -212,7 +212,7 @@ class Rater:
         self.choices = []
 
     async def generate(self, prompt, sampling, *, seed, choices=None):
-        from evol_ray.engine import Completion
+        from evol_ray.engine.base import Completion
 
         self.choices.append(tuple(choices))
         if "fail" in prompt:

@@ -1,5 +1,5 @@
 from evol_ray import columns as C
-from evol_ray import prompts, rules
+from evol_ray.evolve import prompts, rules
 
 
 def test_rule4_copied_prompt_words():

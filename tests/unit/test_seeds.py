@@ -7,7 +7,7 @@ import pytest
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import load_config
-from evol_ray.seeds import InputError, check_input, to_pool
+from evol_ray.io.seeds import InputError, check_input, to_pool
 
 
 def cfg_for(path, *extra):

@@ -7,7 +7,7 @@ of similar length and difficulty. The judge prompt asks whether two instructions
 "no information gain" elimination rule); the verdict is forced to one of two choices.
 
 These strings are only defaults: every template is a config key (`evolution.templates.*`,
-`elimination.judge_template`) so a user can change them without touching code. Placeholders are
+`elimination.judge_template`, `score.template`) so a user can change them without touching code. Placeholders are
 Python `str.format` fields: `{instruction}`, `{method}`, `{first}`, `{second}`.
 """
 
@@ -86,6 +86,15 @@ COPIED_PROMPT_PHRASES = (
     ORIGINAL_MARKER,
     REWRITTEN_MARKER,
     NEW_MARKER,
+)
+
+
+# Difficulty rating (`evol-ray score`; WizardLM sec. 4.5 asked ChatGPT the same: 1 to 10).
+DIFFICULTY_TEMPLATE = (
+    "We would like you to evaluate and rate the difficulty and complexity of the following "
+    "question. You should give an overall score on a scale of 1 to 10, where a higher score "
+    "indicates higher difficulty and complexity. You must just give a score without any other "
+    "reasons.\n\n## Question:\n{instruction}\n\n## Score:"
 )
 
 

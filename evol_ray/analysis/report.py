@@ -15,9 +15,9 @@ of one size for every round (`report.sample_size`, or the smallest round's kept 
 from __future__ import annotations
 
 import base64
+import json
 import html
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -25,21 +25,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
-from evol_ray import diversity, plots, runread
+from evol_ray.analysis import diversity, plots, runread
+from evol_ray.checks import minhash
+from evol_ray.checks.text import word_counts
 from evol_ray.config import Config
-from evol_ray.storage import Location, read_json, write_json
+from evol_ray.io import commit, layout
+from evol_ray.io.storage import Location
 
-REPORT_DIR = "report"
 HTML_FILE = "report.html"
 JSON_FILE = "figures.json"
 _READ = [C.ID, C.PARENT_ID, C.ROOT_ID, C.ROUND, C.OP, C.STATUS, C.REASON, C.INSTRUCTION, C.RESPONSE,
          C.PARENT_INSTRUCTION, C.PARENT_RESPONSE]
 _COUNTED = ("status_counts", "reason_counts", "op_counts", "op_kept_counts")
-
-
-def word_counts(col: pa.ChunkedArray) -> np.ndarray:
-    """Words per non-null text."""
-    return pc.count_substring_regex(col.drop_null(), r"\S+").to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def length_stats(x: np.ndarray) -> Dict[str, float]:
@@ -161,13 +158,14 @@ def collect(out: Location, cfg: Config) -> dict:
             div[str(g)] = None
             continue
         texts = runread.smallest(t, n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
-        div[str(g)] = diversity.diversity(texts, rc.near_duplicate_threshold)
+        div[str(g)] = diversity.diversity(texts, rc.near_duplicate_threshold,
+                                          minhash.params_from(cfg.dedup, cfg.seed))
 
     shown = sorted(roots.to_pylist(), key=lambda x: runread.sample_key(cfg.seed, x))
-    final = read_json(out.join("final", runread.MANIFEST))
+    final = layout.read_manifest(out.join(layout.FINAL))
     return {
         "output": out.url,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": layout.timestamp(),
         "config_hash": manifests[-1].get("config_hash"),
         "rounds": [m["round"] for m in manifests],
         "rounds_configured": cfg.evolution.rounds,
@@ -315,13 +313,13 @@ def write_report(out: Location, fig: dict) -> Dict[str, str]:
     """Render `fig` into OUTPUT/report/report.html and figures.json; returns their URLs."""
     images = plots.render_all(fig, fig["_lengths"])
     page = render_html(fig, images)
-    rdir = out.join(REPORT_DIR)
-    out.fs.makedirs(rdir.path, exist_ok=True)
-    with out.fs.open(rdir.join(HTML_FILE).path, "wb") as f:
-        f.write(page.encode("utf-8"))
+    rdir = out.join(layout.REPORT)
     data = {k: v for k, v in fig.items() if not k.startswith("_")}
     data["plots"] = sorted(images)
-    write_json(rdir.join(JSON_FILE), data)
+    commit.begin(rdir)
+    files = commit.write_tables({HTML_FILE: page.encode("utf-8"),
+                                 JSON_FILE: json.dumps(data, indent=2, sort_keys=True, default=str).encode()}, rdir)
+    commit.commit(rdir, {"config_hash": fig.get("config_hash"), "rounds": fig["rounds"]}, files)
     return {"html": rdir.join(HTML_FILE).url, "json": rdir.join(JSON_FILE).url}
 
 

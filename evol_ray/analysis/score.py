@@ -1,8 +1,9 @@
 """Difficulty ratings: how hard are the seeds and each round's kept instructions?
 
 WizardLM (arXiv 2304.12244, sec. 4.5 and appendix) had ChatGPT rate the difficulty and complexity of
-each instruction from 1 to 10. `DIFFICULTY_TEMPLATE` asks the same question; the engine's
-structured output forces the answer to one of "1".."10", so every reply parses.
+each instruction from 1 to 10. `score.template` (default `prompts.DIFFICULTY_TEMPLATE`) asks the
+same question; the engine's structured output forces the answer to one of "1".."10", so every
+reply parses.
 
 The sample: `score.sample_size` rows of the seeds (round 0, read back from round 1's `parent_*`)
 and of each complete round's kept rows, drawn by `runread.sample_key` (a hash of seed and id).
@@ -19,46 +20,42 @@ engine time and a second engine would only add another start-up.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import logging
-import os
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from evol_ray import columns as C
 from evol_ray import config as config_mod
-from evol_ray import identity, runread
+from evol_ray import identity
+from evol_ray.analysis import runread
 from evol_ray.config import Config, ModelConfig, SamplingConfig
-from evol_ray.engine import TextGenerator, actor_engine, engine_is_dead
-from evol_ray.stage import engine_actor_args
-from evol_ray.storage import Location, remove, write_json
+from evol_ray.engine.actor import EngineActor
+from evol_ray.engine.base import TextGenerator, engine_is_dead
+from evol_ray.engine.resources import connect, engine_actor_args
+from evol_ray.evolve import prompts
+from evol_ray.io import commit, layout
+from evol_ray.io.storage import Location
+from evol_ray.stage import Stage
 
 log = logging.getLogger("evol_ray")
 
-DIFFICULTY_TEMPLATE = (
-    "We would like you to evaluate and rate the difficulty and complexity of the following "
-    "question. You should give an overall score on a scale of 1 to 10, where a higher score "
-    "indicates higher difficulty and complexity. You must just give a score without any other "
-    "reasons.\n\n## Question:\n{instruction}\n\n## Score:"
-)
 SCORES = tuple(str(i) for i in range(1, 11))
 SCORES_FILE = "scores.parquet"
 _COLUMNS = [C.ID, C.ROOT_ID, C.ROUND, C.INSTRUCTION]
 
 
-async def rate_row(gen: TextGenerator, row: Dict[str, Any], seed: int, sampling: SamplingConfig) -> Dict[str, Any]:
+async def rate_row(gen: TextGenerator, row: Dict[str, Any], seed: int, sampling: SamplingConfig,
+                   template: str = prompts.DIFFICULTY_TEMPLATE) -> Dict[str, Any]:
     """One row (`id`, `root_id`, `round`, `instruction`) -> the same plus `difficulty` or `error`."""
     out = {k: row[k] for k in _COLUMNS}
     out.update({C.DIFFICULTY: None, C.ERROR: None})
     try:
-        c = await gen.generate(DIFFICULTY_TEMPLATE.format(instruction=row[C.INSTRUCTION]), sampling,
+        c = await gen.generate(template.format(instruction=row[C.INSTRUCTION]), sampling,
                                seed=identity.request_seed(seed, row[C.ID], row[C.ROUND], "difficulty"),
                                choices=SCORES)
     except Exception as e:
@@ -74,25 +71,20 @@ async def rate_row(gen: TextGenerator, row: Dict[str, Any], seed: int, sampling:
     return out
 
 
-class ScoreStage:
+class ScoreStage(EngineActor):
     """`map_batches` actor holding one engine; every row of a batch is rated concurrently.
     Reads `id`, `root_id`, `round`, `instruction`; writes `columns.SCORES_SCHEMA`."""
 
     def __init__(self, model: ModelConfig, cfg: Config, device: str,
                  generator: Optional[TextGenerator] = None) -> None:
-        self.gen = generator or actor_engine(model, cfg.engine, device, cfg.seed)
+        super().__init__(model, cfg.engine, device, cfg.seed, generator=generator)
         self.seed = cfg.seed
         self.sampling = cfg.score.sampling
+        self.template = cfg.score.template
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = batch.select(_COLUMNS).to_pylist()
-        try:
-            out = await asyncio.gather(*(rate_row(self.gen, r, self.seed, self.sampling) for r in rows))
-        except Exception as e:
-            if engine_is_dead(e):
-                log.error("scoring engine died (%s); restarting the actor", e)
-                os._exit(1)  # Ray Data restarts the actor and retries the batch
-            raise
+        out = await self.map_rows(lambda r: rate_row(self.gen, r, self.seed, self.sampling, self.template), rows)
         yield pa.Table.from_pylist(out, schema=C.SCORES_SCHEMA)
 
 
@@ -105,11 +97,8 @@ def score_model(cfg: Config) -> ModelConfig:
 
 def rate(ds: ray.data.Dataset, cfg: Config, device: str) -> ray.data.Dataset:
     """Sample dataset -> scored dataset, on one engine actor with the resources of a round's."""
-    return ds.map_batches(
-        ScoreStage,
-        fn_constructor_kwargs={"model": score_model(cfg), "cfg": cfg, "device": device},
-        **engine_actor_args(cfg.engine, device, replicas=1),
-    )
+    stage = Stage(ScoreStage, cfg.engine.batch_size, engine_actor_args(cfg.engine, device, replicas=1))
+    return stage(ds, constructor={"model": score_model(cfg), "cfg": cfg, "device": device})
 
 
 def sample(out: Location, cfg: Config, manifests: List[dict]) -> pa.Table:
@@ -132,16 +121,13 @@ def _key(cfg: Config, rounds: List[int]) -> str:
     """What a set of scores depends on: the run, the rounds, and the score settings."""
     sc = config_mod.to_container(cfg)["score"]
     sc.pop("enabled")
-    blob = repr((config_mod.config_hash(cfg), rounds, sorted(sc.items()), score_model(cfg).source,
-                 DIFFICULTY_TEMPLATE)).encode()
+    blob = repr((config_mod.config_hash(cfg), rounds, sorted(sc.items()), score_model(cfg).source)).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def score_run(cfg: Config, out: Location, force: bool = False) -> dict:
     """Rate the sample of a finished run and write `OUTPUT/scores/`. Returns the scores manifest.
     Scores made with the same run, rounds and score settings are kept, unless `force`."""
-    from evol_ray.run import choose_device
-
     manifests, _ = runread.round_manifests(out, cfg.evolution.rounds)
     if not manifests or manifests[0]["round"] != 1:
         raise runread.RunReadError(f"{out.url}: round 1 is not complete; nothing to score yet")
@@ -149,42 +135,33 @@ def score_run(cfg: Config, out: Location, force: bool = False) -> dict:
     key = _key(cfg, rounds)
     old, _ = runread.read_scores(out)
     if old and old.get("key") == key and not force:
-        log.info("scores: up to date in %s, skipped", out.join(runread.SCORES_DIR).url)
+        log.info("scores: up to date in %s, skipped", out.join(layout.SCORES).url)
         return old
 
     table = sample(out, cfg, manifests)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address or None, log_to_driver=True)
-    device = choose_device(cfg)
+    device = connect(cfg)
     log.info("scores: rating %d instructions with %s on %s", table.num_rows, score_model(cfg).source, device)
     ds = rate(ray.data.from_arrow(table), cfg, device)
     scored = pa.concat_tables([t.cast(C.SCORES_SCHEMA) for t in ray.get(ds.to_arrow_refs())])
     scored = scored.sort_by([(C.ROUND, "ascending"), (C.ID, "ascending")])
 
-    sdir = out.join(runread.SCORES_DIR)
-    remove(sdir)
-    out.fs.makedirs(sdir.path, exist_ok=True)
-    with out.fs.open(sdir.join(SCORES_FILE).path, "wb") as f:
-        pq.write_table(scored, f)
     by_round: Dict[str, dict] = {}
     for r in [0] + rounds:
         t = scored.filter(pc.equal(scored[C.ROUND], r))
         ok = t[C.DIFFICULTY].drop_null()
         by_round[str(r)] = {"rows": t.num_rows, "rated": len(ok), "errors": t.num_rows - len(ok),
                             "mean": pc.mean(ok).as_py() if len(ok) else None}
-    manifest = {
-        "complete": True,
+    sdir = out.join(layout.SCORES)
+    commit.begin(sdir)
+    files = commit.write_tables({SCORES_FILE: scored}, sdir)
+    return commit.commit(sdir, {
         "key": key,
         "config_hash": config_mod.config_hash(cfg),
         "model": score_model(cfg).source,
         "sample_size": cfg.score.sample_size,
-        "template": DIFFICULTY_TEMPLATE,
+        "template": cfg.score.template,
         "rounds": [0] + rounds,
         "rows": scored.num_rows,
         "by_round": by_round,
         "device": device,
-        "files": [SCORES_FILE],
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(sdir.join(runread.MANIFEST), manifest)
-    return manifest
+    }, files)

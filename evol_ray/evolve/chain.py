@@ -19,9 +19,10 @@ import time
 from typing import Any, Dict
 
 from evol_ray import columns as C
-from evol_ray import identity, prompts, rules
+from evol_ray import identity
+from evol_ray.evolve import prompts, rules
 from evol_ray.config import Config
-from evol_ray.engine import Completion, TextGenerator, engine_is_dead
+from evol_ray.engine.base import Completion, TextGenerator, engine_is_dead
 
 
 def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Text normalization for comparing instructions: the one place that decides when two texts are
-"the same". Exact dedup hashes `normalize`d text; near-duplicate dedup shingles its `words`.
+"""Text normalization and words: the one place that decides when two texts are "the same" and
+what a word is. Exact dedup hashes `normalize`d text; near-duplicate dedup, the report's diversity
+and the quality rules shingle its `words`; the elimination rules and the report's lengths count
+them.
 
 Normalization folds what does not change meaning for training-data dedup: Unicode compatibility
 forms (NFKC, so full-width letters match ASCII), case, punctuation and symbols (each run becomes a
@@ -42,6 +44,24 @@ def words(normalized: pa.Array) -> pa.ListArray:
     if pc.any(empty).as_py():
         lists = pc.if_else(empty, pa.scalar([], lists.type), lists)
     return lists
+
+
+def words_of(text: str | None) -> list[str]:
+    """`words(normalize(...))` of one string (the elimination rules, tests)."""
+    return words(normalize(pa.array([text], pa.string())))[0].as_py()
+
+
+def word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Words per text (nulls count 0), as `words` splits them."""
+    return pc.list_value_length(words(normalize(texts))).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def ngrams(word_list: list[str], n: int) -> set:
+    """The word n-grams of one text, as tuples; a text of fewer than n words (but at least one)
+    is one n-gram of all its words, so it still has a shingle."""
+    if not word_list:
+        return set()
+    return {tuple(word_list[i:i + n]) for i in range(max(len(word_list) - n + 1, 1))}
 
 
 def hash64(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:

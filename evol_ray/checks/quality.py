@@ -10,7 +10,7 @@ Reads `status`, `instruction`, `response`; writes `status`, `reason`.
   answer_length              answer likewise
   refusal                    the answer contains a refusal phrase (compared after text.normalize)
   unbalanced_code_fence      an odd number of ``` in the instruction or the answer
-  answer_repeats_instruction at least max_overlap of the answer's word 3-grams are in the
+  answer_repeats_instruction at least max_overlap of the answer's word n-grams (ngram) are in the
                              instruction: the answer restates the question
 """
 
@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
-from evol_ray import text
+from evol_ray.checks import text
+from evol_ray.stage import Stage
 
 _NON_PRINTABLE = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}\x{fffd}]"
 FENCE = "```"
-BATCH_ROWS = 4096  # Ray Data's default (1024) lets per-batch costs dominate
 
 
 def _text(col) -> pa.Array:
@@ -70,15 +70,13 @@ def unbalanced_code_fence(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
 
 def answer_repeats_instruction(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
     # Python per row: it runs on rows the engine just produced, thousands per second is plenty.
-    n = 3
+    n = q.answer_repeats_instruction.ngram
     out = np.zeros(len(ans), bool)
     for i, (iw, aw) in enumerate(zip(text.words(text.normalize(ins)).to_pylist(),
                                      text.words(text.normalize(ans)).to_pylist())):
-        if not aw:
-            continue
-        grams = {tuple(aw[j:j + n]) for j in range(max(len(aw) - n + 1, 1))}
-        inst = {tuple(iw[j:j + n]) for j in range(max(len(iw) - n + 1, 1))}
-        out[i] = len(grams & inst) / len(grams) >= q.answer_repeats_instruction.max_overlap
+        grams = text.ngrams(aw, n)
+        if grams:
+            out[i] = len(grams & text.ngrams(iw, n)) / len(grams) >= q.answer_repeats_instruction.max_overlap
     return out
 
 
@@ -125,6 +123,9 @@ def check(batch: pa.Table, q) -> pa.Table:
                             reasons.cast(batch.schema.field(C.REASON).type))
 
 
+CHECK = Stage(check)
+
+
 def filter_rows(ds, q):
-    """Dataset wiring: `check` as a CPU map_batches stage."""
-    return ds.map_batches(check, fn_kwargs={"q": q}, batch_format="pyarrow", batch_size=BATCH_ROWS)
+    """Dataset wiring: `check` as a CPU stage."""
+    return CHECK(ds, q=q)

@@ -1,5 +1,7 @@
 """WizardLM's elimination rules (arXiv 2304.12244, section 3.3) as pure functions.
 
+Words are counted and compared as `evol_ray.checks.text` defines them, like every other check.
+
 Each check takes text and thresholds and returns the reason name from `evol_ray.columns` when the
 evolution failed, or None. The LLM-judged rule 1 (no information gain) lives in `chain.py`, since it
 needs the engine; `judge_says_equal` here only reads its verdict.
@@ -7,12 +9,11 @@ needs the engine; `judge_says_equal` here only reads its verdict.
 
 from __future__ import annotations
 
-import re
-import string
 from typing import Iterable, Optional
 
 from evol_ray import columns as C
-from evol_ray.prompts import JUDGE_EQUAL
+from evol_ray.checks.text import words_of
+from evol_ray.evolve.prompts import JUDGE_EQUAL
 
 # English stop words (the common NLTK/scikit-learn list, lower case).
 STOP_WORDS = frozenset(
@@ -28,14 +29,6 @@ STOP_WORDS = frozenset(
     wouldn wouldn't y you you'd you'll you're you've your yours yourself yourselves""".split()
 )
 
-_WORD = re.compile(r"[A-Za-z0-9']+")
-_PUNCT = set(string.punctuation) | set("“”‘’…–—«»")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
 def copied_prompt_words(instruction: str, phrases: Iterable[str]) -> Optional[str]:
     """Rule 4: the evolved instruction contains words of the evolving prompt (its markers)."""
     low = instruction.lower()
@@ -48,23 +41,18 @@ def short_apology(response: str, phrases: Iterable[str], max_words: int) -> Opti
     """Rule 2: the answer contains "sorry" (or another configured phrase) and is shorter than
     `max_words` words."""
     low = response.lower()
-    if any(p.lower() in low for p in phrases if p) and len(response.split()) < max_words:
+    if any(p.lower() in low for p in phrases if p) and len(words_of(response)) < max_words:
         return C.R_SORRY
     return None
 
 
 def only_stopwords(response: str) -> Optional[str]:
     """Rule 3: the answer holds nothing but punctuation, whitespace and stop words (an empty
-    answer counts too)."""
-    stripped = "".join(ch for ch in response if ch not in _PUNCT)
-    if all(w in STOP_WORDS for w in words(stripped)) and not re.search(r"[^\W_]", _strip_words(stripped)):
+    answer counts too). Words are the project's one definition (`checks.text`): contractions
+    split at the apostrophe ("don't" -> "don", "t"), both halves in the list."""
+    if all(w in STOP_WORDS for w in words_of(response)):
         return C.R_STOPWORDS
     return None
-
-
-def _strip_words(text: str) -> str:
-    """What is left of `text` once its stop words are removed (letters of other scripts stay)."""
-    return _WORD.sub(lambda m: "" if m.group(0).lower() in STOP_WORDS else m.group(0), text)
 
 
 def judge_says_equal(verdict: str) -> bool:

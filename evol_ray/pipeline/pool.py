@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
+from evol_ray.stage import WHOLE_BLOCK, Stage
 
 
 def next_pool(batch: pa.Table) -> pa.Table:
@@ -52,3 +53,8 @@ def seed_rows(batch: pa.Table) -> pa.Table:
             C.RESPONSE: batch[C.RESPONSE],
         }
     )
+
+
+NEXT_POOL = Stage(next_pool, WHOLE_BLOCK)
+FINAL_ROWS = Stage(final_rows, WHOLE_BLOCK)
+SEED_ROWS = Stage(seed_rows, WHOLE_BLOCK)

@@ -1,7 +1,7 @@
 """Where the CPU checks run: quality filters first, then dedup, on a round's attempts before the
 round is committed, and on the final set; both places switched by config (`quality.in_rounds`,
 `quality.in_final`, `dedup.in_rounds`, `dedup.in_final`). Wiring only: the stages are
-`evol_ray.quality.check` and the stages of `evol_ray.dedup`.
+`evol_ray.checks.quality.check` and the stages of `evol_ray.checks.dedup`.
 
 Quality runs first so that a row it rejects is never the kept row of a duplicate cluster.
 """
@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 import ray
 
 from evol_ray import columns as C
-from evol_ray import dedup as dedup_mod
-from evol_ray import quality
+from evol_ray.checks import dedup as dedup_mod
+from evol_ray.checks import quality
 from evol_ray.config import Config
+from evol_ray.stage import Stage
 
 
 def _dedup_on(cfg: Config) -> bool:
@@ -49,9 +50,15 @@ def with_status(batch: pa.Table) -> pa.Table:
             .append_column(C.DUPLICATE_OF, pa.nulls(n, pa.string())))
 
 
+WITH_STATUS = Stage(with_status, dedup_mod.BATCH_ROWS)
+
+
 def removed_rows(batch: pa.Table) -> pa.Table:
     """Checked final rows -> those the checks rejected, with their reason and `duplicate_of`."""
     return batch.filter(pc.not_equal(batch[C.STATUS], C.KEPT))
+
+
+REMOVED_ROWS = Stage(removed_rows)
 
 
 def final_checks(ds: ray.data.Dataset, cfg: Config) -> Optional[ray.data.Dataset]:
@@ -62,7 +69,7 @@ def final_checks(ds: ray.data.Dataset, cfg: Config) -> Optional[ray.data.Dataset
     d = cfg.dedup.in_final and _dedup_on(cfg)
     if not (q or d):
         return None
-    ds = ds.map_batches(with_status, batch_format="pyarrow", batch_size=dedup_mod.BATCH_ROWS)
+    ds = WITH_STATUS(ds)
     if q:
         ds = quality.filter_rows(ds, cfg.quality)
     if d:

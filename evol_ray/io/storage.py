@@ -19,10 +19,6 @@ import pyarrow.fs as pafs
 from evol_ray.config import StorageConfig
 
 
-class StorageError(RuntimeError):
-    """A storage problem, with the path in the message (and never a credential)."""
-
-
 @dataclass
 class Location:
     """A filesystem and a path on it, with the URL the user wrote (for messages)."""

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import Config, InputConfig
-from evol_ray.storage import Location, describe_error, locate
+from evol_ray.io.storage import Location, describe_error, locate
+from evol_ray.stage import WHOLE_BLOCK, Stage
 
 _EXT = {".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -180,3 +181,24 @@ def to_pool(batch: pa.Table, ic: InputConfig) -> pa.Table:
         {C.ID: ids, C.ROOT_ID: ids, C.INSTRUCTION: joined, C.RESPONSE: [None if r is None else str(r) for r in resp]},
         schema=C.POOL_SCHEMA,
     )
+
+
+TO_POOL = Stage(to_pool, WHOLE_BLOCK)
+
+
+def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
+    """The checked seed files (`check_input`'s result) -> the pool dataset of round 1."""
+    import ray
+
+    from evol_ray.io.datasets import read_parquet
+
+    fs = locate(cfg.input.path, cfg.storage).arrow_fs
+    paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
+    if fmt == "parquet":
+        ds = read_parquet(paths, fs).select_columns(cols)
+    else:
+        # pyarrow reads JSON Lines; a JSON array falls back to json.load in the same reader.
+        ds = ray.data.read_json(paths, filesystem=fs)
+    if cfg.input.limit:
+        ds = ds.limit(cfg.input.limit)
+    return TO_POOL(ds, ic=cfg.input)

@@ -7,12 +7,10 @@ so they are read back from round 1, where every attempt carries its seed as `par
 
 from __future__ import annotations
 
-import posixpath
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,11 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import Config, ConfigError, StorageConfig, load_saved_config
-from evol_ray.storage import Location, describe_error, locate, read_json
+from evol_ray.io import layout
+from evol_ray.io.layout import CONFIG_FILE, read_tables, round_files, round_manifests  # noqa: F401
+from evol_ray.io.storage import Location, describe_error, locate
 
-MANIFEST = "manifest.json"
-CONFIG_FILE = "config.yaml"
-SCORES_DIR = "scores"
 MASKED = "***"  # what config.to_container writes in place of a secret
 
 
@@ -70,30 +67,6 @@ def open_run(url: str, overrides: Sequence[str] = ()) -> Tuple[Location, Config]
         saved["storage"]["options"] = _drop_masked(saved["storage"].get("options") or {})
     cfg = load_saved_config(saved, f"config file {out.join(CONFIG_FILE).url}", overrides)
     return locate(url, cfg.storage), cfg
-
-
-def round_manifests(out: Location, rounds: int) -> Tuple[List[dict], List[int]]:
-    """Complete round manifests in order, and the numbers of rounds 1..`rounds` not complete."""
-    done, missing = [], []
-    for r in range(1, rounds + 1):
-        m = read_json(out.join(f"round_{r}", MANIFEST))
-        if m and m.get("complete"):
-            done.append(m)
-        else:
-            missing.append(r)
-    return done, missing
-
-
-def round_files(out: Location, manifest: dict) -> List[str]:
-    rdir = out.join(f"round_{manifest['round']}")
-    return [posixpath.join(rdir.path, f) for f in manifest["files"]]
-
-
-def read_tables(loc: Location, files: Sequence[str], columns: Sequence[str]) -> Iterator[pa.Table]:
-    """One table per file, so a large round never has to fit in memory at once."""
-    for path in files:
-        with loc.fs.open(path, "rb") as f:
-            yield pq.read_table(f, columns=list(columns))
 
 
 def seeds_of(round1: pa.Table) -> pa.Table:
@@ -144,10 +117,10 @@ class Sampler:
 
 def read_scores(out: Location) -> Tuple[Optional[dict], Optional[pa.Table]]:
     """The scores manifest and table, or (None, None) when the run was never scored."""
-    m = read_json(out.join(SCORES_DIR, MANIFEST))
-    if not m or not m.get("complete"):
+    m = layout.read_manifest(out.join(layout.SCORES))
+    if m is None:
         return None, None
-    files = [out.join(SCORES_DIR, f).path for f in m["files"]]
+    files = layout.committed_files(out.join(layout.SCORES), m)
     tables = list(read_tables(out, files, [c.name for c in C.SCORES_SCHEMA]))
     return m, pa.concat_tables(tables) if tables else C.SCORES_SCHEMA.empty_table()
 

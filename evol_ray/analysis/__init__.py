@@ -1,0 +1,2 @@
+"""Reading a finished run (`runread`), difficulty scores (`score`), the report (`report`, `plots`)
+and diversity metrics (`diversity`). Nothing here writes round data."""

@@ -1,0 +1,126 @@
+"""How busy the engines were: a meter per engine, and a named actor that collects them per round.
+
+`EngineMeter` measures the share of wall time with at least one request in flight and the mean
+number in flight; `MeteredGenerator` wraps any `TextGenerator` with one. Each engine actor reports
+its meter's snapshot to the round's `EngineStats` actor; `summarize_engines` turns the snapshots
+into the figures of the round manifest.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Optional
+
+import ray
+
+from evol_ray.engine.base import Completion, TextGenerator
+
+
+class EngineMeter:
+    """Counts requests in flight over time. Not thread safe: use from the engine's event loop."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.in_flight = 0
+        self.requests = 0
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self._busy = 0.0  # seconds with in_flight > 0
+        self._area = 0.0  # integral of in_flight over time
+        self._last = self.started
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        dt = now - self._last
+        if self.in_flight > 0:
+            self._busy += dt
+            self._area += dt * self.in_flight
+        self._last = now
+
+    def begin(self) -> None:
+        self._tick()
+        self.in_flight += 1
+        self.requests += 1
+
+    def end(self, completion: Optional[Completion]) -> None:
+        self._tick()
+        self.in_flight -= 1
+        if completion is not None:
+            self.prompt_tokens += completion.prompt_tokens
+            self.generated_tokens += completion.generated_tokens
+
+    def snapshot(self) -> dict:
+        self._tick()
+        lifetime = max(self._last - self.started, 1e-9)
+        return {
+            "lifetime_s": lifetime,
+            "busy_s": self._busy,
+            "busy_share": self._busy / lifetime,
+            "mean_in_flight": self._area / lifetime,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+        }
+
+
+class MeteredGenerator:
+    """A `TextGenerator` that records each request in an `EngineMeter`."""
+
+    def __init__(self, inner: TextGenerator, meter: EngineMeter) -> None:
+        self.inner = inner
+        self.meter = meter
+
+    async def generate(self, prompt, sampling, *, seed, choices=None) -> Completion:
+        self.meter.begin()
+        out = None
+        try:
+            out = await self.inner.generate(prompt, sampling, seed=seed, choices=choices)
+            return out
+        finally:
+            self.meter.end(out)
+
+
+@ray.remote(num_cpus=0)
+class EngineStats:
+    """Collects each engine actor's latest meter snapshot for one round (driver reads it at the end)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict = {}
+
+    def report(self, actor: str, snapshot: dict) -> None:
+        self.snapshots[actor] = snapshot
+
+    def get(self) -> dict:
+        return dict(self.snapshots)
+
+
+STATS_ACTOR_PREFIX = "evol-ray-engine-stats"
+
+
+def start_engine_stats(round_no: int) -> object:
+    """The round's EngineStats actor, named so that live progress can be read while the round runs
+    (`ray.util.list_named_actors()`, then `ray.get(ray.get_actor(name).get.remote())`). The name
+    carries the round and a random suffix, so concurrent runs on one cluster never collide."""
+    name = f"{STATS_ACTOR_PREFIX}-round{round_no}-{uuid.uuid4().hex[:8]}"
+    return EngineStats.options(name=name).remote()
+
+
+def summarize_engines(snapshots: dict) -> dict:
+    """Per-round engine figures from every actor's snapshot ({} when no actor reported)."""
+    if not snapshots:
+        return {}
+    snaps = list(snapshots.values())
+    life = sum(s["lifetime_s"] for s in snaps)
+    busy = sum(s["busy_s"] for s in snaps)
+    return {
+        "actors": len(snaps),
+        "busy_share": busy / life if life else 0.0,
+        "mean_in_flight": sum(s["mean_in_flight"] * s["lifetime_s"] for s in snaps) / life if life else 0.0,
+        "rows": sum(s.get("rows", 0) for s in snaps),
+        "requests": sum(s["requests"] for s in snaps),
+        "prompt_tokens": sum(s["prompt_tokens"] for s in snaps),
+        "generated_tokens": sum(s["generated_tokens"] for s in snaps),
+        "startup_s": max(s.get("startup_s", 0.0) for s in snaps),
+        "per_actor": snapshots,
+    }

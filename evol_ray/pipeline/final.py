@@ -1,0 +1,48 @@
+"""The final set: every kept row of every round (plus the seeds if `output.include_seeds`),
+through the final checks, committed to `final/`; rows the checks reject go to `final/_removed/`
+with their reason, counted in the manifest (`removed_counts`), never lost.
+
+Reads the committed round files; writes `columns.FINAL_COLUMNS` rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import List
+
+import ray
+
+from evol_ray import columns as C
+from evol_ray import config as config_mod
+from evol_ray.checks import where
+from evol_ray.config import Config
+from evol_ray.io import commit, layout
+from evol_ray.io.datasets import read_round
+from evol_ray.io.storage import Location
+from evol_ray.pipeline.pool import FINAL_ROWS, SEED_ROWS
+
+
+def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset) -> dict:
+    final = out.join(layout.FINAL)
+    commit.begin(final)
+    parts = [SEED_ROWS(seeds)] if cfg.output.include_seeds else []
+    parts += [FINAL_ROWS(read_round(out, m)) for m in manifests]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    removed: Counter = Counter()
+    removed_files: List[str] = []
+    checked = where.final_checks(ds, cfg)  # final dedup / quality, per config
+    if checked is not None:
+        gone = final.join(layout.REMOVED)
+        removed_files = commit.write_dataset(where.REMOVED_ROWS(checked), gone, cfg.output.rows_per_file)
+        for t in layout.read_tables(final, removed_files, [C.REASON]):
+            removed.update(t.column(C.REASON).to_pylist())
+        ds = FINAL_ROWS(checked)
+    files = commit.write_dataset(ds, final, cfg.output.rows_per_file)
+    return commit.commit(final, {
+        "config_hash": config_mod.config_hash(cfg),
+        "rows": layout.row_count(final, files),
+        "rounds": [m["round"] for m in manifests],
+        "include_seeds": cfg.output.include_seeds,
+        "removed_counts": dict(sorted(removed.items())),
+        "removed_files": sorted(f"{layout.REMOVED}/{p.rsplit('/', 1)[1]}" for p in removed_files),
+    }, files)

@@ -1,0 +1,146 @@
+"""One round: engine phase, then commit phase, each safe to run again; and the pool after it.
+
+1. engine: pool rows without an attempt in `round_N/_attempts/` go through the engine stage
+   (`evol_ray.evolve.stage`), whose output Ray Data writes there block by block; after a crash, a
+   rerun finds the finished blocks and sends only the missing rows to the engine again;
+2. commit: the attempts pass the CPU checks (`evol_ray.checks.where`) into `round_N/`, then the
+   manifest is written last (`evol_ray.io.commit`), then `_attempts/` is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Dict, List, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from evol_ray import columns as C
+from evol_ray import config as config_mod
+from evol_ray.checks import where
+from evol_ray.config import Config
+from evol_ray.engine.meter import start_engine_stats, summarize_engines
+from evol_ray.evolve import stage as evolve_stage
+from evol_ray.io import commit, layout
+from evol_ray.io.datasets import read_files, read_round
+from evol_ray.io.storage import Location, remove
+from evol_ray.pipeline.pool import NEXT_POOL
+from evol_ray.stage import WHOLE_BLOCK, Stage
+
+log = logging.getLogger("evol_ray")
+
+_COUNTED = [C.STATUS, C.REASON, C.OP, C.PROMPT_TOKENS, C.GENERATED_TOKENS, C.ENGINE_SECONDS]
+
+
+class RunError(RuntimeError):
+    """A problem that stops the run, with a message meant for the user (a round that cannot be
+    committed names the round and where it was left)."""
+
+
+def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
+    """Counts of a round's written files: read back from storage, never by re-running the stage."""
+    status, reason, op, op_kept = Counter(), Counter(), Counter(), Counter()
+    prompt_tokens = generated_tokens = 0
+    engine_seconds = 0.0
+    rows = 0
+    for t in layout.read_tables(loc, files, _COUNTED):
+        rows += t.num_rows
+        d = t.to_pydict()
+        status.update(d[C.STATUS])
+        reason.update(r for r in d[C.REASON] if r)
+        op.update(o for o in d[C.OP] if o)
+        op_kept.update(o for o, s in zip(d[C.OP], d[C.STATUS]) if o and s == C.KEPT)
+        prompt_tokens += sum(x or 0 for x in d[C.PROMPT_TOKENS])
+        generated_tokens += sum(x or 0 for x in d[C.GENERATED_TOKENS])
+        engine_seconds += sum(x or 0.0 for x in d[C.ENGINE_SECONDS])
+    return {
+        "rows": rows,
+        "status_counts": dict(sorted(status.items())),
+        "reason_counts": dict(sorted(reason.items())),
+        "op_counts": dict(sorted(op.items())),
+        "op_kept_counts": dict(sorted(op_kept.items())),
+        "prompt_tokens": prompt_tokens,
+        "generated_tokens": generated_tokens,
+        "row_engine_seconds": engine_seconds,
+    }
+
+
+def done_ids(loc: Location, files: List[str]) -> pa.Array:
+    """Pool ids that already have an attempt in `files` (the `parent_id` column)."""
+    ids = [t.column(C.PARENT_ID).combine_chunks() for t in layout.read_tables(loc, files, [C.PARENT_ID])]
+    return pa.concat_arrays(ids).unique() if ids else pa.array([], pa.string())
+
+
+def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    """Pool rows whose id is not in `ids` (reads `id`)."""
+    if len(ids) == 0:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch[C.ID], value_set=ids)))
+
+
+WITHOUT_IDS = Stage(without_ids, WHOLE_BLOCK)
+
+
+def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
+              expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
+              manifests: List[dict] = ()) -> dict:
+    """Round `round_no` from `pool` into `round_N/`; returns its manifest. Dedup compares against
+    `seeds` and the rounds of `manifests` (the earlier ones)."""
+    rdir = layout.round_dir(out, round_no)
+    attempts_dir = rdir.join(layout.ATTEMPTS)
+    commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
+    started = time.monotonic()
+    resumed_ids = done_ids(attempts_dir, commit.readable_parts(attempts_dir))
+    if len(resumed_ids):
+        log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
+    stats = start_engine_stats(round_no)
+    try:
+        attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, device, stats)
+        attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                               max_rows_per_file=cfg.output.rows_per_file)
+        engines = summarize_engines(ray.get(stats.get.remote()))
+    finally:
+        ray.kill(stats)
+    engine_done = time.monotonic()
+
+    parts = commit.readable_parts(attempts_dir)
+    counts = count_files(attempts_dir, parts)
+    if expected_rows is not None and counts["rows"] != expected_rows:
+        raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
+                       f"the round is left uncommitted in {attempts_dir.url}")
+    earlier = [read_round(out, m) for m in manifests]
+    checked = where.round_checks(read_files(attempts_dir, parts), cfg, seeds, earlier)
+    if checked is None:  # no CPU check configured: the attempts are the round
+        files = commit.move_into(parts, rdir)
+    else:
+        files = commit.write_dataset(checked, rdir, cfg.output.rows_per_file)
+        counts = count_files(rdir, files)
+    manifest = commit.commit(rdir, {
+        "round": round_no,
+        "config_hash": config_mod.config_hash(cfg),
+        "rows_in": counts["rows"],
+        "rows_kept": counts["status_counts"].get(C.KEPT, 0),
+        "rows_resumed": len(resumed_ids),
+        **{k: v for k, v in counts.items() if k != "rows"},
+        "wall_seconds": round(time.monotonic() - started, 3),
+        # engine phase: from the round's start (actors launched, engines starting) to the last
+        # attempt written; commit phase: CPU checks (dedup, quality), files moved, manifest.
+        "phase_seconds": {"engine": round(engine_done - started, 3),
+                          "commit": round(time.monotonic() - engine_done, 3)},
+        "engine": engines,
+        "device": device,
+    }, files)
+    remove(attempts_dir)
+    return manifest
+
+
+def pool_after(out: Location, manifest: dict) -> ray.data.Dataset:
+    """The next round's pool: a kept row goes on evolved, a failed one hands its parent on."""
+    return NEXT_POOL(read_round(out, manifest))
+
+
+def pool_size_after(manifest: dict) -> int:
+    return manifest["rows_in"] - manifest["status_counts"].get(C.INVALID_INPUT, 0)

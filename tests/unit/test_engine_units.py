@@ -1,0 +1,119 @@
+"""The engine's pure parts: vLLM arguments, the meter, actor resources, the device decision and the
+per-round summary, all without starting an engine."""
+
+import asyncio
+
+import pytest
+
+from evol_ray.config import load_config
+from evol_ray.engine.base import Completion
+from evol_ray.engine.meter import EngineMeter, MeteredGenerator, summarize_engines
+from evol_ray.engine.resources import ENGINE_NICENESS_VAR, choose_device, engine_actor_args
+from evol_ray.engine.vllm_engine import engine_args
+from evol_ray.stage import Stage
+
+
+def _cfg(*extra):
+    return load_config(["input.path=s.json", "output.path=o", "model.source=/m", *extra])
+
+
+def test_engine_args_take_the_kv_fraction_of_the_device():
+    cfg = _cfg("engine.gpu_memory_utilization=0.8", "engine.cpu_kv_cache_fraction=0.3",
+               "model.max_model_len=2048", "engine.extra_args.swap_space=2")
+    gpu = engine_args(cfg.model, cfg.engine, "gpu", 7)
+    cpu = engine_args(cfg.model, cfg.engine, "cpu", 7)
+    assert gpu["gpu_memory_utilization"] == 0.8 and cpu["gpu_memory_utilization"] == 0.3
+    assert gpu["model"] == gpu["tokenizer"] == "/m" and gpu["seed"] == 7
+    assert gpu["max_model_len"] == 2048 and gpu["swap_space"] == 2
+    assert "distributed_executor_backend" not in gpu
+    tp = _cfg("engine.tensor_parallel_size=2")
+    assert engine_args(tp.model, tp.engine, "gpu", 0)["distributed_executor_backend"] == "ray"
+    assert "max_model_len" not in engine_args(tp.model, tp.engine, "gpu", 0)
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_meter_busy_share_and_mean_in_flight(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("evol_ray.engine.meter.time.monotonic", clock)
+    m = EngineMeter()
+    clock.t += 1  # idle 1 s
+    m.begin()
+    m.begin()
+    clock.t += 2  # 2 in flight for 2 s
+    m.end(Completion("a", 3, 4))
+    clock.t += 1  # 1 in flight for 1 s
+    m.end(None)
+    snap = m.snapshot()
+    assert snap["lifetime_s"] == pytest.approx(4.0)
+    assert snap["busy_share"] == pytest.approx(0.75)
+    assert snap["mean_in_flight"] == pytest.approx(5 / 4)
+    assert (snap["requests"], snap["prompt_tokens"], snap["generated_tokens"]) == (2, 3, 4)
+
+
+def test_metered_generator_counts_failed_requests_as_ended():
+    class Failing:
+        async def generate(self, *a, **k):
+            raise RuntimeError("boom")
+
+    m = EngineMeter()
+    g = MeteredGenerator(Failing(), m)
+    with pytest.raises(RuntimeError):
+        asyncio.run(g.generate("p", None, seed=0))
+    assert m.in_flight == 0 and m.requests == 1
+
+
+def test_summarize_engines_weights_by_lifetime():
+    snaps = {"a": {"lifetime_s": 10, "busy_s": 10, "mean_in_flight": 4, "requests": 5, "prompt_tokens": 1,
+                   "generated_tokens": 2, "rows": 3, "startup_s": 2.0},
+             "b": {"lifetime_s": 30, "busy_s": 15, "mean_in_flight": 8, "requests": 7, "prompt_tokens": 1,
+                   "generated_tokens": 2, "rows": 4, "startup_s": 5.0}}
+    s = summarize_engines(snaps)
+    assert s["actors"] == 2 and s["busy_share"] == pytest.approx(25 / 40)
+    assert s["mean_in_flight"] == pytest.approx((40 + 240) / 40)
+    assert (s["rows"], s["requests"], s["startup_s"]) == (7, 12, 5.0)
+    assert summarize_engines({}) == {}
+
+
+def test_engine_actor_args_cpu_gpu_and_tensor_parallel():
+    e = _cfg("engine.batches_in_flight=3", "engine.cpus_per_replica=2").engine
+    cpu = engine_actor_args(e, "cpu", 4)
+    assert cpu["num_cpus"] == 2 and "num_gpus" not in cpu
+    assert cpu["runtime_env"]["env_vars"][ENGINE_NICENESS_VAR] == "0"
+    assert cpu["compute"].min_size == cpu["compute"].max_size == 4
+    assert engine_actor_args(e, "gpu", 1)["num_gpus"] == 1
+    tp = _cfg("engine.tensor_parallel_size=2").engine
+    args = engine_actor_args(tp, "gpu", 1)
+    assert args["num_gpus"] == 0 and callable(args["ray_remote_args_fn"])
+
+
+def test_one_device_decision_from_the_cluster():
+    assert choose_device("auto", {"CPU": 8}) == "cpu"
+    assert choose_device("auto", {"CPU": 8, "GPU": 2}) == "gpu"
+    assert choose_device("cpu", {"GPU": 2}) == "cpu"
+
+
+def test_stage_spec_passes_its_settings_once():
+    calls = {}
+
+    class FakeDataset:
+        def map_batches(self, fn, **kw):
+            calls.update(kw, fn=fn)
+            return "next"
+
+    def fn(batch, k):
+        return batch
+
+    s = Stage(fn, 128, {"num_cpus": 0.5})
+    assert s(FakeDataset(), k=1) == "next"
+    assert calls == {"fn": fn, "batch_format": "pyarrow", "batch_size": 128, "num_cpus": 0.5,
+                     "fn_kwargs": {"k": 1}}
+    calls.clear()
+    Stage(fn, None).with_args(num_gpus=1)(FakeDataset(), constructor={"a": 2})
+    assert calls["fn_constructor_kwargs"] == {"a": 2} and calls["num_gpus"] == 1 and calls["batch_size"] is None
