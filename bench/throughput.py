@@ -50,12 +50,12 @@ VERBS = ["Explain", "Summarize", "Compare two views on", "Write a short guide to
          "Describe the history of", "Give an example that illustrates"]
 
 
-
 def local_device(requested: str) -> str:
     """The bare side runs in this process, without Ray: its device is what this process sees."""
     import torch
 
     return choose_device(requested, {"GPU": torch.cuda.device_count() if torch.cuda.is_available() else 0})
+
 
 def write_seeds(path: Path, n: int) -> None:
     with open(path, "w") as f:

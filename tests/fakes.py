@@ -9,9 +9,10 @@ class ScriptedGenerator:
     """Answers by step: the evolve prompt, the judge prompt (choices given) and the answer prompt.
 
     `evolved`, `verdict` and `answer` are callables of the prompt (or plain strings); every call is
-    recorded in `calls` as (step, prompt)."""
+    recorded in `calls` as (step, prompt). The judge reads `score_choices`: nearly all of the
+    probability on `verdict`."""
 
-    def __init__(self, evolved="A harder instruction about birds and their migration routes.",
+    def __init__(self, evolved="Describe the migration routes of three birds of Europe in detail.",
                  verdict="Not Equal", answer="Birds migrate along flyways such as the East Atlantic.",
                  fail_on=None):
         self.evolved, self.verdict, self.answer, self.fail_on = evolved, verdict, answer, fail_on
@@ -20,6 +21,13 @@ class ScriptedGenerator:
     @staticmethod
     def _text(v, prompt):
         return v(prompt) if callable(v) else v
+
+    async def score_choices(self, prompt, choices):
+        verdict = self._text(self.verdict, prompt)
+        self.calls.append(("judge", prompt))
+        if self.fail_on == "judge":
+            raise RuntimeError("engine failed during judge")
+        return {c: (-0.01 if c == verdict else -6.0) for c in choices}
 
     async def generate(self, prompt, sampling, *, seed, choices=None):
         if choices:

@@ -151,15 +151,12 @@ def collect(out: Location, cfg: Config) -> dict:
              for g in groups}
     nonempty = [t.num_rows for t in drawn.values() if t.num_rows]
     n_equal = min([rc.sample_size] + nonempty)
-    div = {}
-    for g in groups:
-        t = drawn[g]
-        if t.num_rows < n_equal or not t.num_rows:
-            div[str(g)] = None
-            continue
-        texts = runread.smallest(t, n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
-        div[str(g)] = diversity.diversity(texts, rc.near_duplicate_threshold,
-                                          minhash.params_from(cfg.dedup, cfg.seed))
+    texts = {g: runread.smallest(drawn[g], n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
+             for g in groups if drawn[g].num_rows >= n_equal and drawn[g].num_rows}
+    budget = diversity.equal_budget(list(texts.values()))
+    div = {str(g): diversity.diversity(texts[g], rc.near_duplicate_threshold,
+                                       minhash.params_from(cfg.dedup, cfg.seed), budget)
+           if g in texts else None for g in groups}
 
     shown = sorted(roots.to_pylist(), key=lambda x: runread.sample_key(cfg.seed, x))
     final = layout.read_manifest(out.join(layout.FINAL))
@@ -176,7 +173,7 @@ def collect(out: Location, cfg: Config) -> dict:
         "per_round": per_round,
         "lengths": {kind: {str(g): length_stats(v[g]) for g in groups} for kind, v in raw_lengths.items()},
         "diversity": {"sample_size": n_equal, "threshold": rc.near_duplicate_threshold,
-                      "by_round": div},
+                      "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div},
         "difficulty": _difficulty(out),
         "lineage": _lineage(lineage_rows, shown),
         "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
@@ -192,11 +189,12 @@ def _difficulty(out: Location) -> Optional[dict]:
     by_round = {}
     for r in m["rounds"]:
         rt = t.filter(pc.equal(t[C.ROUND], r))
-        ok = rt[C.DIFFICULTY].drop_null().to_pylist()
-        hist = Counter(ok)
+        ok = rt[C.DIFFICULTY].drop_null().to_pylist()  # expected scores, 1.0 .. 10.0
+        hist = Counter(int(min(10, max(1, round(x)))) for x in ok)
         by_round[str(r)] = {"rows": rt.num_rows, "rated": len(ok), "errors": rt.num_rows - len(ok),
                             "mean": float(np.mean(ok)) if ok else None,
                             "median": float(np.median(ok)) if ok else None,
+                            "std": float(np.std(ok)) if ok else None,
                             "histogram": {str(s): hist.get(s, 0) for s in range(1, 11)}}
     return {"model": m.get("model"), "sample_size": m.get("sample_size"), "rounds": m["rounds"],
             "by_round": by_round}
@@ -244,16 +242,27 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
                   [[g, kind, s.get("rows"), s.get("mean"), s.get("p10"), s.get("median"), s.get("p90"), s.get("max")]
                    for kind, by in fig["lengths"].items() for g, s in by.items()])
     dv = fig["diversity"]
-    div = _table(["round", "rows", "distinct-1", "distinct-2", "near-duplicate share"],
-                 [[g, *(["(too few kept rows)", None, None, None] if d is None else
-                        [d["rows"], d["distinct_1"], d["distinct_2"], d["near_duplicate_share"]])]
+    div = (f"<p>distinct-n: distinct word n-grams over all n-grams, on an equal budget for every "
+           f"round: {dv['sample_size']} rows, the first {dv.get('words_per_text')} words of each, "
+           f"{dv.get('words_per_sample')} words in all, so that longer texts do not read as less "
+           "diverse (the columns 'all' use the whole texts and fall with length alone). "
+           "Near-duplicate share: rows of the sample with another row at MinHash Jaccard "
+           f">= {dv['threshold']}, with dedup's own signatures.</p>") + _table(
+                 ["round", "rows", "distinct-1", "distinct-2", "distinct-1 all", "distinct-2 all",
+                  "near-duplicate share"],
+                 [[g, *(["(too few kept rows)", None, None, None, None, None] if d is None else
+                        [d["rows"], d["distinct_1"], d["distinct_2"], d.get("distinct_1_all"),
+                         d.get("distinct_2_all"), d["near_duplicate_share"]])]
                   for g, d in dv["by_round"].items()])
     dif = fig["difficulty"]
     if dif:
         diff_html = (f"<p>Rated by <code>{html.escape(str(dif['model']))}</code>, up to {dif['sample_size']} "
-                     "rows per round, forced choice 1-10.</p>"
-                     + _table(["round", "rated", "errors", "mean", "median"] + [str(s) for s in range(1, 11)],
-                              [[g, d["rated"], d["errors"], d["mean"], d["median"]]
+                     "rows per round. Each row's score is its expected value under the rater's "
+                     "probabilities of the ten answers 1..10 (each scored as the whole answer, so no "
+                     "option is a prefix of another); the columns 1..10 count rows by that score, "
+                     "rounded.</p>"
+                     + _table(["round", "rated", "errors", "mean", "median", "std"] + [str(s) for s in range(1, 11)],
+                              [[g, d["rated"], d["errors"], d["mean"], d["median"], d.get("std")]
                                + [d["histogram"][str(s)] for s in range(1, 11)] for g, d in dif["by_round"].items()])
                      + _img("difficulty", images["difficulty"], "Difficulty score by round (0 = seeds)"))
     else:

@@ -2,8 +2,10 @@
 
 WizardLM (arXiv 2304.12244, sec. 4.5 and appendix) had ChatGPT rate the difficulty and complexity of
 each instruction from 1 to 10. `score.template` (default `prompts.DIFFICULTY_TEMPLATE`) asks the
-same question; the engine's structured output forces the answer to one of "1".."10", so every
-reply parses.
+same question. The score is not a sampled answer: a forced choice among "1".."10" is biased by
+construction, since "1" is a prefix of "10" (a model whose first token is "1" is steered into
+"10"). Each of the ten answers is scored as the model's whole reply (`score_choices`), and the
+score is their expected value; the ten probabilities are kept per row.
 
 The sample: `score.sample_size` rows of the seeds (round 0, read back from round 1's `parent_*`)
 and of each complete round's kept rows, drawn by `runread.sample_key` (a hash of seed and id).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,12 +33,12 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray import config as config_mod
-from evol_ray import identity
 from evol_ray.analysis import runread
-from evol_ray.config import Config, ModelConfig, SamplingConfig
+from evol_ray.config import Config, ModelConfig
 from evol_ray.engine.actor import EngineActor
-from evol_ray.engine.base import TextGenerator, engine_is_dead
+from evol_ray.engine.base import TextGenerator, choice_distribution, engine_is_dead
 from evol_ray.engine.resources import connect, engine_actor_args
+from evol_ray.engine.sizing import check_cpu_kv_cache, prepare_models
 from evol_ray.evolve import prompts
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location
@@ -49,25 +51,28 @@ SCORES_FILE = "scores.parquet"
 _COLUMNS = [C.ID, C.ROOT_ID, C.ROUND, C.INSTRUCTION]
 
 
-async def rate_row(gen: TextGenerator, row: Dict[str, Any], seed: int, sampling: SamplingConfig,
+def expected_score(logprobs: Dict[str, float]) -> Tuple[float, List[float]]:
+    """Log-probabilities of the answers "1".."10" -> (expected score, P(1)..P(10)), the
+    probabilities renormalized over the ten answers (as Deita's scorers read theirs)."""
+    p = choice_distribution(logprobs)
+    probs = [p[s] for s in SCORES]
+    return sum(k * q for k, q in zip(range(1, 11), probs)), probs
+
+
+async def rate_row(gen: TextGenerator, row: Dict[str, Any],
                    template: str = prompts.DIFFICULTY_TEMPLATE) -> Dict[str, Any]:
-    """One row (`id`, `root_id`, `round`, `instruction`) -> the same plus `difficulty` or `error`."""
+    """One row (`id`, `root_id`, `round`, `instruction`) -> the same plus `difficulty` and
+    `difficulty_probs`, or `error`."""
     out = {k: row[k] for k in _COLUMNS}
-    out.update({C.DIFFICULTY: None, C.ERROR: None})
+    out.update({C.DIFFICULTY: None, C.DIFFICULTY_PROBS: None, C.ERROR: None})
     try:
-        c = await gen.generate(template.format(instruction=row[C.INSTRUCTION]), sampling,
-                               seed=identity.request_seed(seed, row[C.ID], row[C.ROUND], "difficulty"),
-                               choices=SCORES)
+        lp = await gen.score_choices(template.format(instruction=row[C.INSTRUCTION]), SCORES)
     except Exception as e:
         if engine_is_dead(e):
             raise
-        out[C.ERROR] = f"{type(e).__name__}: {e}"
+        out[C.ERROR] = f"{type(e).__name__}: {e}"[:2000]
         return out
-    text = c.text.strip()
-    if text in SCORES:
-        out[C.DIFFICULTY] = int(text)
-    else:  # only possible if the engine ignored the forced choice
-        out[C.ERROR] = f"not a score from 1 to 10: {text[:40]!r}"
+    out[C.DIFFICULTY], out[C.DIFFICULTY_PROBS] = expected_score(lp)
     return out
 
 
@@ -78,13 +83,11 @@ class ScoreStage(EngineActor):
     def __init__(self, model: ModelConfig, cfg: Config, device: str,
                  generator: Optional[TextGenerator] = None) -> None:
         super().__init__(model, cfg.engine, device, cfg.seed, generator=generator)
-        self.seed = cfg.seed
-        self.sampling = cfg.score.sampling
         self.template = cfg.score.template
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = batch.select(_COLUMNS).to_pylist()
-        out = await self.map_rows(lambda r: rate_row(self.gen, r, self.seed, self.sampling, self.template), rows)
+        out = await self.map_rows(lambda r: rate_row(self.gen, r, self.template), rows)
         yield pa.Table.from_pylist(out, schema=C.SCORES_SCHEMA)
 
 
@@ -139,7 +142,10 @@ def score_run(cfg: Config, out: Location, force: bool = False) -> dict:
         return old
 
     table = sample(out, cfg, manifests)
+    prepare_models(cfg)
     device = connect(cfg)
+    if device == "cpu":
+        check_cpu_kv_cache(dataclasses.replace(cfg, model=score_model(cfg)))
     log.info("scores: rating %d instructions with %s on %s", table.num_rows, score_model(cfg).source, device)
     ds = rate(ray.data.from_arrow(table), cfg, device)
     scored = pa.concat_tables([t.cast(C.SCORES_SCHEMA) for t in ray.get(ds.to_arrow_refs())])

@@ -6,8 +6,9 @@ async engine behind it; unit tests put a test double there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Dict, Optional, Protocol, Sequence
 
 from evol_ray.config import SamplingConfig
 
@@ -24,6 +25,21 @@ class TextGenerator(Protocol):
                        choices: Optional[Sequence[str]] = None) -> Completion:
         """Answer `prompt` as the user turn of a chat. `choices` forces the output to one of them."""
         ...
+
+    async def score_choices(self, prompt: str, choices: Sequence[str]) -> Dict[str, float]:
+        """The log-probability the model gives each of `choices` as its whole answer to `prompt`
+        (the choice's tokens, then the end of the answer). Unlike a forced choice this cannot be
+        steered by one option being a prefix of another ("1" of "10"): "1" then the end and "1",
+        "0" then the end are different, disjoint answers."""
+        ...
+
+
+def choice_distribution(logprobs: Dict[str, float]) -> Dict[str, float]:
+    """Log-probabilities of a set of choices -> probabilities renormalized over the set."""
+    top = max(logprobs.values())
+    w = {c: math.exp(lp - top) for c, lp in logprobs.items()}
+    total = sum(w.values())
+    return {c: x / total for c, x in w.items()}
 
 
 def engine_is_dead(e: BaseException) -> bool:

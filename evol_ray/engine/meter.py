@@ -80,6 +80,13 @@ class MeteredGenerator:
         finally:
             self.meter.end(out)
 
+    async def score_choices(self, prompt, choices):
+        self.meter.begin()
+        try:
+            return await self.inner.score_choices(prompt, choices)
+        finally:
+            self.meter.end(None)
+
 
 @ray.remote(num_cpus=0)
 class EngineStats:

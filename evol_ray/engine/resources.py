@@ -7,19 +7,41 @@ CPU-only head node while the engines run on GPU workers (README, Cluster).
 
 from __future__ import annotations
 
+import logging
+
 import ray
 
 from evol_ray.config import Config, EngineConfig
+
+log = logging.getLogger("evol_ray")
 
 ENGINE_NICENESS_VAR = "RAY_worker_niceness"  # read by Ray when it starts the worker process
 
 
 def connect(cfg: Config) -> str:
     """Join the cluster of `ray.address` / `RAY_ADDRESS`, or start a local Ray, once per process;
-    returns the engines' device."""
+    returns the engines' device. Unless `ray.verbose`, the workers' output (vLLM's INFO lines)
+    and Ray Data's progress stay in Ray's log files, and the terminal shows evol-ray's own."""
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address or None, log_to_driver=True)
+        if not cfg.ray.verbose:
+            quiet_ray_data_console()
+        ray.init(address=cfg.ray.address or None, log_to_driver=cfg.ray.verbose,
+                 logging_level=logging.INFO if cfg.ray.verbose else logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.verbose
+        if not cfg.ray.verbose:
+            log.info("Ray's and vLLM's own logs: Ray's session logs folder on each node (locally "
+                     "/tmp/ray/session_latest/logs); -v or ray.verbose=true streams them here")
     return choose_device(cfg.engine.device, ray.cluster_resources())
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data logs to `ray-data.log` in the session's logs folder and to the console; keep the
+    file, raise the console handler to warnings (`import ray.data` configured both)."""
+    import ray.data  # noqa: F401  (its import configures the "ray.data" logger)
+
+    for h in logging.getLogger("ray.data").handlers:
+        if not isinstance(h, logging.FileHandler) and type(h).__name__ != "SessionFileHandler":
+            h.setLevel(logging.WARNING)
 
 
 def choose_device(requested: str, cluster_resources: dict) -> str:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import os
@@ -12,14 +13,15 @@ from typing import Optional
 
 from evol_ray.config import EngineConfig, ModelConfig
 from evol_ray.engine.base import Completion
+from evol_ray.engine.models import resolve_source
 
 
 def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int) -> dict:
     """Keyword arguments for vLLM's `AsyncEngineArgs`, kept apart so they can be checked without
     starting an engine."""
     args = dict(
-        model=model.source,
-        tokenizer=model.tokenizer or model.source,
+        model=resolve_source(model.source),
+        tokenizer=resolve_source(model.tokenizer or model.source),
         dtype=model.dtype,
         load_format=model.load_format,
         trust_remote_code=model.trust_remote_code,
@@ -27,12 +29,12 @@ def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int
         max_num_seqs=engine.max_num_seqs,
         enforce_eager=engine.enforce_eager,
         seed=seed,
-        # On the CPU build this fraction is of host memory and is checked against one NUMA node.
-        gpu_memory_utilization=(
-            engine.gpu_memory_utilization if device == "gpu" else engine.cpu_kv_cache_fraction
-        ),
+        gpu_memory_utilization=engine.gpu_memory_utilization,
         disable_log_stats=True,
     )
+    if device == "cpu":
+        # A fixed KV cache size: the CPU build's share of memory subtracts the process's RSS.
+        args["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
     if model.max_model_len:
         args["max_model_len"] = model.max_model_len
     if engine.tensor_parallel_size > 1:
@@ -53,7 +55,7 @@ class VLLMGenerator:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(
-            model.tokenizer or model.source, trust_remote_code=model.trust_remote_code
+            resolve_source(model.tokenizer or model.source), trust_remote_code=model.trust_remote_code
         )
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed)))
         # The CPU build fails a seeded request whose sampled token is discarded during chunked
@@ -79,14 +81,38 @@ class VLLMGenerator:
             seed=seed if self._per_request_seed else None,
             structured_outputs=StructuredOutputsParams(choice=list(choices)) if choices else None,
         )
+        final = await self._request(self.chat_prompt(prompt), params)
+        o = final.outputs[0]
+        return Completion(o.text, len(final.prompt_token_ids or ()), len(o.token_ids))
+
+    async def score_choices(self, prompt, choices):
+        """Each choice is appended to the chat prompt as the assistant's whole answer, closed by
+        the tokenizer's end-of-sequence token (the end of an assistant turn in chat models), and
+        vLLM returns the log-probability of every prompt token (`prompt_logprobs=0`); the choice's
+        is the sum over its tokens. One request per choice, all in flight at once; they share
+        the prompt's prefix."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        head = self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False).input_ids
+        end = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+
+        async def one(choice: str) -> float:
+            ids = head + self.tokenizer(choice, add_special_tokens=False).input_ids + end
+            out = await self._request(TokensPrompt(prompt_token_ids=ids), params)
+            return sum(out.prompt_logprobs[i][ids[i]].logprob for i in range(len(head), len(ids)))
+
+        scores = await asyncio.gather(*(one(c) for c in choices))
+        return dict(zip(choices, scores))
+
+    async def _request(self, prompt, params):
         final = None
-        async for out in self.engine.generate(self.chat_prompt(prompt), params,
-                                              request_id=f"{self._prefix}-{next(self._ids)}"):
+        async for out in self.engine.generate(prompt, params, request_id=f"{self._prefix}-{next(self._ids)}"):
             final = out
         if final is None:
             raise RuntimeError("the engine returned no output")
-        o = final.outputs[0]
-        return Completion(o.text, len(final.prompt_token_ids or ()), len(o.token_ids))
+        return final
 
     def shutdown(self, grace_s: Optional[float] = None) -> None:
         """End the engine. `grace_s`: how long vLLM's engine processes may take to exit before

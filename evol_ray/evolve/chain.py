@@ -3,7 +3,7 @@
 For one pool row: choose the operation, evolve the instruction, then run the elimination rules,
 each cheap check before the engine call it makes unnecessary:
 
-    evolve -> rule 4 (copied prompt words) -> rule 1 (judge: Equal?) -> answer
+    evolve -> rule 4 (copied prompt words) -> not an instruction -> rule 1 (judge: Equal?) -> answer
            -> rule 2 (short apology) -> rule 3 (only stop words)
 
 The judge runs before the answer: its prompt is short and its output is at most a few tokens,
@@ -22,7 +22,7 @@ from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.evolve import prompts, rules
 from evol_ray.config import Config
-from evol_ray.engine.base import Completion, TextGenerator, engine_is_dead
+from evol_ray.engine.base import Completion, TextGenerator, choice_distribution, engine_is_dead
 
 
 def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:
@@ -40,6 +40,7 @@ def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, An
         C.REASON: None,
         C.ERROR: None,
         C.DUPLICATE_OF: None,  # set later by the dedup stages
+        C.JUDGE_P_EQUAL: None,
         C.PROMPT_TOKENS: 0,
         C.GENERATED_TOKENS: 0,
         C.ENGINE_SECONDS: 0.0,
@@ -77,14 +78,15 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
             return eliminate(C.R_EMPTY_EVOLUTION)
         if reason := rules.copied_prompt_words(instruction, el.copied_phrases):
             return eliminate(reason)
+        if el.not_instruction and (reason := rules.not_an_instruction(instruction)):
+            return eliminate(reason)
         if el.judge:
-            verdict = await ask(
-                "judge",
-                el.judge_template.format(first=parent, second=instruction),
-                el.judge_sampling,
-                choices=(prompts.JUDGE_EQUAL, prompts.JUDGE_NOT_EQUAL),
-            )
-            if rules.judge_says_equal(verdict.text):
+            # Rule 1 reads the judge's probabilities of its two answers, not one sampled token:
+            # P(Equal) is kept per row, so a user can re-threshold after the run.
+            lp = await gen.score_choices(el.judge_template.format(first=parent, second=instruction),
+                                         (prompts.JUDGE_EQUAL, prompts.JUDGE_NOT_EQUAL))
+            out[C.JUDGE_P_EQUAL] = choice_distribution(lp)[prompts.JUDGE_EQUAL]
+            if rules.judge_says_equal(out[C.JUDGE_P_EQUAL], el.judge_threshold):
                 return eliminate(C.R_NO_GAIN)
         answer = await ask("answer", instruction, ev.answer_sampling)
         out[C.RESPONSE] = answer.text

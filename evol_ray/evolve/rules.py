@@ -13,7 +13,6 @@ from typing import Iterable, Optional
 
 from evol_ray import columns as C
 from evol_ray.checks.text import words_of
-from evol_ray.evolve.prompts import JUDGE_EQUAL
 
 # English stop words (the common NLTK/scikit-learn list, lower case).
 STOP_WORDS = frozenset(
@@ -55,9 +54,10 @@ def only_stopwords(response: str) -> Optional[str]:
     return None
 
 
-def judge_says_equal(verdict: str) -> bool:
-    """Rule 1 reads the judge's forced choice: only an exact "Equal" means no information gain."""
-    return verdict.strip() == JUDGE_EQUAL
+def judge_says_equal(p_equal: float, threshold: float) -> bool:
+    """Rule 1: the judge's probability that the two instructions are equal (no information gain),
+    renormalized over its two answers, reaches `elimination.judge_threshold`."""
+    return p_equal >= threshold
 
 
 def clean_evolution(text: str) -> str:
@@ -67,3 +67,76 @@ def clean_evolution(text: str) -> str:
     if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'`":
         t = t[1:-1].strip()
     return t
+
+
+# --- an evolution that is not an instruction (named, switchable: `elimination.not_instruction`) --
+# Seen with real models: the rewriter answers the parent (a function with its code, a training
+# plan), returns a bare title ("Tradition Rise: The Great Baker's Mix"), or talks about its
+# rewriting ("Here is a more complex version:"). An instruction asks for something: a question,
+# an imperative verb opening one of its clauses, or a request phrase. Judged on its words only,
+# so it holds for any model size.
+REQUEST_VERBS = frozenset(
+    """add adapt analyze analyse answer apply argue arrange assess assume build calculate categorize
+    check choose cite clarify classify compare compile complete compose compute condense consider
+    construct convert correct count create critique debug decide define derive describe design
+    detail determine develop devise diagnose discuss display distinguish divide document draft draw
+    edit elaborate enumerate estimate evaluate examine explain explore express extract figure fill
+    find fix format formulate generate give group guess help highlight identify illustrate imagine
+    implement improve include indicate infer interpret investigate justify label list locate make map
+    match measure mention modify name note optimize order organize outline paraphrase parse pick
+    plan predict prepare present propose prove provide rank rate recommend refactor rephrase replace
+    research respond restate revise rewrite schedule select separate share show simplify simulate
+    sketch solve sort specify state suggest summarize summarise support tell test translate turn use
+    validate verify walk write""".split()
+)
+REQUEST_PHRASES = ("can you", "could you", "would you", "please", "i want", "i need", "i would like",
+                   "i'd like", "help me", "your task", "you are", "you will", "act as", "pretend",
+                   "given ", "suppose", "let's", "how to", "what to", "come up with")
+# Openers no instruction starts with; and openers that are meta only when the first sentence
+# speaks of the rewriting ("Here is a harder version:" but not "Here is a list of numbers: sort it").
+META_OPENERS = ("sure", "certainly", "of course", "okay", "ok,", "this rewritten", "the rewritten",
+                "i have rewritten", "i've rewritten", "i rewrote", "i have created", "i've created",
+                "i made", "a more complex version", "a harder version", "a more difficult version",
+                "rewritten version")
+WEAK_META_OPENERS = ("here is", "here's", "here are", "below is", "this version", "this new", "the new")
+META_WORDS = frozenset("version rewrite rewritten rewrote harder complex difficult prompt instruction".split())
+QUESTION_WORDS = frozenset("what why how when where which who whom whose is are do does did can could "
+                           "should would will shall may might".split())
+
+
+def _clauses(text: str) -> list[list[str]]:
+    """The words of each clause: split at sentence ends, colons, semicolons, commas, new lines."""
+    import re
+
+    return [words_of(c) for c in re.split(r"[.!?:;,\n]+", text) if c.strip()]
+
+
+def asks_for_something(text: str) -> bool:
+    """A question mark, a clause that opens with a request verb or a question word, or a request
+    phrase anywhere."""
+    if "?" in text:
+        return True
+    low = " ".join(words_of(text))
+    if any(p.strip() in low.split() if " " not in p.strip() else p.strip() in low for p in REQUEST_PHRASES):
+        return True
+    for w in _clauses(text):
+        head = w[1:] if w and w[0] in ("please", "now", "then", "also", "and", "finally", "next") else w
+        if head and (head[0] in REQUEST_VERBS or head[0] in QUESTION_WORDS):
+            return True
+    return False
+
+
+def not_an_instruction(evolution: str) -> Optional[str]:
+    """`meta_talk` when it opens by talking about the rewriting; else, when it asks for nothing,
+    `bare_title` if it is short and unpunctuated like a heading, or `answers_parent`."""
+    low = evolution.strip().lower()
+    if low.startswith(META_OPENERS):
+        return C.R_META_TALK
+    if low.startswith(WEAK_META_OPENERS) and META_WORDS & set((_clauses(low) or [[]])[0]):
+        return C.R_META_TALK
+    if asks_for_something(evolution):
+        return None
+    first_line = evolution.strip().splitlines()[0] if evolution.strip() else ""
+    if len(words_of(evolution)) <= 12 and "\n" not in evolution.strip() and not first_line.rstrip().endswith("."):
+        return C.R_BARE_TITLE
+    return C.R_ANSWERS_PARENT

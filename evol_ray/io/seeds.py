@@ -186,19 +186,35 @@ def to_pool(batch: pa.Table, ic: InputConfig) -> pa.Table:
 TO_POOL = Stage(to_pool, WHOLE_BLOCK)
 
 
+def json_array_rows(batch: pa.Table) -> pa.Table:
+    """Files read as bytes (`bytes`) -> their records: each file is one JSON array of objects, as
+    Alpaca ships (pyarrow reads only JSON Lines; Ray's own fallback warns on every file)."""
+    records = [r for blob in batch.column("bytes").to_pylist() for r in json.loads(blob)]
+    return pa.Table.from_pylist(records)
+
+
+JSON_ARRAY_ROWS = Stage(json_array_rows, WHOLE_BLOCK)
+
+
 def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     """The checked seed files (`check_input`'s result) -> the pool dataset of round 1."""
     import ray
 
     from evol_ray.io.datasets import read_parquet
 
-    fs = locate(cfg.input.path, cfg.storage).arrow_fs
+    loc = locate(cfg.input.path, cfg.storage)
     paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
     if fmt == "parquet":
-        ds = read_parquet(paths, fs).select_columns(cols)
+        ds = read_parquet(paths, loc.arrow_fs).select_columns(cols)
+    elif fmt == "json" and _is_json_array(loc.fs, paths[0]):
+        ds = JSON_ARRAY_ROWS(ray.data.read_binary_files(paths, filesystem=loc.arrow_fs))
     else:
-        # pyarrow reads JSON Lines; a JSON array falls back to json.load in the same reader.
-        ds = ray.data.read_json(paths, filesystem=fs)
+        ds = ray.data.read_json(paths, filesystem=loc.arrow_fs)  # pyarrow: JSON Lines
     if cfg.input.limit:
         ds = ds.limit(cfg.input.limit)
     return TO_POOL(ds, ic=cfg.input)
+
+
+def _is_json_array(fs, path: str) -> bool:
+    with fs.open(path, "rb") as f:
+        return f.read(4096).decode("utf-8", errors="replace").lstrip().startswith("[")

@@ -1,7 +1,7 @@
 """The driver: check everything cheap first, then run the rounds, each written and committed, then
 the final set (and the scores, if `score.enabled`). It reads top to bottom as the pipeline:
 
-    check input and output -> connect to Ray -> read seeds
+    check input, output and model -> connect to Ray -> read seeds
     -> for each round: skip if committed, else run it (engine phase, commit phase) -> next pool
     -> final set -> (scores)
 
@@ -18,6 +18,7 @@ from evol_ray import config as config_mod
 from evol_ray.analysis.score import score_run
 from evol_ray.config import Config
 from evol_ray.engine.resources import connect
+from evol_ray.engine.sizing import check_cpu_kv_cache, prepare_models
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
 from evol_ray.pipeline.final import write_final
@@ -64,7 +65,10 @@ def run(cfg: Config) -> dict:
     except Exception as e:
         raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
 
+    prepare_models(cfg)  # a named model is fetched once; a folder or hub id must be loadable
     device = connect(cfg)
+    if device == "cpu":
+        check_cpu_kv_cache(cfg)
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), device, cfg.evolution.rounds, out.url)
 

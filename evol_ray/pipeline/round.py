@@ -96,6 +96,9 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     resumed_ids = done_ids(attempts_dir, commit.readable_parts(attempts_dir))
     if len(resumed_ids):
         log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
+    log.info("round %d: engine phase: %s rows to evolve on %d engine(s) (%s)%s", round_no,
+             "?" if expected_rows is None else expected_rows - len(resumed_ids), cfg.engine.replicas,
+             device, f", {len(resumed_ids)} resumed" if len(resumed_ids) else "")
     stats = start_engine_stats(round_no)
     try:
         attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, device, stats)
@@ -108,6 +111,9 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
 
     parts = commit.readable_parts(attempts_dir)
     counts = count_files(attempts_dir, parts)
+    log.info("round %d: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase: "
+             "quality and dedup checks", round_no, engine_done - started, engines.get("startup_s", 0.0),
+             counts["rows"])
     if expected_rows is not None and counts["rows"] != expected_rows:
         raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
                        f"the round is left uncommitted in {attempts_dir.url}")
@@ -134,6 +140,8 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         "device": device,
     }, files)
     remove(attempts_dir)
+    log.info("round %d: committed in %s: in %d, kept %d; %s", round_no, rdir.url, manifest["rows_in"],
+             manifest["rows_kept"], ", ".join(f"{k} {v}" for k, v in manifest["reason_counts"].items()) or "nothing dropped")
     return manifest
 
 

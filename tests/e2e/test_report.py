@@ -86,8 +86,8 @@ def check_figures(fig, manifests, rows_by_round, final_rows, scores):
         d = dif["by_round"][str(g)]
         assert d["rows"] == by_round[g] == min(SCORE_SAMPLE, want)
         assert d["rated"] + d["errors"] == d["rows"] and d["errors"] == 0
-    hist = Counter(x[C.DIFFICULTY] for x in scores)
-    assert all(1 <= s <= 10 for s in hist), "structured output: every score parses"
+    assert all(1 <= x[C.DIFFICULTY] <= 10 and len(x[C.DIFFICULTY_PROBS]) == 10 for x in scores)
+    hist = Counter(int(round(x[C.DIFFICULTY])) for x in scores)
     total = Counter()
     for d in dif["by_round"].values():
         total.update({int(k): v for k, v in d["histogram"].items()})

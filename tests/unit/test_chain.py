@@ -90,3 +90,21 @@ def test_blank_instruction_is_invalid_input_without_engine_calls(blank):
     out = run(gen, row={**ROW, C.INSTRUCTION: blank})
     assert (out[C.STATUS], out[C.REASON]) == (C.INVALID_INPUT, C.R_EMPTY_INSTRUCTION)
     assert gen.calls == []
+
+
+def test_an_evolution_that_answers_the_parent_is_eliminated_before_the_judge():
+    gen = ScriptedGenerator(evolved="```python\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n```")
+    out = asyncio.run(evolve_row(gen, ROW, 1, CFG))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_ANSWERS_PARENT)
+    assert [step for step, _ in gen.calls] == ["evolve"]
+    off = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.not_instruction=false"])
+    assert asyncio.run(evolve_row(ScriptedGenerator(evolved=gen.evolved), ROW, 1, off))[C.REASON] != C.R_ANSWERS_PARENT
+
+
+def test_judge_probability_is_kept_per_row_and_thresholded():
+    out = asyncio.run(evolve_row(ScriptedGenerator(verdict="Not Equal"), ROW, 1, CFG))
+    assert out[C.STATUS] == C.KEPT and 0 <= out[C.JUDGE_P_EQUAL] < 0.5
+    eq = asyncio.run(evolve_row(ScriptedGenerator(verdict="Equal"), ROW, 1, CFG))
+    assert eq[C.REASON] == C.R_NO_GAIN and eq[C.JUDGE_P_EQUAL] > 0.99
+    strict = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=1.0"])
+    assert asyncio.run(evolve_row(ScriptedGenerator(verdict="Equal"), ROW, 1, strict))[C.STATUS] == C.KEPT

@@ -34,7 +34,7 @@ def test_later_arguments_win(tmp_path):
         ("input.format=csv", "input.format", "allowed: auto, parquet"),
         ("evolution.op_weights.shrink=1", "evolution.op_weights.shrink", "unknown operation"),
         ("evolution.answer_sampling.top_p=0", "evolution.answer_sampling.top_p", "(0, 1]"),
-        ("elimination.judge_sampling.max_tokens=2", "elimination.judge_sampling.max_tokens", "Not Equal"),
+        ("elimination.judge_threshold=0", "elimination.judge_threshold", "P(Equal)"),
         ("evolution.templates.breadth=no placeholder", "evolution.templates.breadth", "{instruction}"),
         ("engine.gpu_memory_utilization=1.5", "engine.gpu_memory_utilization", "fraction"),
     ],

@@ -18,11 +18,12 @@ def _cfg(*extra):
 
 
 def test_engine_args_take_the_kv_fraction_of_the_device():
-    cfg = _cfg("engine.gpu_memory_utilization=0.8", "engine.cpu_kv_cache_fraction=0.3",
+    cfg = _cfg("engine.gpu_memory_utilization=0.8", "engine.cpu_kv_cache_gib=1.5",
                "model.max_model_len=2048", "engine.extra_args.swap_space=2")
     gpu = engine_args(cfg.model, cfg.engine, "gpu", 7)
     cpu = engine_args(cfg.model, cfg.engine, "cpu", 7)
-    assert gpu["gpu_memory_utilization"] == 0.8 and cpu["gpu_memory_utilization"] == 0.3
+    assert gpu["gpu_memory_utilization"] == 0.8 and "kv_cache_memory_bytes" not in gpu
+    assert cpu["kv_cache_memory_bytes"] == int(1.5 * 2**30)
     assert gpu["model"] == gpu["tokenizer"] == "/m" and gpu["seed"] == 7
     assert gpu["max_model_len"] == 2048 and gpu["swap_space"] == 2
     assert "distributed_executor_backend" not in gpu

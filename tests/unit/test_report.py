@@ -8,6 +8,7 @@ import json
 import re
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -194,7 +195,7 @@ def test_open_run_errors_name_the_path_or_key(tmp_path, run_dir, capsys):
 
 @pytest.mark.parametrize("override, key", [
     ("score.sample_size=0", "score.sample_size"),
-    ("score.sampling.max_tokens=1", "score.sampling.max_tokens"),
+    ("score.template=no placeholder", "score.template"),
     ("score.model=' '", "score.model"),
     ("report.near_duplicate_threshold=1.5", "report.near_duplicate_threshold"),
     ("report.lineages=-1", "report.lineages"),
@@ -205,30 +206,53 @@ def test_bad_score_and_report_keys_are_named(override, key):
 
 
 class Rater:
-    """Rates an instruction by its word count (so scores vary) and records the forced choices;
-    fails on instructions containing 'fail'."""
+    """A rater double behind the engine seam: most of its mass on 1 + (words of the question) % 10."""
 
     def __init__(self):
         self.choices = []
 
-    async def generate(self, prompt, sampling, *, seed, choices=None):
-        from evol_ray.engine.base import Completion
-
+    async def score_choices(self, prompt, choices):
         self.choices.append(tuple(choices))
         if "fail" in prompt:
             raise RuntimeError("engine hiccup")
         q = prompt.split("## Question:\n", 1)[1].split("\n\n## Score:")[0]
-        return Completion(str(1 + len(q.split()) % 10))
+        top = str(1 + len(q.split()) % 10)
+        return {c: (0.0 if c == top else -9.0) for c in choices}
 
 
-def test_rate_row_forces_one_to_ten_and_keeps_errors_per_row():
+class PrefixTrap:
+    """The trap of a forced choice: the model's first token is "1" with nearly all the mass, and
+    after "1" it ends the answer. A grammar over "1".."10" would let it continue into "10";
+    scored as whole answers, "1" then the end has the mass, "10" then the end almost none."""
+
+    async def score_choices(self, prompt, choices):
+        first = {c[0]: (-0.05 if c[0] == "1" else -7.0) for c in choices}
+        return {c: first[c[0]] + (-0.02 if c == "1" else -5.0 if c == "10" else 0.0) for c in choices}
+
+
+def test_difficulty_is_the_expected_score_not_steered_by_prefixes():
+    row = {C.ID: "a", C.ROOT_ID: "a", C.ROUND: 1, C.INSTRUCTION: "What is 2+2?"}
+    out = asyncio.run(score.rate_row(PrefixTrap(), row))
+    assert out[C.DIFFICULTY] == pytest.approx(1.0, abs=0.5), "mass on '1' must give about 1, not 10"
+    probs = out[C.DIFFICULTY_PROBS]
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0) and probs[0] > 0.5 > probs[9]
+
+
+def test_expected_score_of_a_spread_distribution():
+    import math
+
+    even = {str(i): math.log(0.1) for i in range(1, 11)}
+    assert score.expected_score(even)[0] == pytest.approx(5.5)
+    two = {str(i): (math.log(0.5) if i in (3, 7) else -50.0) for i in range(1, 11)}
+    assert score.expected_score(two)[0] == pytest.approx(5.0, abs=1e-6)
+
+
+def test_rate_row_scores_one_to_ten_and_keeps_errors_per_row():
     gen = Rater()
-    ok = asyncio.run(score.rate_row(gen, {C.ID: "a", C.ROOT_ID: "a", C.ROUND: 1, C.INSTRUCTION: "two words"},
-                                    0, cfgmod.SamplingConfig(0.0, 1.0, 4)))
-    assert ok[C.DIFFICULTY] == 3 and ok[C.ERROR] is None
+    ok = asyncio.run(score.rate_row(gen, {C.ID: "a", C.ROOT_ID: "a", C.ROUND: 1, C.INSTRUCTION: "two words"}))
+    assert ok[C.DIFFICULTY] == pytest.approx(3, abs=0.01) and ok[C.ERROR] is None
     assert gen.choices[0] == tuple(str(i) for i in range(1, 11))
-    bad = asyncio.run(score.rate_row(gen, {C.ID: "b", C.ROOT_ID: "b", C.ROUND: 1, C.INSTRUCTION: "fail me"},
-                                     0, cfgmod.SamplingConfig(0.0, 1.0, 4)))
+    bad = asyncio.run(score.rate_row(gen, {C.ID: "b", C.ROOT_ID: "b", C.ROUND: 1, C.INSTRUCTION: "fail me"}))
     assert bad[C.DIFFICULTY] is None and "engine hiccup" in bad[C.ERROR]
 
 
@@ -269,3 +293,32 @@ def test_report_plots_difficulty_from_scores(run_dir):
     assert "difficulty" in fig["plots"] and 'id="plot-difficulty"' in (out / "report" / "report.html").read_text()
     assert "difficulty mean" in text
 
+
+
+def _zipf_texts(rng, n_texts, words_per_text, vocab=400):
+    ranks = np.arange(1, vocab + 1)
+    p = (1 / ranks) / (1 / ranks).sum()
+    return [" ".join(f"w{i}" for i in rng.choice(vocab, size=words_per_text, p=p)) for _ in range(n_texts)]
+
+
+def test_diversity_on_an_equal_budget_does_not_measure_length():
+    """Two samples drawn from one vocabulary, one with texts 10x longer: plain distinct-1 falls
+    with length alone; on the equal budget the two agree."""
+    rng = np.random.default_rng(7)
+    short, long_ = _zipf_texts(rng, 60, 9), _zipf_texts(rng, 60, 90)
+    assert diversity.distinct_n(long_, 1) < 0.6 * diversity.distinct_n(short, 1)  # the bias
+    budget = diversity.equal_budget([short, long_])
+    assert budget[0] == 9 and budget[1] == 540
+    a = diversity.diversity(short, 0.7, budget=budget)["distinct_1"]
+    b = diversity.diversity(long_, 0.7, budget=budget)["distinct_1"]
+    assert abs(a - b) < 0.08
+    assert diversity.diversity(long_, 0.7, budget=budget)["distinct_1_all"] < b
+
+
+def test_budget_distinct_n_sees_a_less_diverse_sample():
+    rng = np.random.default_rng(3)
+    varied = _zipf_texts(rng, 50, 20, vocab=2000)
+    narrow = _zipf_texts(rng, 50, 20, vocab=40)
+    budget = diversity.equal_budget([varied, narrow])
+    assert (diversity.budget_distinct_n(narrow, 1, *budget)
+            < 0.5 * diversity.budget_distinct_n(varied, 1, *budget))

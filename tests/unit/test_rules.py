@@ -1,3 +1,5 @@
+import pytest
+
 from evol_ray import columns as C
 from evol_ray.evolve import prompts, rules
 
@@ -27,13 +29,97 @@ def test_rule3_only_stopwords():
     assert rules.only_stopwords("東京です") is None
 
 
-def test_rule1_reads_the_forced_choice():
-    assert rules.judge_says_equal("Equal")
-    assert rules.judge_says_equal(" Equal\n")
-    assert not rules.judge_says_equal("Not Equal")
-    assert not rules.judge_says_equal("Not ")
+def test_rule1_reads_the_judges_probability_against_the_threshold():
+    assert rules.judge_says_equal(0.5, 0.5)
+    assert rules.judge_says_equal(0.93, 0.5)
+    assert not rules.judge_says_equal(0.49, 0.5)
+    assert not rules.judge_says_equal(0.8, 0.9)
 
 
 def test_clean_evolution_strips_quotes_only():
     assert rules.clean_evolution('  "List birds."  ') == "List birds."
     assert rules.clean_evolution("#Rewritten Instruction# x") == "#Rewritten Instruction# x"
+
+
+def test_judge_evaluation_counts_confusion_and_position_bias():
+    from evol_ray.analysis.judge_eval import evaluate
+
+    labels = ["Equal", "Equal", "Not Equal", "Not Equal"]
+    fwd = [0.9, 0.2, 0.1, 0.6]
+    swp = [0.8, 0.7, 0.1, 0.6]
+    r = evaluate(labels, fwd, swp, 0.5)
+    assert r["accuracy"] == 0.5
+    assert r["confusion"] == {"Equal": {"Equal": 1, "Not Equal": 1}, "Not Equal": {"Equal": 1, "Not Equal": 1}}
+    assert r["position_flips"] == 0.25 and abs(r["position_mean_abs_diff"] - 0.15) < 1e-9
+    assert r["accuracy_both_orders"] == 0.5  # means 0.85, 0.45, 0.1, 0.6
+    assert r["mean_p_equal"]["Equal"] == 0.55
+
+
+def test_labelled_judge_set_loads_and_is_balanced():
+    import pathlib
+
+    from evol_ray.analysis.judge_eval import load_pairs
+
+    pairs = load_pairs(pathlib.Path(__file__).resolve().parents[2] / "data" / "judge_pairs.jsonl")
+    labels = [p["label"] for p in pairs]
+    assert labels.count("Equal") >= 30 and labels.count("Not Equal") >= 30
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    assert all(p["parent"].strip() and p["evolution"].strip() and p["parent"] != p["evolution"] for p in pairs)
+
+
+NOT_INSTRUCTIONS = [
+    ("Here is a more complex version of the instruction: list ten birds.", C.R_META_TALK),
+    ("Sure! I made the prompt harder by adding a constraint.", C.R_META_TALK),
+    ("Certainly, the task now asks for three examples.", C.R_META_TALK),
+    ("This rewritten version adds a table of data.", C.R_META_TALK),
+    ("Tradition Rise: The Great Baker's Mix", C.R_BARE_TITLE),
+    ("The Art of Sourdough", C.R_BARE_TITLE),
+    ("Quantum Entanglement and Its Discontents", C.R_BARE_TITLE),
+    ("A Journey Through the Andes", C.R_BARE_TITLE),
+    ("```python\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n```", C.R_ANSWERS_PARENT),
+    ("A good marathon plan builds a base of 20 miles a week with a long run every weekend; most "
+     "runners taper in the final two weeks.", C.R_ANSWERS_PARENT),
+    ("The mitochondria is the powerhouse of the cell because it produces most of its ATP through "
+     "oxidative phosphorylation.", C.R_ANSWERS_PARENT),
+    ("def reverse(s):\n    return s[::-1]", C.R_ANSWERS_PARENT),
+]
+
+INSTRUCTIONS = [
+    "Write a Python function that returns the n-th Fibonacci number in O(log n) time.",
+    "Summarize this article in three bullet points.",
+    "Why is the sky blue at noon but red at sunset?",
+    "Given the table below, compute the average price.\n| item | price |\n| tea | 3 |",
+    "Imagine you are a tour guide in Rome. Describe the Colosseum to a group of children.",
+    "You are a chef. Plan a vegan menu for six guests.",
+    "In 200 words, explain how vaccines train the immune system.",
+    "Fix the bug in this code:\n```python\ndef f(x):\n    return x +\n```",
+    "Here is a list of numbers: 4, 1, 9. Sort it in descending order.",
+    "Come up with a name for a bakery that sells only rye bread.",
+    "Please translate 'good night' into German and Japanese.",
+    "Can you recommend three novels set in Lisbon",
+    "Name five rivers in Africa and their lengths.",
+    "Classify each review as positive or negative: <r>Great!</r><r>Awful.</r>",
+    "I need a cover letter for a junior data analyst role.",
+    "How does compound interest differ from simple interest",
+    "Compare the French and American revolutions in their causes and outcomes.",
+]
+
+
+@pytest.mark.parametrize("text,reason", NOT_INSTRUCTIONS)
+def test_not_an_instruction_is_named(text, reason):
+    assert rules.not_an_instruction(text) == reason
+
+
+@pytest.mark.parametrize("text", INSTRUCTIONS)
+def test_real_instructions_pass(text):
+    assert rules.not_an_instruction(text) is None
+
+
+def test_every_instruction_of_the_labelled_judge_set_passes():
+    import pathlib
+
+    from evol_ray.analysis.judge_eval import load_pairs
+
+    pairs = load_pairs(pathlib.Path(__file__).resolve().parents[2] / "data" / "judge_pairs.jsonl")
+    flagged = [t for p in pairs for t in (p["parent"], p["evolution"]) if rules.not_an_instruction(t)]
+    assert flagged == []

@@ -1,0 +1,73 @@
+"""Will the model start? Checked on the driver before any engine starts: the model can be loaded
+(`models.check_source`), and on the CPU build the KV cache holds at least one whole sequence.
+
+The CPU build's KV cache is a fixed size (`engine.cpu_kv_cache_gib`); a sequence of
+`model.max_model_len` tokens needs 2 (keys and values) x layers x KV heads x head size x bytes per
+value for each token. vLLM would fail inside the engine actor, its message deep in a worker's
+log; here the message names the key and a value that works.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from evol_ray.config import Config, ModelConfig
+from evol_ray.config_checks import ConfigError
+from evol_ray.engine import models
+
+_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
+
+
+def prepare_models(cfg: Config) -> None:
+    """Fetch named models that are not cached yet, then check every model source can be loaded."""
+    for key, source in (("model.source", cfg.model.source), ("score.model", cfg.score.model)):
+        if source is None:
+            continue
+        if source in models.KNOWN and not models.is_fetched(source):
+            models.fetch(source)
+        models.check_source(source, key)
+
+
+def kv_bytes_per_token(model: ModelConfig) -> Optional[int]:
+    """KV cache bytes per token of the model's local config.json; None when it cannot be read
+    (a hub id not in the local cache, an unusual architecture)."""
+    path = Path(models.resolve_source(model.source, fetch_missing=False)) / "config.json"
+    try:
+        c = json.loads(path.read_text())
+        layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
+        kv_heads = c.get("num_key_value_heads") or heads
+        head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    except (OSError, ValueError, KeyError, TypeError, models.ModelSourceError):
+        return None
+    dtype = model.dtype if model.dtype != "auto" else (c.get("torch_dtype") or c.get("dtype") or "bfloat16")
+    return 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(str(dtype), 2)
+
+
+def check_cpu_kv_cache(cfg: Config) -> None:
+    """Fail naming `engine.cpu_kv_cache_gib` when one sequence of `model.max_model_len` tokens does
+    not fit the CPU build's KV cache."""
+    per_token = kv_bytes_per_token(cfg.model)
+    if per_token is None:
+        return
+    tokens = cfg.model.max_model_len or _max_positions(cfg.model)
+    if tokens is None:
+        return
+    need = per_token * tokens
+    have = cfg.engine.cpu_kv_cache_gib * 2**30
+    if need > have:
+        raise ConfigError(
+            f"config key 'engine.cpu_kv_cache_gib': {cfg.engine.cpu_kv_cache_gib} GiB of KV cache holds "
+            f"{int(have // per_token)} tokens of {cfg.model.source}, less than one sequence of "
+            f"model.max_model_len={tokens}; set engine.cpu_kv_cache_gib={math.ceil(need / 2**30 * 4) / 4} "
+            f"or more, or a smaller model.max_model_len")
+
+
+def _max_positions(model: ModelConfig) -> Optional[int]:
+    path = Path(models.resolve_source(model.source, fetch_missing=False)) / "config.json"
+    try:
+        return int(json.loads(path.read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, models.ModelSourceError):
+        return None
