@@ -39,7 +39,3 @@ class Stage:
         if constructor is not None:
             args["fn_constructor_kwargs"] = dict(constructor)
         return ds.map_batches(self.fn, batch_format="pyarrow", batch_size=self.batch_size, **args)
-
-    def with_args(self, **ray_args: Any) -> "Stage":
-        """The same stage with resources decided at run time (e.g. the engine pool's size)."""
-        return Stage(self.fn, self.batch_size, {**self.ray_args, **ray_args})

@@ -31,16 +31,24 @@ def prepare_models(cfg: Config) -> None:
         models.check_source(source, key)
 
 
-def kv_bytes_per_token(model: ModelConfig) -> Optional[int]:
-    """KV cache bytes per token of the model's local config.json; None when it cannot be read
-    (a hub id not in the local cache, an unusual architecture)."""
-    path = Path(models.resolve_source(model.source, fetch_missing=False)) / "config.json"
+def _model_config(model: ModelConfig) -> Optional[dict]:
+    """The model's local config.json, or None (a hub id not in the local cache, no such file)."""
     try:
-        c = json.loads(path.read_text())
+        path = Path(models.resolve_source(model.source, fetch_missing=False)) / "config.json"
+        return json.loads(path.read_text())
+    except (OSError, ValueError, models.ModelSourceError):
+        return None
+
+
+def kv_bytes_per_token(model: ModelConfig) -> Optional[int]:
+    """KV cache bytes per token of the model; None when its config cannot be read or is of an
+    unusual architecture."""
+    c = _model_config(model)
+    try:
         layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
         kv_heads = c.get("num_key_value_heads") or heads
         head_dim = c.get("head_dim") or c["hidden_size"] // heads
-    except (OSError, ValueError, KeyError, TypeError, models.ModelSourceError):
+    except (KeyError, TypeError):
         return None
     dtype = model.dtype if model.dtype != "auto" else (c.get("torch_dtype") or c.get("dtype") or "bfloat16")
     return 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(str(dtype), 2)
@@ -50,10 +58,8 @@ def check_cpu_kv_cache(cfg: Config) -> None:
     """Fail naming `engine.cpu_kv_cache_gib` when one sequence of `model.max_model_len` tokens does
     not fit the CPU build's KV cache."""
     per_token = kv_bytes_per_token(cfg.model)
-    if per_token is None:
-        return
-    tokens = cfg.model.max_model_len or _max_positions(cfg.model)
-    if tokens is None:
+    tokens = cfg.model.max_model_len or (_model_config(cfg.model) or {}).get("max_position_embeddings")
+    if per_token is None or tokens is None:
         return
     need = per_token * tokens
     have = cfg.engine.cpu_kv_cache_gib * 2**30
@@ -63,11 +69,3 @@ def check_cpu_kv_cache(cfg: Config) -> None:
             f"{int(have // per_token)} tokens of {cfg.model.source}, less than one sequence of "
             f"model.max_model_len={tokens}; set engine.cpu_kv_cache_gib={math.ceil(need / 2**30 * 4) / 4} "
             f"or more, or a smaller model.max_model_len")
-
-
-def _max_positions(model: ModelConfig) -> Optional[int]:
-    path = Path(models.resolve_source(model.source, fetch_missing=False)) / "config.json"
-    try:
-        return int(json.loads(path.read_text())["max_position_embeddings"])
-    except (OSError, ValueError, KeyError, models.ModelSourceError):
-        return None

@@ -9,6 +9,7 @@ needs the engine; `judge_says_equal` here only reads its verdict.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Optional
 
 from evol_ray import columns as C
@@ -100,15 +101,14 @@ META_OPENERS = ("sure", "certainly", "of course", "okay", "ok,", "this rewritten
                 "rewritten version")
 WEAK_META_OPENERS = ("here is", "here's", "here are", "below is", "this version", "this new", "the new")
 META_WORDS = frozenset("version rewrite rewritten rewrote harder complex difficult prompt instruction".split())
+_CLAUSE_END = re.compile(r"[.!?:;,\n]+")
 QUESTION_WORDS = frozenset("what why how when where which who whom whose is are do does did can could "
                            "should would will shall may might".split())
 
 
 def _clauses(text: str) -> list[list[str]]:
     """The words of each clause: split at sentence ends, colons, semicolons, commas, new lines."""
-    import re
-
-    return [words_of(c) for c in re.split(r"[.!?:;,\n]+", text) if c.strip()]
+    return [words_of(c) for c in _CLAUSE_END.split(text) if c.strip()]
 
 
 def asks_for_something(text: str) -> bool:
@@ -116,8 +116,8 @@ def asks_for_something(text: str) -> bool:
     phrase anywhere."""
     if "?" in text:
         return True
-    low = " ".join(words_of(text))
-    if any(p.strip() in low.split() if " " not in p.strip() else p.strip() in low for p in REQUEST_PHRASES):
+    padded = f" {' '.join(words_of(text))} "
+    if any(f" {p.strip()} " in padded for p in REQUEST_PHRASES):
         return True
     for w in _clauses(text):
         head = w[1:] if w and w[0] in ("please", "now", "then", "also", "and", "finally", "next") else w

@@ -116,5 +116,5 @@ def test_stage_spec_passes_its_settings_once():
     assert calls == {"fn": fn, "batch_format": "pyarrow", "batch_size": 128, "num_cpus": 0.5,
                      "fn_kwargs": {"k": 1}}
     calls.clear()
-    Stage(fn, None).with_args(num_gpus=1)(FakeDataset(), constructor={"a": 2})
+    Stage(fn, None, {"num_gpus": 1})(FakeDataset(), constructor={"a": 2})
     assert calls["fn_constructor_kwargs"] == {"a": 2} and calls["num_gpus"] == 1 and calls["batch_size"] is None
