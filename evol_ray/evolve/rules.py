@@ -101,6 +101,8 @@ META_OPENERS = ("sure", "certainly", "of course", "okay", "ok,", "this rewritten
                 "rewritten version")
 WEAK_META_OPENERS = ("here is", "here's", "here are", "below is", "this version", "this new", "the new")
 META_WORDS = frozenset("version rewrite rewritten rewrote harder complex difficult prompt instruction".split())
+# the phrases as the text is compared: normalized words ("i'd like" -> "i d like"), word-bounded
+_REQUEST_PATTERNS = tuple(f" {' '.join(words_of(p))} " for p in REQUEST_PHRASES)
 _CLAUSE_END = re.compile(r"[.!?:;,\n]+")
 QUESTION_WORDS = frozenset("what why how when where which who whom whose is are do does did can could "
                            "should would will shall may might".split())
@@ -117,7 +119,7 @@ def asks_for_something(text: str) -> bool:
     if "?" in text:
         return True
     padded = f" {' '.join(words_of(text))} "
-    if any(f" {p.strip()} " in padded for p in REQUEST_PHRASES):
+    if any(p in padded for p in _REQUEST_PATTERNS):
         return True
     for w in _clauses(text):
         head = w[1:] if w and w[0] in ("please", "now", "then", "also", "and", "finally", "next") else w

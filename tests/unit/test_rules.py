@@ -95,6 +95,8 @@ INSTRUCTIONS = [
     "Fix the bug in this code:\n```python\ndef f(x):\n    return x +\n```",
     "Here is a list of numbers: 4, 1, 9. Sort it in descending order.",
     "Come up with a name for a bakery that sells only rye bread.",
+    "I'd like a short poem about rain in Lisbon",
+    "Let's plan a menu for a birthday party of ten children",
     "Please translate 'good night' into German and Japanese.",
     "Can you recommend three novels set in Lisbon",
     "Name five rivers in Africa and their lengths.",
