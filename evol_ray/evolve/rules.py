@@ -104,27 +104,32 @@ META_WORDS = frozenset("version rewrite rewritten rewrote harder complex difficu
 # the phrases as the text is compared: normalized words ("i'd like" -> "i d like"), word-bounded
 _REQUEST_PATTERNS = tuple(f" {' '.join(words_of(p))} " for p in REQUEST_PHRASES)
 _CLAUSE_END = re.compile(r"[.!?:;,\n]+")
+_SENTENCE_END = re.compile(r"[.!?:;\n]+")
 QUESTION_WORDS = frozenset("what why how when where which who whom whose is are do does did can could "
                            "should would will shall may might".split())
 
 
-def _clauses(text: str) -> list[list[str]]:
-    """The words of each clause: split at sentence ends, colons, semicolons, commas, new lines."""
-    return [words_of(c) for c in _CLAUSE_END.split(text) if c.strip()]
+def _clauses(text: str, pattern: re.Pattern) -> list[list[str]]:
+    """The words of each piece of `text` split at `pattern`."""
+    return [words_of(c) for c in pattern.split(text) if c.strip()]
 
 
 def asks_for_something(text: str) -> bool:
-    """A question mark, a clause that opens with a request verb or a question word, or a request
-    phrase anywhere."""
+    """A question mark, a request phrase anywhere, a clause that opens with a request verb, or a
+    sentence that opens with a question word."""
     if "?" in text:
         return True
     padded = f" {' '.join(words_of(text))} "
     if any(p in padded for p in _REQUEST_PATTERNS):
         return True
-    for w in _clauses(text):
+    # a request verb may open any clause ("In 200 words, explain ..."); a question word only a
+    # sentence: after a comma, "which", "who" or "is" open relative clauses of statements
+    for w in _clauses(text, _CLAUSE_END):
         head = w[1:] if w and w[0] in ("please", "now", "then", "also", "and", "finally", "next") else w
-        if head and (head[0] in REQUEST_VERBS or head[0] in QUESTION_WORDS):
+        if head and head[0] in REQUEST_VERBS:
             return True
+    if any(w and w[0] in QUESTION_WORDS for w in _clauses(text, _SENTENCE_END)):
+        return True
     return False
 
 
@@ -134,7 +139,7 @@ def not_an_instruction(evolution: str) -> Optional[str]:
     low = evolution.strip().lower()
     if low.startswith(META_OPENERS):
         return C.R_META_TALK
-    if low.startswith(WEAK_META_OPENERS) and META_WORDS & set((_clauses(low) or [[]])[0]):
+    if low.startswith(WEAK_META_OPENERS) and META_WORDS & set((_clauses(low, _CLAUSE_END) or [[]])[0]):
         return C.R_META_TALK
     if asks_for_something(evolution):
         return None

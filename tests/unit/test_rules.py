@@ -82,6 +82,13 @@ NOT_INSTRUCTIONS = [
     ("The mitochondria is the powerhouse of the cell because it produces most of its ATP through "
      "oxidative phosphorylation.", C.R_ANSWERS_PARENT),
     ("def reverse(s):\n    return s[::-1]", C.R_ANSWERS_PARENT),
+    # kept by the rule's first version in a real run of conf/local.yaml (SmolLM2-135M, round 2),
+    # the parent being "Describe a typical day of a lighthouse keeper.": ", which includes" read
+    # as a question
+    ("A typical day for a lighthouse keeper in the Pacific Northwest involves working with the crew, "
+     "preparing for the upcoming day, and dealing with the challenges of the day. The day begins early, "
+     "with a day of preparing the crew, which includes checking the weather forecast, checking the state "
+     "of the light, and making sure the crew is ready to go to work.", C.R_ANSWERS_PARENT),
 ]
 
 INSTRUCTIONS = [
