@@ -63,10 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from evol_ray.engine.models import ModelSourceError
     from evol_ray.pipeline.driver import RunError, run
     from evol_ray.io.seeds import InputError
+    from evol_ray.ray_auth import ClusterAuthError
 
     try:
         summary = run(cfg)
-    except (InputError, RunError, ModelSourceError) as e:
+    except (InputError, RunError, ModelSourceError, ClusterAuthError) as e:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     except ConfigError as e:

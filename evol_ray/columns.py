@@ -52,6 +52,10 @@ R_ENGINE_ERROR = "engine_error"
 R_ANSWERS_PARENT = "answers_parent"  # the "evolution" answers the parent instead of asking
 R_BARE_TITLE = "bare_title"  # a heading, not a request
 R_META_TALK = "meta_talk"  # talk about the rewriting ("Here is a harder version: ...")
+# --- seed input (before any engine work) ------------------------------------------------------
+R_DUPLICATE_SEED = "duplicate_seed"  # eliminated in round 1: same normalized text as `duplicate_of`
+R_PROMPT_TOO_LONG = "prompt_too_long"  # a request that cannot fit model.max_model_len: never sent
+INPUT_REASONS = (R_DUPLICATE_SEED, R_PROMPT_TOO_LONG)
 ENGINE_REASONS = (R_NO_GAIN, R_SORRY, R_STOPWORDS, R_COPIED_PROMPT, R_EMPTY_EVOLUTION,
                   R_EMPTY_INSTRUCTION, R_ENGINE_ERROR, R_ANSWERS_PARENT, R_BARE_TITLE, R_META_TALK)
 
@@ -67,7 +71,7 @@ R_NON_PRINTABLE = "non_printable"  # quality: control or replacement characters
 DEDUP_REASONS = (R_DUPLICATE, R_NEAR_DUPLICATE)
 QUALITY_REASONS = (R_INSTRUCTION_LENGTH, R_ANSWER_LENGTH, R_REFUSAL, R_REPEATS_INSTRUCTION,
                    R_UNBALANCED_FENCE, R_NON_PRINTABLE)
-REASONS = ENGINE_REASONS + DEDUP_REASONS + QUALITY_REASONS
+REASONS = INPUT_REASONS + ENGINE_REASONS + DEDUP_REASONS + QUALITY_REASONS
 
 # --- dedup working columns: between dedup stages only, never written -------------------------
 DEDUP_TARGET = "dedup_target"  # true: may be marked; false: seeds/earlier rounds, compared against
@@ -84,6 +88,12 @@ POOL_SCHEMA = pa.schema(
         pa.field(RESPONSE, pa.string()),
     ]
 )
+
+# A seed row: a pool row, plus `duplicate_of` for a seed whose normalized instruction repeats an
+# earlier one's (it is never evolved; round 1 records it as `duplicate_seed`). `seed_key` (the
+# normalized text's hash) lives only between the seed stages.
+SEED_KEY = "seed_key"
+SEED_SCHEMA = POOL_SCHEMA.append(pa.field(DUPLICATE_OF, pa.string()))
 
 # An attempt row: what one round writes, kept or not.
 ROUND_SCHEMA = pa.schema(

@@ -29,6 +29,7 @@ class InputConfig:
     response_column: Optional[str] = "output"
     id_column: Optional[str] = None
     limit: Optional[int] = None
+    encoding: str = "utf-8"
 
 
 @dataclass
@@ -118,6 +119,7 @@ class ScoreConfig:
 @dataclass
 class ReportConfig:
     sample_size: int = 200
+    min_sample_size: int = 20
     near_duplicate_threshold: float = 0.7
     lineages: int = 3
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import codecs
+
 import string
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,11 @@ def validate(cfg: Config) -> None:
         _fail("output.path", "must not be empty")
     if not cfg.input.instruction_column:
         _fail("input.instruction_column", "must name a column")
+    try:
+        codecs.lookup(cfg.input.encoding)
+    except LookupError:
+        _fail("input.encoding", f"got {cfg.input.encoding!r}, expected a Python codec name such as "
+              "utf-8, utf-8-sig, latin-1 or cp1252")
     if cfg.input.limit is not None and cfg.input.limit < 1:
         _fail("input.limit", f"got {cfg.input.limit}, expected a positive integer or null")
     if cfg.output.rows_per_file < 1:
@@ -79,6 +86,9 @@ def validate(cfg: Config) -> None:
     _check_template("score.template", cfg.score.template, ("instruction",))
     if cfg.report.sample_size < 2:
         _fail("report.sample_size", f"got {cfg.report.sample_size}, expected at least 2")
+    if not 2 <= cfg.report.min_sample_size <= cfg.report.sample_size:
+        _fail("report.min_sample_size", f"got {cfg.report.min_sample_size}, expected 2 .. "
+              f"report.sample_size ({cfg.report.sample_size})")
     if not 0 < cfg.report.near_duplicate_threshold <= 1:
         _fail("report.near_duplicate_threshold", "expected a Jaccard similarity in (0, 1]")
     if cfg.report.lineages < 0:

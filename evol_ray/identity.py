@@ -26,6 +26,12 @@ def content_id(text: str) -> str:
     return _digest("seed", text).hex()
 
 
+def repeat_id(first_id: str, occurrence: int) -> str:
+    """Id of the `occurrence`-th (1, 2, ...) further seed whose content id is `first_id`: two
+    identical seed rows (or two blank ones) never share an id."""
+    return _digest("repeat", first_id, occurrence).hex()
+
+
 def child_id(parent_id: str, round_no: int) -> str:
     """Id of the instruction evolved from `parent_id` in `round_no`."""
     return _digest("child", parent_id, round_no).hex()

@@ -8,6 +8,12 @@ which runs on the cluster as the job's driver; a relative config path is relativ
 working directory. The config is checked there, at the start of the job, before any engine starts:
 a config error fails the job within seconds and `ray job logs ID` shows it.
 
+Token authentication (on by default since Ray 2.59): the token is taken from `--auth-token-file`,
+`$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token` (where `ray start --head` writes
+it), and `RAY_AUTH_MODE=token` is set for `ray job submit` when a token is found. One request to
+the job server comes first: a missing or refused token, or a server that cannot be reached, stops
+the submission with a message that says which and what to set (exit status 2).
+
 The submission id is printed first (and is the only line on stdout before `ray job submit`'s own
 output), so scripts can capture it even with `--no-wait`. Exit status: that of `ray job submit`
 (with waiting: 0 when the job succeeded, 1 when it failed).
@@ -26,6 +32,8 @@ from pathlib import Path
 from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout: evol_ray sits beside jobs/
+from evol_ray import ray_auth  # noqa: E402  (no Ray import: only the token lookup)
 ENTRYPOINT = "jobs/entrypoint.py"  # relative to the working directory, which is uploaded as is
 RUNTIME_ENV = REPO / "jobs" / "runtime_env.yaml"
 
@@ -60,6 +68,9 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--runtime-env", default=str(RUNTIME_ENV),
                    help="runtime environment YAML (default: jobs/runtime_env.yaml)")
     p.add_argument("--submission-id", default=None, help="default: evol-ray-<time>-<random>")
+    p.add_argument("--auth-token-file", default=None,
+                   help="a file holding the cluster's Ray auth token (default: $RAY_AUTH_TOKEN, "
+                        "$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, as Ray looks for it)")
     p.add_argument("--no-wait", action="store_true",
                    help="return once submitted instead of streaming the logs until the job ends")
     p.add_argument("run_args", nargs="+", metavar="CONFIG.yaml | dotted.key=value",
@@ -73,15 +84,27 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         p.error(f"--working-dir {ns.working_dir}: has no {ENTRYPOINT}, so the job could not start")
     if not Path(ns.runtime_env).is_file():
         p.error(f"--runtime-env {ns.runtime_env}: not found")
+    if ns.auth_token_file and not Path(ns.auth_token_file).is_file():
+        p.error(f"--auth-token-file {ns.auth_token_file}: not found")
     return ns
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ns = parse(argv)
+    env = dict(os.environ)
+    if ns.auth_token_file:
+        env["RAY_AUTH_TOKEN_PATH"] = ns.auth_token_file
+    source = ray_auth.use_token_if_found(env)  # token auth (Ray's default) where a token is found
+    problem = ray_auth.check_job_server(ns.address, env)
+    if problem:
+        print(f"jobs/submit.py: not submitted: {problem}", file=sys.stderr)
+        return 2
     submission_id = ns.submission_id or new_submission_id()
     print(f"submission id: {submission_id}", flush=True)
+    if source:
+        print(f"auth: token from {source}", file=sys.stderr)
     cmd = build_command(ns.address, submission_id, ns.working_dir, ns.runtime_env, ns.run_args, ns.no_wait)
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env=env)
     print(f"logs: ray job logs --address {ns.address} {submission_id}   "
           f"status: ray job status --address {ns.address} {submission_id}", file=sys.stderr)
     return code

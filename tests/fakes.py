@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evol_ray.engine.base import Completion
+from evol_ray.engine.base import Completion, PromptTooLong
 
 
 class ScriptedGenerator:
@@ -10,12 +10,14 @@ class ScriptedGenerator:
 
     `evolved`, `verdict` and `answer` are callables of the prompt (or plain strings); every call is
     recorded in `calls` as (step, prompt). The judge reads `score_choices`: nearly all of the
-    probability on `verdict`."""
+    probability on `verdict`. With `context`, a prompt of more words than `context` minus
+    `max_tokens` raises PromptTooLong and is not recorded (as the real engine sends nothing)."""
 
     def __init__(self, evolved="Describe the migration routes of three birds of Europe in detail.",
                  verdict="Not Equal", answer="Birds migrate along flyways such as the East Atlantic.",
-                 fail_on=None):
+                 fail_on=None, context=None):
         self.evolved, self.verdict, self.answer, self.fail_on = evolved, verdict, answer, fail_on
+        self.context = context
         self.calls: list[tuple[str, str]] = []
 
     @staticmethod
@@ -30,6 +32,8 @@ class ScriptedGenerator:
         return {c: (-0.01 if c == verdict else -6.0) for c in choices}
 
     async def generate(self, prompt, sampling, *, seed, choices=None):
+        if self.context and len(prompt.split()) + sampling.max_tokens > self.context:
+            raise PromptTooLong(f"prompt of {len(prompt.split())} tokens > {self.context}")
         if choices:
             step, text = "judge", self._text(self.verdict, prompt)
         elif "Rewrite the instruction below" in prompt or "write a brand new instruction" in prompt:

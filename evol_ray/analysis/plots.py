@@ -102,7 +102,7 @@ def diversity(fig_data: dict) -> bytes:
         ax.plot(x, [by[g][key] for g in groups], marker="o", label=label)
     ax.set_xticks(x, _round_labels(groups))
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Diversity of instructions ({fig_data['diversity']['sample_size']} rows per round)")
+    ax.set_title(f"Diversity of instructions ({fig_data['diversity']['sample_size'] or 0} rows per round)")
     ax.legend()
     return _png(fig)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import html
+import re
 from collections import Counter
 from typing import Dict, List, Optional
 
@@ -149,10 +150,12 @@ def collect(out: Location, cfg: Config) -> dict:
                    for kind, v in lengths.items()}
     drawn = {g: samples[g].result(pa.schema([(C.ID, pa.string()), (C.INSTRUCTION, pa.string())]))
              for g in groups}
-    nonempty = [t.num_rows for t in drawn.values() if t.num_rows]
-    n_equal = min([rc.sample_size] + nonempty)
+    # Every measured group gets the same number of rows: the smallest group that reaches
+    # `min_sample_size`; smaller groups are shown as too few rather than shrinking the rest.
+    big_enough = [t.num_rows for t in drawn.values() if t.num_rows >= rc.min_sample_size]
+    n_equal = min([rc.sample_size] + big_enough) if big_enough else None
     texts = {g: runread.smallest(drawn[g], n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
-             for g in groups if drawn[g].num_rows >= n_equal and drawn[g].num_rows}
+             for g in groups if n_equal and drawn[g].num_rows >= n_equal}
     budget = diversity.equal_budget(list(texts.values()))
     div = {str(g): diversity.diversity(texts[g], rc.near_duplicate_threshold,
                                        minhash.params_from(cfg.dedup, cfg.seed), budget)
@@ -172,7 +175,8 @@ def collect(out: Location, cfg: Config) -> dict:
         "ops": sorted({s for x in per_round for s in x["op_counts"]}),
         "per_round": per_round,
         "lengths": {kind: {str(g): length_stats(v[g]) for g in groups} for kind, v in raw_lengths.items()},
-        "diversity": {"sample_size": n_equal, "threshold": rc.near_duplicate_threshold,
+        "diversity": {"sample_size": n_equal, "min_sample_size": rc.min_sample_size,
+                      "threshold": rc.near_duplicate_threshold,
                       "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div},
         "difficulty": _difficulty(out),
         "lineage": _lineage(lineage_rows, shown),
@@ -242,7 +246,8 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
                   [[g, kind, s.get("rows"), s.get("mean"), s.get("p10"), s.get("median"), s.get("p90"), s.get("max")]
                    for kind, by in fig["lengths"].items() for g, s in by.items()])
     dv = fig["diversity"]
-    div = (f"<p>distinct-n: distinct word n-grams over all n-grams, on an equal budget for every "
+    div = (f"<p>Rounds with fewer than {dv['min_sample_size']} kept rows (<code>report.min_sample_size</code>) "
+           "are not measured. distinct-n: distinct word n-grams over all n-grams, on an equal budget for every "
            f"round: {dv['sample_size']} rows, the first {dv.get('words_per_text')} words of each, "
            f"{dv.get('words_per_sample')} words in all, so that longer texts do not read as less "
            "diverse (the columns 'all' use the whole texts and fall with length alone). "
@@ -250,7 +255,7 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
            f">= {dv['threshold']}, with dedup's own signatures.</p>") + _table(
                  ["round", "rows", "distinct-1", "distinct-2", "distinct-1 all", "distinct-2 all",
                   "near-duplicate share"],
-                 [[g, *(["(too few kept rows)", None, None, None, None, None] if d is None else
+                 [[g, *([f"(fewer than {dv['min_sample_size']} kept rows)", None, None, None, None, None] if d is None else
                         [d["rows"], d["distinct_1"], d["distinct_2"], d.get("distinct_1_all"),
                          d.get("distinct_2_all"), d["near_duplicate_share"]])]
                   for g, d in dv["by_round"].items()])
@@ -304,7 +309,7 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 {_img("operations", images["operations"], "Operation mix and survival rate by round")}
 <h2>Lengths (words, kept rows; round 0 = seeds)</h2>{lens}
 {_img("lengths", images["lengths"], "Instruction and answer length by round")}
-<h2>Diversity (instructions, {dv['sample_size']} rows per round)</h2>{div}
+<h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
 {_img("diversity", images["diversity"], "Diversity by round")}
 <h2>Difficulty</h2>{diff_html}
 <h2>Engine</h2>{engine}
@@ -313,8 +318,13 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 """
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _short(text: Optional[str], limit: int = 300) -> str:
-    t = " ".join((text or "").split())
+    """One line of at most `limit` characters; control characters shown as escapes (\\x00), so
+    none reaches the page (the caller HTML-escapes the rest)."""
+    t = " ".join(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text or "").split())
     return t if len(t) <= limit else t[:limit] + " ..."
 
 
@@ -330,6 +340,12 @@ def write_report(out: Location, fig: dict) -> Dict[str, str]:
                                  JSON_FILE: json.dumps(data, indent=2, sort_keys=True, default=str).encode()}, rdir)
     commit.commit(rdir, {"config_hash": fig.get("config_hash"), "rounds": fig["rounds"]}, files)
     return {"html": rdir.join(HTML_FILE).url, "json": rdir.join(JSON_FILE).url}
+
+
+def _sample_words(dv: dict) -> str:
+    if dv["sample_size"] is None:
+        return f"no round has {dv['min_sample_size']} kept rows to measure"
+    return f"{dv['sample_size']} rows per round"
 
 
 def summary_text(fig: dict, paths: Dict[str, str]) -> str:

@@ -71,8 +71,10 @@ def open_run(url: str, overrides: Sequence[str] = ()) -> Tuple[Location, Config]
 
 def seeds_of(round1: pa.Table) -> pa.Table:
     """Round-1 attempts (with `parent_*`, `status`) -> the seeds as round-0 rows: id, root_id,
-    round, instruction, response. Blank seeds (status invalid_input) are not seeds of anything."""
-    t = round1.filter(pc.not_equal(round1[C.STATUS], C.INVALID_INPUT))
+    round, instruction, response. Blank seeds (status invalid_input) are not seeds of anything,
+    and a repeated seed (`duplicate_seed`) is its first copy's seed, already counted."""
+    t = round1.filter(pc.and_(pc.not_equal(round1[C.STATUS], C.INVALID_INPUT),
+                              pc.not_equal(pc.fill_null(round1[C.REASON], ""), C.R_DUPLICATE_SEED)))
     return pa.table({
         C.ID: t[C.PARENT_ID],
         C.ROOT_ID: t[C.ROOT_ID],

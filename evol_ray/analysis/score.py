@@ -107,8 +107,8 @@ def rate(ds: ray.data.Dataset, cfg: Config, device: str) -> ray.data.Dataset:
 def sample(out: Location, cfg: Config, manifests: List[dict]) -> pa.Table:
     """`score.sample_size` seeds and kept rows of each round in `manifests` (`_COLUMNS`)."""
     n, schema = cfg.score.sample_size, pa.schema([C.SCORES_SCHEMA.field(c) for c in _COLUMNS])
-    cols = [C.ID, C.ROOT_ID, C.ROUND, C.STATUS, C.INSTRUCTION, C.PARENT_ID, C.PARENT_INSTRUCTION,
-            C.PARENT_RESPONSE]
+    cols = [C.ID, C.ROOT_ID, C.ROUND, C.STATUS, C.REASON, C.INSTRUCTION, C.PARENT_ID,
+            C.PARENT_INSTRUCTION, C.PARENT_RESPONSE]
     seeds, parts = runread.Sampler(n, cfg.seed), []
     for m in manifests:
         kept = runread.Sampler(n, cfg.seed)

@@ -5,7 +5,8 @@ Each rule is named by its reason in `evol_ray.columns` and switched and tuned in
 that fails, in the order of `RULES`). Rows that are not `kept` pass through untouched.
 
 Reads `status`, `instruction`, `response`; writes `status`, `reason`.
-  non_printable              control characters (other than tab/newline/CR) or U+FFFD in either text
+  non_printable              control characters (other than tab, newline, CRLF) or U+FFFD in either
+                             text; it also runs on the final set whenever it is on (`final_only`)
   instruction_length         instruction shorter than min_chars or longer than max_chars
   answer_length              answer likewise
   refusal                    the answer contains a refusal phrase (compared after text.normalize)
@@ -16,6 +17,7 @@ Reads `status`, `instruction`, `response`; writes `status`, `reason`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -26,7 +28,8 @@ from evol_ray import columns as C
 from evol_ray.checks import text
 from evol_ray.stage import Stage
 
-_NON_PRINTABLE = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}\x{fffd}]"
+# control characters but tab, newline and the CR of a CRLF line end; a lone CR is one too
+_NON_PRINTABLE = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{7f}\x{fffd}]|\r([^\n]|$)"
 FENCE = "```"
 
 
@@ -97,6 +100,19 @@ RULES: Dict[str, Callable] = {
 
 def enabled_rules(q) -> List[str]:
     return [name for name in RULES if getattr(q, name).enabled]
+
+
+# Rules that guard what a trainer reads: they run where the training set is written (the final
+# set) even when `quality.in_final` is off, so no control byte reaches final/ (seeds included).
+ALWAYS_IN_FINAL = (C.R_NON_PRINTABLE,)
+
+
+def final_only(q):
+    """`q` with every rule off but those of ALWAYS_IN_FINAL (as configured)."""
+    return SimpleNamespace(**{name: getattr(q, name) if name in ALWAYS_IN_FINAL else _OFF for name in RULES})
+
+
+_OFF = SimpleNamespace(enabled=False)
 
 
 def check(batch: pa.Table, q) -> pa.Table:

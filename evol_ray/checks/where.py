@@ -64,14 +64,16 @@ REMOVED_ROWS = Stage(removed_rows)
 def final_checks(ds: ray.data.Dataset, cfg: Config) -> Optional[ray.data.Dataset]:
     """Final rows (`columns.FINAL_COLUMNS`) -> the same rows with `status`, `reason`,
     `duplicate_of` (materialized: the caller writes kept and removed rows from it), or None if no
-    final check is configured."""
-    q = cfg.quality.in_final and bool(quality.enabled_rules(cfg.quality))
+    final check is configured. The text-hygiene rule (`non_printable`) runs here whenever it is
+    on, `quality.in_final` or not."""
+    rules = cfg.quality if cfg.quality.in_final else quality.final_only(cfg.quality)
+    q = bool(quality.enabled_rules(rules))
     d = cfg.dedup.in_final and _dedup_on(cfg)
     if not (q or d):
         return None
     ds = WITH_STATUS(ds)
     if q:
-        ds = quality.filter_rows(ds, cfg.quality)
+        ds = quality.filter_rows(ds, rules)
     if d:
         ds = dedup_mod.dedup(ds, dedup_mod.params_from(cfg.dedup, cfg.seed))
     return ds.materialize()

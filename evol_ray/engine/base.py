@@ -20,10 +20,16 @@ class Completion:
     generated_tokens: int = 0
 
 
+class PromptTooLong(ValueError):
+    """A request that cannot fit the model's context (`model.max_model_len`) with room for its
+    answer (`max_tokens`): raised by a generator before anything is sent."""
+
+
 class TextGenerator(Protocol):
     async def generate(self, prompt: str, sampling: SamplingConfig, *, seed: int,
                        choices: Optional[Sequence[str]] = None) -> Completion:
-        """Answer `prompt` as the user turn of a chat. `choices` forces the output to one of them."""
+        """Answer `prompt` as the user turn of a chat. `choices` forces the output to one of them.
+        Raises PromptTooLong, sending nothing, when the prompt and `max_tokens` cannot fit."""
         ...
 
     async def score_choices(self, prompt: str, choices: Sequence[str]) -> Dict[str, float]:

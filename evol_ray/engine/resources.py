@@ -8,9 +8,11 @@ CPU-only head node while the engines run on GPU workers (README, Cluster).
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 
+from evol_ray import ray_auth
 from evol_ray.config import Config, EngineConfig
 
 log = logging.getLogger("evol_ray")
@@ -25,8 +27,17 @@ def connect(cfg: Config) -> str:
     if not ray.is_initialized():
         if not cfg.ray.verbose:
             quiet_ray_data_console()
-        ray.init(address=cfg.ray.address or None, log_to_driver=cfg.ray.verbose,
-                 logging_level=logging.INFO if cfg.ray.verbose else logging.WARNING)
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:  # joining a cluster: its token, where one is found (a local Ray makes its own)
+            ray_auth.use_token_if_found(os.environ)
+        try:
+            ray.init(address=cfg.ray.address or None, log_to_driver=cfg.ray.verbose,
+                     logging_level=logging.INFO if cfg.ray.verbose else logging.WARNING)
+        except Exception as e:
+            why = ray_auth.explain_init_error(e, address or "(local)", os.environ)
+            if why:
+                raise ray_auth.ClusterAuthError(why) from None
+            raise
         ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.verbose
         if not cfg.ray.verbose:
             log.info("Ray's and vLLM's own logs: Ray's session logs folder on each node (locally "

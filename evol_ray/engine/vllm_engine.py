@@ -12,7 +12,7 @@ import uuid
 from typing import Optional
 
 from evol_ray.config import EngineConfig, ModelConfig
-from evol_ray.engine.base import Completion
+from evol_ray.engine.base import Completion, PromptTooLong
 from evol_ray.engine.models import resolve_source
 
 
@@ -58,6 +58,9 @@ class VLLMGenerator:
             resolve_source(model.tokenizer or model.source), trust_remote_code=model.trust_remote_code
         )
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed)))
+        # the context length the engine took (the model's own when model.max_model_len is null)
+        self.max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None) \
+            or model.max_model_len
         # The CPU build fails a seeded request whose sampled token is discarded during chunked
         # prefill ("CPU Generator does not use offset"); there only the engine-wide seed applies.
         self._per_request_seed = device == "gpu"
@@ -81,7 +84,9 @@ class VLLMGenerator:
             seed=seed if self._per_request_seed else None,
             structured_outputs=StructuredOutputsParams(choice=list(choices)) if choices else None,
         )
-        final = await self._request(self.chat_prompt(prompt), params)
+        text = self.chat_prompt(prompt)
+        self._check_fits(len(self.tokenizer(text).input_ids), sampling.max_tokens)
+        final = await self._request(text, params)
         o = final.outputs[0]
         return Completion(o.text, len(final.prompt_token_ids or ()), len(o.token_ids))
 
@@ -98,13 +103,21 @@ class VLLMGenerator:
         end = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
 
+        tails = {c: self.tokenizer(c, add_special_tokens=False).input_ids + end for c in choices}
+        self._check_fits(len(head), max(len(t) for t in tails.values()))
+
         async def one(choice: str) -> float:
-            ids = head + self.tokenizer(choice, add_special_tokens=False).input_ids + end
+            ids = head + tails[choice]
             out = await self._request(TokensPrompt(prompt_token_ids=ids), params)
             return sum(out.prompt_logprobs[i][ids[i]].logprob for i in range(len(head), len(ids)))
 
         scores = await asyncio.gather(*(one(c) for c in choices))
         return dict(zip(choices, scores))
+
+    def _check_fits(self, prompt_tokens: int, answer_tokens: int) -> None:
+        if self.max_model_len and prompt_tokens + answer_tokens > self.max_model_len:
+            raise PromptTooLong(f"prompt of {prompt_tokens} tokens + {answer_tokens} for the answer > "
+                                f"model.max_model_len {self.max_model_len}; no request sent")
 
     async def _request(self, prompt, params):
         final = None

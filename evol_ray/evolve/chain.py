@@ -22,7 +22,8 @@ from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.evolve import prompts, rules
 from evol_ray.config import Config
-from evol_ray.engine.base import Completion, TextGenerator, choice_distribution, engine_is_dead
+from evol_ray.engine.base import (Completion, PromptTooLong, TextGenerator, choice_distribution,
+                                  engine_is_dead)
 
 
 def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:
@@ -95,6 +96,9 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
         if el.stopwords_only and (reason := rules.only_stopwords(answer.text)):
             return eliminate(reason)
         return out
+    except PromptTooLong as e:  # the input's fault, not the engine's: counted apart, nothing sent
+        out[C.ERROR] = str(e)[:2000]
+        return eliminate(C.R_PROMPT_TOO_LONG)
     except Exception as e:  # one row's engine failure must not end the round
         if engine_is_dead(e):
             raise

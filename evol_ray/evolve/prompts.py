@@ -73,9 +73,13 @@ JUDGE_EQUAL = "Equal"
 JUDGE_NOT_EQUAL = "Not Equal"
 
 # Phrases that betray an evolution echoing its template (elimination rule 4). WizardLM's own
-# markers are listed too: models trained on WizardLM data tend to emit them.
+# markers are listed too: models trained on WizardLM data tend to emit them. "given instruction"
+# and "instruction below" are this project's wording of WizardLM's "given prompt" (a real run kept
+# "The above given instruction is marked as a request to ..." before they were listed).
 COPIED_PROMPT_PHRASES = (
     "given prompt",
+    "given instruction",
+    "instruction below",
     "rewritten prompt",
     "#given prompt#",
     "#rewritten prompt#",

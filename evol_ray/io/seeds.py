@@ -7,15 +7,19 @@ instruction and its input are joined into one instruction, as WizardLM did.
 
 from __future__ import annotations
 
+import codecs
 import json
 import posixpath
 from typing import Dict, List, Tuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from evol_ray import columns as C
 from evol_ray import identity
+from evol_ray.checks.text import hash64, normalize
 from evol_ray.config import Config, InputConfig
 from evol_ray.io.storage import Location, describe_error, locate
 from evol_ray.stage import WHOLE_BLOCK, Stage
@@ -66,28 +70,80 @@ def find_input_files(cfg: Config) -> Tuple[Location, List[str], str]:
     return loc, files, fmt
 
 
-def _json_records(fs, path: str, fmt: str, n: int = 100) -> List[dict]:
+SCAN_BYTES = 1 << 22
+
+
+def _json_records(fs, path: str, url: str, fmt: str, encoding: str, n: int = 100) -> List[dict]:
+    """Check one JSON or JSONL file whole, in chunks: every byte decodes with `encoding` (else an
+    error naming the byte offset and line), and it parses (a JSON array, or one object per line;
+    errors name the file's line). Returns its first `n` records."""
+    dec = codecs.getincrementaldecoder(encoding)()
+    offset, lines_before = 0, 0  # bytes read and newlines decoded before the current chunk
+    array: List[str] | None = None  # the whole text of a JSON array
+    pending, line_no, records = "", 1, []
     with fs.open(path, "rb") as f:
-        head = f.read(1 << 20)
-    text = head.decode("utf-8", errors="replace")
-    if fmt == "json" and text.lstrip().startswith("["):
-        with fs.open(path, "rb") as f:
-            data = json.load(f)
-        if not isinstance(data, list):
-            raise ValueError("expected a JSON array of objects")
-        return data[:n]
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(head) == 1 << 20 and lines:
-        lines = lines[:-1]  # may be cut in the middle
-    return [json.loads(ln) for ln in lines[:n]]
+        while True:
+            chunk = f.read(SCAN_BYTES)
+            held = dec.getstate()[0]  # bytes of a character cut by the previous chunk
+            try:
+                text = dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                data = held + chunk
+                at = offset - len(held) + e.start
+                line = lines_before + data[:e.start].count(b"\n") + 1
+                raise InputError(f"{url}: not valid {encoding} at byte {at} (line {line}): "
+                                 f"{data[e.start:e.end]!r} ({e.reason}); set input.encoding to the "
+                                 "file's encoding (e.g. latin-1 or cp1252)") from None
+            if offset == 0 and text.startswith("\ufeff"):
+                if codecs.lookup(encoding).name == "utf-8":
+                    raise InputError(f"{url}: starts with a byte-order mark; set input.encoding=utf-8-sig")
+                text = text[1:]
+            offset += len(chunk)
+            lines_before += text.count("\n")
+            if array is None and fmt == "json" and not records and not pending.strip() and text.lstrip():
+                array = [] if text.lstrip().startswith("[") else None
+            if array is not None:
+                array.append(text)
+            else:
+                pending += text
+                *done, pending = pending.split("\n")
+                if not chunk:
+                    done.append(pending)
+                for ln in done:
+                    if ln.strip():
+                        rec = _json_line(ln, url, line_no)
+                        if len(records) < n:
+                            records.append(rec)
+                    line_no += 1
+            if not chunk:
+                break
+    if array is None:
+        return records
+    try:
+        data = json.loads("".join(array))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{url}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{url}: expected a JSON array of objects, got a JSON {type(data).__name__}")
+    return data[:n]
 
 
-def _file_schema(fs, path: str, fmt: str) -> Dict[str, pa.DataType]:
+def _json_line(line: str, url: str, line_no: int) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{url}: line {line_no} column {e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{url}: line {line_no}: expected a JSON object, got a JSON {type(rec).__name__}")
+    return rec
+
+
+def _file_schema(fs, path: str, url: str, fmt: str, encoding: str) -> Dict[str, pa.DataType]:
     if fmt == "parquet":
         with fs.open(path, "rb") as f:
             schema = pq.read_schema(f)
         return {name: schema.field(name).type for name in schema.names}
-    records = _json_records(fs, path, fmt)
+    records = _json_records(fs, path, url, fmt, encoding)
     if not records:
         return {}
     if not all(isinstance(r, dict) for r in records):
@@ -115,7 +171,9 @@ def check_input(cfg: Config) -> Tuple[List[str], str, List[str]]:
     for path in files:
         url = loc.url_of(path)
         try:
-            schema = _file_schema(loc.fs, path, fmt)
+            schema = _file_schema(loc.fs, path, url, fmt, ic.encoding)
+        except InputError:
+            raise
         except Exception as e:
             raise InputError(f"{url}: cannot read as {fmt}: {type(e).__name__}: {e}") from None
         if not schema:
@@ -149,11 +207,13 @@ def _compatible(a: pa.DataType, b: pa.DataType) -> bool:
 
 
 def to_pool(batch: pa.Table, ic: InputConfig) -> pa.Table:
-    """Seed rows -> pool rows (`columns.POOL_SCHEMA`).
+    """Seed rows -> pool rows (`columns.POOL_SCHEMA`) plus `seed_key`.
 
-    Reads the mapped input columns; writes `id`, `root_id`, `instruction`, `response`. The id is the
-    id column as text, or a hash of the joined instruction. A blank instruction stays blank here and
-    gets status `invalid_input` in round 1, so it is counted, not lost.
+    Reads the mapped input columns; writes `id`, `root_id`, `instruction`, `response` and
+    `seed_key` (the hash of the normalized instruction, as exact dedup computes it). The id is the
+    id column as text, or a hash of the joined instruction; `unique_seeds` then tells repeated
+    seeds apart. A blank instruction stays blank here and gets status `invalid_input` in round 1,
+    so it is counted, not lost.
     """
     n = batch.num_rows
     names = set(batch.column_names)
@@ -166,7 +226,8 @@ def to_pool(batch: pa.Table, ic: InputConfig) -> pa.Table:
     instr, extra, resp = col(ic.instruction_column), col(ic.input_column), col(ic.response_column)
     joined = []
     for i, x in zip(instr, extra):
-        i = "" if i is None else str(i)
+        i = "" if i is None else _lf(str(i))
+        x = None if x is None else _lf(str(x))
         if not i.strip():
             joined.append("")
         elif x is not None and str(x).strip():
@@ -177,23 +238,119 @@ def to_pool(batch: pa.Table, ic: InputConfig) -> pa.Table:
         ids = ["" if v is None else str(v) for v in col(ic.id_column)]
     else:
         ids = [identity.content_id(t) for t in joined]
-    return pa.table(
-        {C.ID: ids, C.ROOT_ID: ids, C.INSTRUCTION: joined, C.RESPONSE: [None if r is None else str(r) for r in resp]},
+    resp = [None if r is None else _lf(str(r)) for r in resp]
+    text = pa.array(joined, pa.string())
+    pool = pa.table(
+        {C.ID: ids, C.ROOT_ID: ids, C.INSTRUCTION: text, C.RESPONSE: resp},
         schema=C.POOL_SCHEMA,
     )
+    return pool.append_column(C.SEED_KEY, pa.array(hash64(normalize(text)), pa.uint64()))
+
+
+def _lf(text: str) -> str:
+    """CRLF and lone CR line ends as LF: one line end in the training set (a lone CR is a control
+    character to the quality rules)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 TO_POOL = Stage(to_pool, WHOLE_BLOCK)
 
+SEED_PART = "seed_part"  # shuffle partition of `seed_key`, between `with_part` and `mark_repeats`
+SEEDS_PER_PARTITION = 500_000
+SEED_BLOCK_BATCHES = 4  # engine batches per block of the round-1 pool (the unit of writes and resume)
 
-def json_array_rows(batch: pa.Table) -> pa.Table:
-    """Files read as bytes (`bytes`) -> their records: each file is one JSON array of objects, as
-    Alpaca ships (pyarrow reads only JSON Lines; Ray's own fallback warns on every file)."""
-    records = [r for blob in batch.column("bytes").to_pylist() for r in json.loads(blob)]
+
+def with_part(batch: pa.Table, parts: int) -> pa.Table:
+    """Seed rows -> the same with `seed_part` = `seed_key` mod `parts` (reads `seed_key`)."""
+    keys = batch[C.SEED_KEY].to_numpy(zero_copy_only=False)
+    return batch.append_column(SEED_PART, pa.array((keys % np.uint64(parts)).astype(np.int32)))
+
+
+WITH_PART = Stage(with_part, WHOLE_BLOCK)
+
+
+def mark_repeats(batch: pa.Table, content_ids: bool) -> pa.Table:
+    """Seed rows holding every row of each `seed_key` they contain -> `columns.SEED_SCHEMA` rows.
+
+    Implements unique seed ids and exact duplicate seeds: rows of one key, ordered by instruction,
+    response and id (so the order of files and blocks does not matter), keep the first as the seed
+    evolved; each further one gets `duplicate_of` = the first one's id, and, where ids come from the
+    content (`content_ids`), its own id (`identity.repeat_id`). Blank rows get distinct ids too but no
+    `duplicate_of`: they stay `invalid_input`. Reads and drops `seed_key` (and `seed_part`)."""
+    if batch.num_rows == 0:
+        return C.SEED_SCHEMA.empty_table()
+    order = pc.sort_indices(batch, sort_keys=[(c, "ascending", "at_start") for c in
+                                              (C.SEED_KEY, C.INSTRUCTION, C.RESPONSE, C.ID)])
+    t = batch.take(order)
+    n = t.num_rows
+    keys = t[C.SEED_KEY].to_numpy(zero_copy_only=False)
+    starts = np.r_[True, keys[1:] != keys[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    rank = np.arange(n) - first
+    ids = t[C.ID].to_pylist()
+    first_ids = [ids[i] for i in first]
+    if content_ids:
+        ids = [x if r == 0 else identity.repeat_id(f, int(r)) for x, f, r in zip(ids, first_ids, rank)]
+    blank = pc.equal(t[C.INSTRUCTION], "").to_numpy(zero_copy_only=False)
+    dup_of = [f if r and not b else None for f, r, b in zip(first_ids, rank, blank)]
+    return pa.table({C.ID: ids, C.ROOT_ID: ids, C.INSTRUCTION: t[C.INSTRUCTION], C.RESPONSE: t[C.RESPONSE],
+                     C.DUPLICATE_OF: pa.array(dup_of, pa.string())}, schema=C.SEED_SCHEMA)
+
+
+MARK_REPEATS = Stage(mark_repeats, WHOLE_BLOCK)
+
+
+def unique_seeds(ds, rows: int, ic: InputConfig, block_rows: int):
+    """Pool rows with `seed_key` (`to_pool`) -> seed rows with unique ids and repeats marked
+    (`mark_repeats`): Ray Data's hash shuffle brings every row of a key into one group, about
+    SEEDS_PER_PARTITION rows per partition; a small input is one block (no shuffle actors).
+    The result is cut into blocks of `block_rows` again: a round writes its attempts block by
+    block, so a crash loses at most the blocks in flight, never the whole input."""
+    parts = max(1, -(-rows // SEEDS_PER_PARTITION))
+    content_ids = not ic.id_column
+    if parts == 1:
+        marked = MARK_REPEATS(ds.repartition(1), content_ids=content_ids)
+    else:
+        marked = WITH_PART(ds, parts=parts).groupby(SEED_PART, num_partitions=parts).map_groups(
+            mark_repeats, fn_kwargs={"content_ids": content_ids}, batch_format="pyarrow")
+    return marked.repartition(target_num_rows_per_block=block_rows)
+
+
+def first_repeated_ids(ds, limit: int = 3) -> List[Tuple[str, int]]:
+    """(id, rows) of up to `limit` ids that more than one seed row carries (user ids only can)."""
+    counts = ds.groupby(C.ID).count()
+    return [(r[C.ID], r["count()"]) for r in counts.filter(expr="`count()` > 1").take(limit)]
+
+
+def only_unique(batch: pa.Table) -> pa.Table:
+    """Seed rows -> pool rows of the seeds to evolve (no `duplicate_of`)."""
+    return batch.filter(pc.is_null(batch[C.DUPLICATE_OF])).select(C.POOL_SCHEMA.names)
+
+
+def only_repeats(batch: pa.Table) -> pa.Table:
+    """Seed rows -> the repeated seeds (with `duplicate_of`), never evolved."""
+    return batch.filter(pc.is_valid(batch[C.DUPLICATE_OF]))
+
+
+ONLY_UNIQUE = Stage(only_unique, WHOLE_BLOCK)
+ONLY_REPEATS = Stage(only_repeats, WHOLE_BLOCK)
+
+
+def json_file_rows(batch: pa.Table, encoding: str) -> pa.Table:
+    """Files read as bytes (`bytes`) -> their records: a JSON array of objects (as Alpaca ships)
+    or JSON Lines, decoded with `encoding` (pyarrow reads only UTF-8 JSON Lines, and Ray's own
+    fallback warns on every file). The files were checked whole by `check_input`."""
+    records = []
+    for blob in batch.column("bytes").to_pylist():
+        text = blob.decode(encoding).lstrip("\ufeff")
+        if text.lstrip().startswith("["):
+            records.extend(json.loads(text))
+        else:
+            records.extend(json.loads(ln) for ln in text.split("\n") if ln.strip())
     return pa.Table.from_pylist(records)
 
 
-JSON_ARRAY_ROWS = Stage(json_array_rows, WHOLE_BLOCK)
+JSON_FILE_ROWS = Stage(json_file_rows, WHOLE_BLOCK)
 
 
 def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
@@ -206,8 +363,9 @@ def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
     if fmt == "parquet":
         ds = read_parquet(paths, loc.arrow_fs).select_columns(cols)
-    elif fmt == "json" and _is_json_array(loc.fs, paths[0]):
-        ds = JSON_ARRAY_ROWS(ray.data.read_binary_files(paths, filesystem=loc.arrow_fs))
+    elif codecs.lookup(cfg.input.encoding).name != "utf-8" or (fmt == "json" and _is_json_array(loc.fs, paths[0])):
+        ds = JSON_FILE_ROWS(ray.data.read_binary_files(paths, filesystem=loc.arrow_fs),
+                            encoding=cfg.input.encoding)
     else:
         ds = ray.data.read_json(paths, filesystem=loc.arrow_fs)  # pyarrow: JSON Lines
     if cfg.input.limit:
@@ -218,3 +376,21 @@ def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
 def _is_json_array(fs, path: str) -> bool:
     with fs.open(path, "rb") as f:
         return f.read(4096).decode("utf-8", errors="replace").lstrip().startswith("[")
+
+
+def load_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
+    """The checked seed files -> (seed rows with unique ids and repeats marked, materialized once
+    for round 1, dedup and the final set; their number). Raises InputError, before any engine
+    starts, when `input.id_column` gives two rows one id."""
+    raw = read_seeds(cfg, urls, fmt, cols).materialize()
+    rows = raw.count()
+    block_rows = cfg.engine.batch_size * SEED_BLOCK_BATCHES
+    seeds = unique_seeds(raw, rows, cfg.input, block_rows).materialize()
+    if cfg.input.id_column and rows:
+        repeated = first_repeated_ids(seeds)
+        if repeated:
+            shown = ", ".join(f"{i!r} on {n} rows" for i, n in repeated)
+            raise InputError(f"input.path {cfg.input.path}: input.id_column '{cfg.input.id_column}' must "
+                             f"be unique, found {shown}; fix the ids or leave input.id_column unset "
+                             "(ids from the content)")
+    return seeds, rows

@@ -72,9 +72,10 @@ def run(cfg: Config) -> dict:
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), device, cfg.evolution.rounds, out.url)
 
-    seeds = seeds_mod.read_seeds(cfg, urls, fmt, cols)
+    all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
+    seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
+    repeats = seeds_mod.ONLY_REPEATS(all_seeds)
     pool = seeds
-    expected: Optional[int] = None
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too
     for r in range(1, cfg.evolution.rounds + 1):
@@ -82,7 +83,8 @@ def run(cfg: Config) -> dict:
         if m is not None and m.get("config_hash") == config_mod.config_hash(cfg):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
-            m = run_round(cfg, out, r, pool, device, expected, seeds, manifests)
+            m = run_round(cfg, out, r, pool, device, expected, seeds, manifests,
+                          repeats=repeats if r == 1 else None)
             redone = True
         manifests.append(m)
         expected = pool_size_after(m)

@@ -27,7 +27,7 @@ from evol_ray.evolve import stage as evolve_stage
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files, read_round
 from evol_ray.io.storage import Location, remove
-from evol_ray.pipeline.pool import NEXT_POOL
+from evol_ray.pipeline.pool import NEXT_POOL, REPEAT_ATTEMPTS
 from evol_ray.stage import WHOLE_BLOCK, Stage
 
 log = logging.getLogger("evol_ray")
@@ -86,9 +86,10 @@ WITHOUT_IDS = Stage(without_ids, WHOLE_BLOCK)
 
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
               expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
-              manifests: List[dict] = ()) -> dict:
+              manifests: List[dict] = (), repeats: Optional[ray.data.Dataset] = None) -> dict:
     """Round `round_no` from `pool` into `round_N/`; returns its manifest. Dedup compares against
-    `seeds` and the rounds of `manifests` (the earlier ones)."""
+    `seeds` and the rounds of `manifests` (the earlier ones). `repeats` (round 1: repeated seeds)
+    are written as `duplicate_seed` attempts beside the evolved ones, with no engine request."""
     rdir = layout.round_dir(out, round_no)
     attempts_dir = rdir.join(layout.ATTEMPTS)
     commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
@@ -97,11 +98,14 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     if len(resumed_ids):
         log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
     log.info("round %d: engine phase: %s rows to evolve on %d engine(s) (%s)%s", round_no,
-             "?" if expected_rows is None else expected_rows - len(resumed_ids), cfg.engine.replicas,
+             "?" if expected_rows is None else expected_rows - len(resumed_ids),
+             cfg.engine.replicas,
              device, f", {len(resumed_ids)} resumed" if len(resumed_ids) else "")
     stats = start_engine_stats(round_no)
     try:
         attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, device, stats)
+        if repeats is not None:
+            attempts = attempts.union(REPEAT_ATTEMPTS(WITHOUT_IDS(repeats, ids=resumed_ids)))
         attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
                                max_rows_per_file=cfg.output.rows_per_file)
         engines = summarize_engines(ray.get(stats.get.remote()))
@@ -151,4 +155,6 @@ def pool_after(out: Location, manifest: dict) -> ray.data.Dataset:
 
 
 def pool_size_after(manifest: dict) -> int:
-    return manifest["rows_in"] - manifest["status_counts"].get(C.INVALID_INPUT, 0)
+    """Rows of the next pool: every row but blank and repeated seeds (`next_pool`)."""
+    return (manifest["rows_in"] - manifest["status_counts"].get(C.INVALID_INPUT, 0)
+            - manifest["reason_counts"].get(C.R_DUPLICATE_SEED, 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -48,13 +49,28 @@ def free_ports(n: int) -> list:
             s.close()
 
 
+TOKEN = secrets.token_hex(16)  # this module's cluster token, never the machine's ~/.ray one
+
+
 def cluster_env() -> dict:
-    """The same auth mode for cluster and client, and no address that points at another cluster."""
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DATA_DISABLE_PROGRESS_BARS="1",
+    """The cluster's environment: token authentication on, as Ray's default is, with this
+    module's token; no address that points at another cluster."""
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, RAY_DATA_DISABLE_PROGRESS_BARS="1",
                TOKENIZERS_PARALLELISM="false")
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
     return env
+
+
+def client_env(home: Path, **extra: str) -> dict:
+    """A user's shell: no RAY_AUTH_MODE (jobs/submit.py sets it when it finds a token), a home of
+    its own (no ~/.ray/auth_token unless the test writes one), and `extra`."""
+    env = {k: v for k, v in cluster_env().items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    home.mkdir(parents=True, exist_ok=True)
+    return dict(env, HOME=str(home), **extra)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class LocalCluster:
@@ -104,19 +120,17 @@ class LocalCluster:
         raise TimeoutError(f"cluster not ready after {timeout}s: waiting for {what}; see {self.temp_dir}/*.log")
 
     def _get(self, path: str):
-        with urllib.request.urlopen(self.dashboard + path, timeout=5) as r:
+        req = urllib.request.Request(self.dashboard + path, headers=AUTH)
+        with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)
 
     def nodes(self) -> list:
-        from ray.util.state import list_nodes
-
-        return [n.__dict__ if hasattr(n, "__dict__") else dict(n)
-                for n in list_nodes(address=self.dashboard, raise_on_missing_output=False)]
+        return self._get("/api/v0/nodes?detail=1&limit=100")["data"]["result"]["result"]
 
     def client(self):
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard)
+        return JobSubmissionClient(self.dashboard, headers=AUTH)
 
     def stop(self) -> None:
         for p in reversed(self.procs):  # worker first, then the head
@@ -152,9 +166,11 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-def submit(cluster: LocalCluster, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def submit(cluster: LocalCluster, *args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+    """jobs/submit.py as a user runs it: by default with the token in $RAY_AUTH_TOKEN only."""
+    env = env or client_env(cluster.temp_dir / "home", RAY_AUTH_TOKEN=TOKEN)
     return subprocess.run([sys.executable, str(SUBMIT), "--address", cluster.dashboard, *args],
-                          env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def submission_id(proc: subprocess.CompletedProcess) -> str:
@@ -232,8 +248,49 @@ def test_bad_config_fails_the_job_with_the_config_error_in_its_logs(cluster, tmp
     assert not (tmp_path / "out").exists()  # failed at config load, before any output or engine
 
 
+def test_submission_without_the_token_is_refused_and_says_what_to_set(cluster, tmp_path):
+    proc = submit(cluster, "conf/local.yaml", f"output.path={tmp_path / 'out'}", timeout=60,
+                  env=client_env(tmp_path / "home"))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    assert "requires token authentication" in proc.stderr and "no token was found" in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr and "k8s/README.md" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_wrong_token_is_refused_without_showing_it(cluster, tmp_path):
+    wrong = secrets.token_hex(16)
+    proc = submit(cluster, "conf/local.yaml", timeout=60, env=client_env(tmp_path / "home", RAY_AUTH_TOKEN=wrong))
+    assert proc.returncode == 2 and "refused the token from $RAY_AUTH_TOKEN" in proc.stderr, proc.stderr[-2000:]
+    assert wrong not in proc.stderr + proc.stdout and TOKEN not in proc.stderr + proc.stdout
+
+
+def test_the_token_file_of_ray_start_is_found_in_home(cluster, tmp_path):
+    # `ray start --head` on this machine writes ~/.ray/auth_token; nothing else needs setting
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(TOKEN + "\n")
+    proc = submit(cluster, "--no-wait", "conf/local.yaml", f"output.path={tmp_path / 'out'}",
+                  "engine.replica=2", timeout=120, env=client_env(home))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"auth: token from the file {home / '.ray' / 'auth_token'}" in proc.stderr
+    wait_terminal(cluster.client(), submission_id(proc))
+
+
 def test_submit_refuses_to_run_without_a_cluster_address():
     env = cluster_env()
     proc = subprocess.run([sys.executable, str(SUBMIT), "conf/local.yaml"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "set RAY_ADDRESS" in proc.stderr and proc.stdout == ""
+
+
+def test_run_joining_the_cluster_without_the_token_says_what_to_set(cluster, tiny_model, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "Describe a lamp.", "input": "", "output": "x"}) + "\n")
+    args = [sys.executable, "-m", "evol_ray", "run", "conf/local.yaml",
+            *tiny_overrides(tiny_model, seeds, tmp_path / "out", rounds=1), f"ray.address={cluster.gcs}"]
+    proc = subprocess.run(args, env=client_env(tmp_path / "home"), cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"the Ray cluster at {cluster.gcs} requires token authentication" in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "round_1").exists()

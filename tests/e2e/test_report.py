@@ -70,8 +70,9 @@ def check_figures(fig, manifests, rows_by_round, final_rows, scores):
     seeds = [x for x in rows_by_round[1] if x[C.STATUS] != C.INVALID_INPUT]
     assert fig["lengths"]["instruction"]["0"]["rows"] == len(seeds)
     assert fig["final"]["rows"] == final_rows
-    n = fig["diversity"]["sample_size"]
-    assert n == min([200, len(seeds)] + [fig["per_round"][i]["kept"] for i in (0, 1) if fig["per_round"][i]["kept"]])
+    n, least = fig["diversity"]["sample_size"], fig["diversity"]["min_sample_size"]
+    counts = [len(seeds)] + [fig["per_round"][i]["kept"] for i in (0, 1)]
+    assert n == min([200] + [c for c in counts if c >= least])
     for g, d in fig["diversity"]["by_round"].items():
         assert d is None or (d["rows"] == n and 0 < d["distinct_1"] <= 1 and 0 <= d["near_duplicate_share"] <= 1)
     for chain in fig["lineage"]:

@@ -108,3 +108,20 @@ def test_judge_probability_is_kept_per_row_and_thresholded():
     assert eq[C.REASON] == C.R_NO_GAIN and eq[C.JUDGE_P_EQUAL] > 0.99
     strict = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=1.0"])
     assert asyncio.run(evolve_row(ScriptedGenerator(verdict="Equal"), ROW, 1, strict))[C.STATUS] == C.KEPT
+
+
+def test_a_prompt_that_cannot_fit_is_its_own_reason_and_sends_nothing():
+    # a 3000-word seed: its evolve prompt cannot fit a 4096-token context with 2048 to answer
+    long_row = dict(ROW, **{C.INSTRUCTION: "Summarize this text. " + "word " * 3000})
+    gen = ScriptedGenerator(context=4096)
+    out = run(gen, row=long_row)
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_PROMPT_TOO_LONG)
+    assert "prompt of" in out[C.ERROR] and gen.calls == []  # no request was sent
+    assert run(ScriptedGenerator(context=4096))[C.STATUS] == C.KEPT  # a short one fits
+
+
+def test_an_evolution_whose_answer_cannot_fit_is_prompt_too_long():
+    gen = ScriptedGenerator(evolved="Explain " + "this " * 3000, context=4096)
+    out = run(gen, cfg=load_config(["input.path=x", "output.path=y", "model.source=m",
+                                    "elimination.not_instruction=false", "elimination.judge=false"]))
+    assert out[C.REASON] == C.R_PROMPT_TOO_LONG and steps(gen) == ["evolve"]

@@ -42,6 +42,20 @@ def test_tabs_and_newlines_are_printable():
     assert run([(GOOD_Q, "Step 1:\tlook.\r\nStep 2: " + GOOD_A)]) == [(C.KEPT, None)]
 
 
+@pytest.mark.parametrize("bad", ["\x00", "\x1b[31m", "\x7f", "line\rover", "end\r", "\x0c"])
+def test_control_characters_are_not_printable(bad):
+    assert run([(GOOD_Q, GOOD_A + bad)]) == [(C.ELIMINATED, C.R_NON_PRINTABLE)]
+    assert run([(GOOD_Q + bad, GOOD_A)]) == [(C.ELIMINATED, C.R_NON_PRINTABLE)]
+
+
+def test_final_only_keeps_just_the_hygiene_rule():
+    q = QualityConfig()
+    only = quality.final_only(q)
+    assert quality.enabled_rules(only) == [C.R_NON_PRINTABLE]
+    q.non_printable.enabled = False
+    assert quality.enabled_rules(quality.final_only(q)) == []
+
+
 def test_disabled_rule_and_thresholds_from_config():
     q = QualityConfig()
     q.refusal.enabled = False

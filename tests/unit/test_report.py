@@ -57,7 +57,8 @@ def _manifest(r, rows, files):
 def make_run(out, rounds=2, extra=()):
     """A finished 2-round run as run.py lays it out; round 1 split into two files."""
     cfg = load_config(["input.path=seeds.jsonl", f"output.path={out}", "model.source=m",
-                       f"evolution.rounds={rounds}", "report.sample_size=4", "report.lineages=2",
+                       f"evolution.rounds={rounds}", "report.sample_size=4", "report.min_sample_size=4",
+                       "report.lineages=2",
                        "storage.options.secret=hunter2", *extra])
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(cfgmod.to_yaml(cfg))
@@ -172,6 +173,32 @@ def test_missing_round_is_reported_not_hidden(tmp_path):
     assert fig["rounds"] == [1, 2] and fig["rounds_missing"] == [3]
 
 
+def test_rounds_below_the_minimum_are_not_measured_and_do_not_shrink_the_others(tmp_path):
+    # 6 seeds, 4 kept rows per round: with a minimum of 5 only the seeds are measured, on all 6
+    # rows (not on 4, which the smallest round would force without the minimum).
+    out = tmp_path / "out"
+    make_run(out, extra=["report.sample_size=6", "report.min_sample_size=5"])
+    loc, saved = runread.open_run(str(out))
+    fig = report.collect(loc, saved)
+    div = fig["diversity"]
+    assert div["sample_size"] == 6 and div["min_sample_size"] == 5
+    assert div["by_round"]["0"]["rows"] == 6
+    assert div["by_round"]["1"] is None and div["by_round"]["2"] is None
+    page = report.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
+    assert "(fewer than 5 kept rows)" in page and "6 rows per round" in page
+
+
+def test_no_round_big_enough_measures_nothing(tmp_path):
+    out = tmp_path / "out"
+    make_run(out, extra=["report.sample_size=20", "report.min_sample_size=20"])
+    loc, saved = runread.open_run(str(out))
+    fig = report.collect(loc, saved)
+    assert fig["diversity"]["sample_size"] is None
+    assert all(v is None for v in fig["diversity"]["by_round"].values())
+    page = report.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
+    assert "no round has 20 kept rows to measure" in page
+
+
 def test_open_run_drops_masked_secrets_and_applies_overrides(run_dir):
     out, cfg = run_dir
     assert "***" in (out / "config.yaml").read_text()
@@ -195,6 +222,8 @@ def test_open_run_errors_name_the_path_or_key(tmp_path, run_dir, capsys):
 
 @pytest.mark.parametrize("override, key", [
     ("score.sample_size=0", "score.sample_size"),
+    ("report.min_sample_size=1", "report.min_sample_size"),
+    ("report.min_sample_size=500", "report.min_sample_size"),
     ("score.template=no placeholder", "score.template"),
     ("score.model=' '", "score.model"),
     ("report.near_duplicate_threshold=1.5", "report.near_duplicate_threshold"),

@@ -10,6 +10,10 @@ def test_rule4_copied_prompt_words():
     assert rules.copied_prompt_words("In the given prompt, list birds", p) == C.R_COPIED_PROMPT
     assert rules.copied_prompt_words(f"{prompts.REWRITTEN_MARKER} list birds", p) == C.R_COPIED_PROMPT
     assert rules.copied_prompt_words("List five birds that migrate over the Alps in autumn.", p) is None
+    # this project's template says "the instruction below"; a real evolution talked about it
+    real = "The above given instruction is marked as a request to provide a counter-narrative of a for loop"
+    assert rules.copied_prompt_words(real, p) == C.R_COPIED_PROMPT
+    assert rules.copied_prompt_words("Follow the steps given below and list the instructions in order.", p) is None
 
 
 def test_rule2_short_apology():
