@@ -32,6 +32,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                        help="overrides of the run's saved config, e.g. storage.endpoint_url=...")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
+    p = sub.add_parser("export", help="write the final set as train-ready JSONL with a dataset card")
+    p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
+    p.add_argument("--format", required=True, choices=["alpaca", "sharegpt", "messages"])
+    p.add_argument("--to", default=None, help="destination folder (default OUTPUT_PATH/export/FORMAT)")
+    p.add_argument("--split", type=float, default=None, metavar="VAL_SHARE",
+                   help="share of seed lineages for validation (default export.validation_share)")
+    p.add_argument("--selected", action="store_true", help="export `evol-ray select`'s rows, not all of final/")
+    p.add_argument("args", nargs="*", metavar="dotted.key=value", help="overrides of the run's saved config")
+    p.set_defaults(verbose=False)
+    p = sub.add_parser("select", help="keep the best N final rows by difficulty x answer quality, diverse")
+    p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
+    p.add_argument("--budget", type=int, required=True, metavar="N", help="rows to keep")
+    p.add_argument("args", nargs="*", metavar="dotted.key=value", help="overrides of the run's saved config")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
     p = sub.add_parser("model", help="fetch a known model into the local cache (no hub needed)")
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("name", nargs="?", help="a known model name (`evol-ray model list`)")
@@ -40,6 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command == "model":
         return _model(ns)
+    if ns.command == "export":
+        return _export(ns)
     if ns.verbose:
         ns.args = [*ns.args, "ray.verbose=true"]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -51,6 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ours.propagate = False
     if ns.command in ("report", "score"):
         return _on_output(ns.command, ns.output, ns.args)
+    if ns.command == "select":
+        return _select(ns)
     try:
         cfg = load_config(ns.args)
     except ConfigError as e:
@@ -102,6 +121,42 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
     except (RunReadError, ValueError) as e:  # ValueError: a model source that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _select(ns) -> int:
+    from evol_ray.analysis.runread import RunReadError
+    from evol_ray.handoff.select import SelectError, select_run
+
+    try:
+        m = select_run(ns.output, ns.budget, ns.args)
+    except ConfigError as e:
+        print(f"evol-ray: config error: {e}", file=sys.stderr)
+        return 2
+    except (RunReadError, SelectError, ValueError) as e:  # ValueError: a model that cannot load
+        print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2
+    print(f"evol-ray select: {m['selected']} of {m['rows_rated']} rated rows (budget {m['budget']}) by round "
+          f"{m['selected_by_round']}, by operation {m['selected_by_op']}")
+    return 0
+
+
+def _export(ns) -> int:
+    from evol_ray.analysis.runread import RunReadError
+    from evol_ray.handoff.export import ExportError, export_cli
+
+    try:
+        share = ns.split
+        overrides = ns.args + ([f"export.validation_share={share}"] if share is not None else [])
+        m = export_cli(ns.output, ns.format, ns.to, share, overrides, selected=ns.selected)
+    except ConfigError as e:
+        print(f"evol-ray: config error: {e}", file=sys.stderr)
+        return 2
+    except (RunReadError, ExportError) as e:
+        print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2
+    rows = ", ".join(f"{k} {v}" for k, v in m["rows"].items())
+    print(f"evol-ray export: {m['format']} ({rows}) in {m['dest']}")
     return 0
 
 

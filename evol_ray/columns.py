@@ -135,3 +135,23 @@ SCORES_SCHEMA = pa.schema(
         pa.field(ERROR, pa.string()),
     ]
 )
+
+# `evol-ray select` (OUTPUT/selected/): every final row rated, then the rows kept by the budget.
+QUALITY = "quality"  # expected answer-quality score 1..10; null on failure
+SELECT_SCORE = "select_score"  # difficulty x quality, what the greedy choice ranks by
+SELECT_RANK = "select_rank"  # 1 = chosen first
+RATINGS_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(ROOT_ID, pa.string(), nullable=False),
+        pa.field(ROUND, pa.int32(), nullable=False),
+        pa.field(OP, pa.string()),
+        pa.field(INSTRUCTION, pa.string()),
+        pa.field(RESPONSE, pa.string()),
+        pa.field(DIFFICULTY, pa.float64()),
+        pa.field(QUALITY, pa.float64()),
+        pa.field(ERROR, pa.string()),
+    ]
+)
+SELECTED_SCHEMA = RATINGS_SCHEMA.append(pa.field(SELECT_SCORE, pa.float64())).append(
+    pa.field(SELECT_RANK, pa.int64()))

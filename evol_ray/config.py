@@ -185,6 +185,19 @@ class RayConfig:
 
 
 @dataclass
+class SelectConfig:
+    model: Optional[str] = None
+    quality_template: str = prompts.QUALITY_TEMPLATE
+    diversity_threshold: float = 0.7
+
+
+@dataclass
+class ExportConfig:
+    system_prompt: Optional[str] = None
+    validation_share: float = 0.0
+
+
+@dataclass
 class Config:
     seed: int = 0
     input: InputConfig = field(default_factory=InputConfig)
@@ -199,6 +212,8 @@ class Config:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 # Sections whose values change what a run produces. A rerun into an existing output path must

@@ -93,6 +93,15 @@ def validate(cfg: Config) -> None:
         _fail("report.near_duplicate_threshold", "expected a Jaccard similarity in (0, 1]")
     if cfg.report.lineages < 0:
         _fail("report.lineages", "must be >= 0")
+    _check_template("select.quality_template", cfg.select.quality_template, ("instruction", "response"))
+    if not 0 < cfg.select.diversity_threshold <= 1:
+        _fail("select.diversity_threshold", "expected a MinHash Jaccard similarity in (0, 1]")
+    if cfg.select.model is not None and not cfg.select.model.strip():
+        _fail("select.model", "must be a Hugging Face model id, a local directory, or null")
+    if not 0 <= cfg.export.validation_share < 1:
+        _fail("export.validation_share", f"got {cfg.export.validation_share}, expected a share in [0, 1)")
+    if cfg.export.system_prompt is not None and not cfg.export.system_prompt.strip():
+        _fail("export.system_prompt", "must be text or null (no system turn)")
     _check_dedup(cfg.dedup)
     _check_quality(cfg.quality)
 

@@ -179,6 +179,7 @@ def collect(out: Location, cfg: Config) -> dict:
                       "threshold": rc.near_duplicate_threshold,
                       "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div},
         "difficulty": _difficulty(out),
+        "selected": layout.read_manifest(out.join(layout.SELECTED)),
         "lineage": _lineage(lineage_rows, shown),
         "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
                                           "rounds": final.get("rounds")},
@@ -312,10 +313,21 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 <h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
 {_img("diversity", images["diversity"], "Diversity by round")}
 <h2>Difficulty</h2>{diff_html}
+<h2>Selection</h2>{_selected_html(fig.get("selected"))}
 <h2>Engine</h2>{engine}
 <h2>Lineage</h2>{lineage or "<p>No lineage (report.lineages is 0).</p>"}
 </body></html>
 """
+
+
+def _selected_html(m: Optional[dict]) -> str:
+    if not m:
+        return "<p>Nothing selected: <code>evol-ray select OUTPUT --budget N</code> keeps the best N rows.</p>"
+    return (f"<p>{m['selected']} of {m['rows_rated']} rated rows kept (budget {m['budget']}) by difficulty x "
+            f"answer quality, rated by <code>{html.escape(str(m['model']))}</code>, near-duplicates at "
+            f"MinHash Jaccard &gt;= {m['near_duplicate_threshold']} skipped.</p>"
+            + _table(["by", "value", "rows"], [["round", k, v] for k, v in m["selected_by_round"].items()]
+                     + [["operation", k, v] for k, v in m["selected_by_op"].items()]))
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

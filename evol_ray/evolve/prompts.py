@@ -102,6 +102,16 @@ DIFFICULTY_TEMPLATE = (
 )
 
 
+# Answer quality (`evol-ray select`, as Deita rates it beside complexity): read like the
+# difficulty score, as the expected value over the ten answers' probabilities.
+QUALITY_TEMPLATE = (
+    "We would like you to rate how good the answer below is as a reply to the question: how "
+    "helpful, correct, relevant and complete it is. Give an overall score on a scale of 1 to 10, "
+    "where a higher score indicates a better answer. You must just give a score without any "
+    "other reasons.\n\n## Question:\n{instruction}\n\n## Answer:\n{response}\n\n## Score:"
+)
+
+
 def evolve_prompt(templates, op: str, instruction: str) -> str:
     """The rewriter prompt for one operation. `templates` is an `EvolutionTemplates` config."""
     if op == BREADTH:

@@ -34,6 +34,7 @@ STAGING = "_staging"
 FINAL = "final"
 REMOVED = "_removed"
 SCORES = "scores"
+SELECTED = "selected"
 REPORT = "report"
 
 

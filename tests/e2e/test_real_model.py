@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -108,3 +109,66 @@ def test_report_is_built_from_the_real_run(real_run):
     for r in (1, 2):
         assert rounds[r][0]["engine"]["startup_s"] > 0  # start-up is paid and measured per round
 
+
+def test_a_real_trainer_reads_the_messages_export(real_run, real_model, tmp_path):
+    """TRL's SFTTrainer, with the real small model as the student, runs on the run's own export."""
+    import math
+
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    out = real_run[0]
+    assert main(["export", str(out), "--format", "messages", "--split", "0.2"]) == 0
+    d = out / "export" / "messages"
+    m = json.loads((d / "manifest.json").read_text())
+    data = load_dataset("parquet", data_files={s: str(d / f"{s}.parquet") for s in ("train", "validation")})
+    assert data["train"].num_rows == m["rows"]["train"] >= 8
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=2,
+                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, max_length=256,
+                     dataloader_num_workers=0, seed=0)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(real_model), args=args,
+                         train_dataset=data["train"], processing_class=AutoTokenizer.from_pretrained(real_model))
+    result = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses) and math.isfinite(result.training_loss)
+
+
+def test_select_keeps_the_budget_best_first_and_is_deterministic(real_run):
+    from dataclasses import replace
+
+    from evol_ray.checks import minhash
+
+    out, cfg, _, _ = real_run
+    budget = 6
+    assert main(["select", str(out), "--budget", str(budget)]) == 0
+    sdir = out / "selected"
+    m = json.loads((sdir / "manifest.json").read_text())
+    chosen = pq.read_table(str(sdir / "selected.parquet")).to_pylist()
+    rated = pq.read_table(str(sdir / "ratings.parquet")).to_pylist()
+    assert m["selected"] == len(chosen) == budget and m["rows_rated"] == len(rated) > budget
+    assert all(1 <= x[C.DIFFICULTY] <= 10 and 1 <= x[C.QUALITY] <= 10 for x in chosen)
+    scores = [x[C.SELECT_SCORE] for x in chosen]
+    assert scores == sorted(scores, reverse=True) and [x[C.SELECT_RANK] for x in chosen] == list(range(1, budget + 1))
+    assert all(abs(x[C.SELECT_SCORE] - x[C.DIFFICULTY] * x[C.QUALITY]) < 1e-9 for x in chosen)
+    # a better row left out must be a near-duplicate of a chosen one
+    p = minhash.params_from(cfg.dedup, cfg.seed)
+    bands, rows = minhash.choose_banding(cfg.select.diversity_threshold, p.num_perm)
+    p = replace(p, threshold=cfg.select.diversity_threshold, bands=bands, rows=rows)
+    ids = {x[C.ID] for x in chosen}
+    for x in rated:
+        if x[C.ID] not in ids and x[C.DIFFICULTY] * x[C.QUALITY] > scores[-1]:
+            texts = pa.array([x[C.INSTRUCTION]] + [c[C.INSTRUCTION] for c in chosen])
+            assert any(a == 0 for a, _ in minhash.near_duplicate_pairs(texts, p)), x[C.ID]
+    # a rerun reuses the ratings and chooses the same rows; the report shows the selection
+    assert main(["select", str(out), "--budget", str(budget)]) == 0
+    again = json.loads((sdir / "manifest.json").read_text())
+    assert again["ratings_reused"] is True
+    assert [x[C.ID] for x in pq.read_table(str(sdir / "selected.parquet")).to_pylist()] == [x[C.ID] for x in chosen]
+    assert main(["report", str(out)]) == 0
+    fig = json.loads((out / "report" / "figures.json").read_text())
+    assert fig["selected"]["selected_by_round"] == m["selected_by_round"]
+    assert "Selection" in (out / "report" / "report.html").read_text()
+    assert main(["export", str(out), "--format", "alpaca", "--selected"]) == 0
+    em = json.loads((out / "export" / "alpaca-selected" / "manifest.json").read_text())
+    assert em["rows"] == {"train": budget} and em["source"].endswith("/selected")
