@@ -53,6 +53,8 @@ def quiet_ray_data_console() -> None:
     for h in logging.getLogger("ray.data").handlers:
         if not isinstance(h, logging.FileHandler) and type(h).__name__ != "SessionFileHandler":
             h.setLevel(logging.WARNING)
+    # "Progress bars disabled. To enable, set ...": we disabled them, on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def choose_device(requested: str, cluster_resources: dict) -> str:
