@@ -1,7 +1,16 @@
-"""Throughput of one evolution round: the real pipeline on local Ray against bare vLLM.
+"""Throughput of evolution rounds: the real pipeline on local Ray against bare vLLM.
 
     python bench/throughput.py --rows 256 --hidden 512 --layers 4            # CPU, random local model
+    python bench/throughput.py --rows 128 --rounds 3 --eager                 # 3 rounds, warm engines
+    python bench/throughput.py --rows 64 --rounds 3 --backend openai --eager # against `vllm serve`
     python bench/throughput.py --rows 4096 --model /models/llama-8b --load-format dummy   # a GPU node
+
+With `--rounds R` both sides run R rounds; the bare side keeps its one engine across them and
+builds each next pool as the pipeline does (a kept row goes on evolved, any other hands its
+parent on; the pipeline's dedup and quality checks may drop a few more, so its requests can be
+slightly fewer). With `--backend openai` the bench starts one `vllm serve` on loopback and both
+sides send to it: the pipeline with `engine.backend=openai`, the bare side with the same
+`OpenAIGenerator` from one async process without Ray; the server's start-up is outside both.
 
 Both sides send the same requests: the bare side runs the very same per-row chain
 (`evol_ray.evolve.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
@@ -66,7 +75,7 @@ def write_seeds(path: Path, n: int) -> None:
 
 def build_config(args, model: str, seeds: Path, out: Path):
     overrides = [
-        f"input.path={seeds}", f"output.path={out}", f"model.source={model}", "evolution.rounds=1",
+        f"input.path={seeds}", f"output.path={out}", f"model.source={model}", f"evolution.rounds={args.rounds}",
         f"model.load_format={args.load_format}", f"engine.device={args.device}",
         f"engine.batch_size={args.batch_size}", f"engine.batches_in_flight={args.batches_in_flight}",
         f"engine.max_num_seqs={args.max_num_seqs}", f"engine.enforce_eager={str(args.eager).lower()}",
@@ -75,6 +84,9 @@ def build_config(args, model: str, seeds: Path, out: Path):
     ]
     if args.max_model_len:
         overrides.append(f"model.max_model_len={args.max_model_len}")
+    if args.backend == "openai":
+        overrides += ["engine.backend=openai", f"engine.endpoint.base_url={args.base_url}",
+                      "engine.endpoint.model=bench", f"engine.endpoint.max_in_flight={args.max_num_seqs}"]
     return load_config(overrides + args.set)
 
 
@@ -106,19 +118,33 @@ def _bare_process(cfg, t0: float, results) -> None:
     from evol_ray.io.seeds import to_pool
 
     pool = to_pool(pj.read_json(cfg.input.path), cfg.input).to_pylist()
-    device = local_device(cfg.engine.device)
-    gen = VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
+    if cfg.engine.backend == "openai":
+        from evol_ray.engine.openai_client import OpenAIGenerator
+
+        gen = OpenAIGenerator(cfg.engine.endpoint)
+    else:
+        gen = VLLMGenerator(cfg.model, cfg.engine, local_device(cfg.engine.device), cfg.seed)
     ready = time.time()
     meter = EngineMeter()
     metered = MeteredGenerator(gen, meter)
 
-    async def all_rows():
-        return await asyncio.gather(*(evolve_row(metered, row, 1, cfg) for row in pool))
+    async def all_rounds():
+        nonlocal pool
+        done = []
+        for r in range(1, cfg.evolution.rounds + 1):
+            out = await asyncio.gather(*(evolve_row(metered, row, r, cfg) for row in pool))
+            done += out
+            by_id = {row[C.ID]: row for row in pool}
+            pool = [{C.ID: x[C.ID], C.ROOT_ID: x[C.ROOT_ID], C.INSTRUCTION: x[C.INSTRUCTION],
+                     C.RESPONSE: x[C.RESPONSE]} if x[C.STATUS] == C.KEPT else by_id[x[C.PARENT_ID]]
+                    for x in out if x[C.STATUS] != C.INVALID_INPUT]
+        return done
 
-    rows = asyncio.run(all_rows())
+    rows = asyncio.run(all_rounds())
     end = time.time()
     snap = meter.snapshot()
-    gen.shutdown()
+    if hasattr(gen, "shutdown"):
+        gen.shutdown()
     tokens = sum(r[C.GENERATED_TOKENS] for r in rows)
     results.put({"tokens": tokens, "wall_s": end - t0, "gen_s": end - ready, "startup_s": ready - t0,
                  "busy_share": snap["busy_share"], "mean_in_flight": snap["mean_in_flight"],
@@ -137,18 +163,27 @@ def run_pipeline(cfg) -> dict:
         wall = time.monotonic() - t0
     finally:
         ray.shutdown()
-    m = summary["rounds"][0]
-    eng = m["engine"]
-    gen_s = max(a["lifetime_s"] for a in eng["per_actor"].values())
-    return {"tokens": m["generated_tokens"], "wall_s": wall, "gen_s": gen_s, "startup_s": eng["startup_s"],
-            "round_s": m["wall_seconds"], "phases": m["phase_seconds"], "final_s": wall - m["wall_seconds"],
-            "busy_share": eng["busy_share"],
-            "mean_in_flight": eng["mean_in_flight"], "errors": m["status_counts"].get(C.ERROR_STATUS, 0)}
+    ms = summary["rounds"]
+    engs = [m["engine"] for m in ms]
+    gen_s = sum(max(a["lifetime_s"] for a in e["per_actor"].values()) for e in engs)
+    busy = sum(e["busy_share"] * max(a["lifetime_s"] for a in e["per_actor"].values()) for e in engs)
+    area = sum(e["mean_in_flight"] * max(a["lifetime_s"] for a in e["per_actor"].values()) for e in engs)
+    rounds_s = sum(m["wall_seconds"] for m in ms)
+    return {"tokens": sum(m["generated_tokens"] for m in ms), "wall_s": wall, "gen_s": gen_s,
+            "startup_s": sum(e.get("startup_s", 0.0) for e in engs),
+            "round_s": rounds_s, "phases": {"commit": sum(m["phase_seconds"]["commit"] for m in ms)},
+            "final_s": wall - rounds_s, "busy_share": busy / gen_s if gen_s else 0.0,
+            "mean_in_flight": area / gen_s if gen_s else 0.0,
+            "errors": sum(m["status_counts"].get(C.ERROR_STATUS, 0) for m in ms),
+            "requests": sum(e["requests"] for e in engs)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--backend", default="vllm", choices=["vllm", "openai"],
+                   help="openai: start `vllm serve` on loopback; both sides send to it")
     p.add_argument("--model", help="HF id or directory; default: build a random Llama locally")
     p.add_argument("--hidden", type=int, default=512, help="size of the random local model")
     p.add_argument("--layers", type=int, default=4)
@@ -181,16 +216,54 @@ def main() -> int:
                                        kv_heads=max(heads // 2, 1)))
     seeds = work / "seeds.jsonl"
     write_seeds(seeds, args.rows)
-    cfg = build_config(args, model, seeds, work / "out")
+    server = start_server(args, model, work) if args.backend == "openai" else None
+    try:
+        return measure(args, build_config(args, model, seeds, work / "out"), model)
+    finally:
+        if server is not None:
+            server.kill()
 
+
+def start_server(args, model: str, work: Path):
+    """`vllm serve` (the module: the CPU wheel's console script does not start) on a free port."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args.base_url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
+           "bench", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(args.max_model_len),
+           "--max-num-seqs", str(args.max_num_seqs), "--seed", str(args.seed)]
+    if args.eager:
+        cmd.append("--enforce-eager")
+    proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+                            stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    end = time.monotonic() + 600
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm serve exited; see {work / 'serve.log'}")
+        try:
+            urllib.request.urlopen(f"{args.base_url}/models", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit("vllm serve did not start in 600 s")
+
+
+def measure(args, cfg, model: str) -> int:
     results = {}
     order = ["bare", "pipeline"] if args.order == "bare-first" else ["pipeline", "bare"]
     for side in order:
         if args.only in (None, side):
             results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
 
-    print(f"\nrows={args.rows} model={model} device={local_device(args.device)} "
-          f"batch_size={args.batch_size} batches_in_flight={args.batches_in_flight}")
+    print(f"\nrows={args.rows} rounds={args.rounds} backend={args.backend} model={model} "
+          f"device={local_device(args.device)} batch_size={args.batch_size} "
+          f"batches_in_flight={args.batches_in_flight}")
     print(f"{'':10}{'tokens':>9}{'wall_s':>9}{'tok/s':>9}{'start_s':>9}{'gen_s':>8}{'gen tok/s':>11}"
           f"{'busy':>7}{'in flight':>10}{'errors':>8}")
     for side, r in results.items():
@@ -202,7 +275,7 @@ def main() -> int:
     if "pipeline" in results:
         a = results["pipeline"]
         outside = a["round_s"] - a["startup_s"] - a["gen_s"]
-        print(f"pipeline round {a['round_s']:.1f} s = engine start-up {a['startup_s']:.1f} + generation "
+        print(f"pipeline rounds {a['round_s']:.1f} s = engine start-up {a['startup_s']:.1f} + generation "
               f"{a['gen_s']:.1f} + outside the engine {outside:.1f} (of which commit phase "
               f"{a['phases']['commit']:.1f}); after the round (final set) {a['final_s']:.1f} s")
     if args.only:
@@ -210,6 +283,7 @@ def main() -> int:
     a, b = results["pipeline"], results["bare"]
     print(f"generation window ratio={a['gen_tok_s'] / b['gen_tok_s']:.3f}; "
           f"pipeline engine busy {a['busy_share']:.1%} of the round after start-up")
+    print(f"pipeline requests {a['requests']}, bare tokens {b['tokens']} vs pipeline {a['tokens']}")
     print(f"ratio={a['tok_s'] / b['tok_s']:.3f} pipeline_tok_s={a['tok_s']:.1f} "
           f"bare_tok_s={b['tok_s']:.1f} rows={args.rows}")
     return 0

@@ -155,3 +155,13 @@ RATINGS_SCHEMA = pa.schema(
 )
 SELECTED_SCHEMA = RATINGS_SCHEMA.append(pa.field(SELECT_SCORE, pa.float64())).append(
     pa.field(SELECT_RANK, pa.int64()))
+
+# `evol-ray select` with `select.embedding_model`: each rated instruction's embedding.
+EMBEDDING = "embedding"  # unit-length vector of the embedding model; null on failure
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(EMBEDDING, pa.list_(pa.float32())),
+        pa.field(ERROR, pa.string()),
+    ]
+)

@@ -6,6 +6,7 @@ checked once at load so that a wrong key, type or value fails before Ray starts,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from evol_ray.config_checks import ConfigError, validate
+from evol_ray.config_checks import BACKENDS, ConfigError, validate
 from evol_ray.evolve import prompts
 
 
@@ -59,7 +60,22 @@ class ModelConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible server (`engine.backend=openai`). The key itself is read from the
+    environment variable named by `api_key_env`, never from config."""
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_in_flight: int = 64
+    timeout_s: float = 600.0
+    max_retries: int = 5
+    choice_scoring: str = "logprobs"
+    forced_choice: str = "guided"
+
+
+@dataclass
 class EngineConfig:
+    backend: str = "vllm"
     device: str = "auto"
     replicas: int = 1
     tensor_parallel_size: int = 1
@@ -71,6 +87,9 @@ class EngineConfig:
     batches_in_flight: int = 4
     enforce_eager: bool = False
     extra_args: Dict[str, Any] = field(default_factory=dict)
+    clients_per_replica: int = 1
+    max_restarts: int = 3
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass
@@ -189,6 +208,8 @@ class SelectConfig:
     model: Optional[str] = None
     quality_template: str = prompts.QUALITY_TEMPLATE
     diversity_threshold: float = 0.7
+    embedding_model: Optional[str] = None
+    embedding_threshold: float = 0.95
 
 
 @dataclass
@@ -242,10 +263,22 @@ def load_config(args: Sequence[str | Path] = ()) -> Config:
         except Exception as e:  # yaml errors carry line and column
             raise ConfigError(f"config file {item}: not valid YAML: {e}") from None
         cfg = _merge(cfg, loaded, f"config file {item}")
+    return _finish(cfg, "config")
+
+
+def _finish(cfg: DictConfig, source: str) -> Config:
+    """Derived defaults, then the typed object, then the value checks. With an OpenAI-compatible
+    endpoint, `model.source` names the endpoint's model unless set (the report and the manifests
+    name the model that wrote the rows)."""
+    if cfg.engine.backend not in BACKENDS:  # before model.source, which depends on it
+        raise ConfigError(f"config key 'engine.backend': got {cfg.engine.backend!r}, allowed: {', '.join(BACKENDS)}")
+    if cfg.engine.backend == "openai" and OmegaConf.is_missing(cfg.model, "source") \
+            and cfg.engine.endpoint.model:
+        cfg.model.source = cfg.engine.endpoint.model
     try:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, "config")) from None
+        raise ConfigError(_describe(e, source)) from None
     validate(obj)
     return obj
 
@@ -256,12 +289,7 @@ def load_saved_config(saved: dict, source: str, overrides: Sequence[str] = ()) -
     cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(saved), source)
     for item in overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    try:
-        obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, source)) from None
-    validate(obj)
-    return obj
+    return _finish(cfg, source)
 
 
 def _merge(cfg: DictConfig, other: Any, source: str) -> DictConfig:
@@ -283,6 +311,14 @@ def _describe(e: OmegaConfBaseException, source: str) -> str:
         if isinstance(sub, DictConfig):
             msg = f"unknown key; allowed here: {', '.join(str(k) for k in sub.keys())}"
     return f"{source}: config key '{key}': {msg}"
+
+
+def model_named(cfg: Config, source: Optional[str]) -> ModelConfig:
+    """The run's model settings, with another model `source` (and that model's own tokenizer)
+    when one is given (`score.model`, `select.model`, `select.embedding_model`)."""
+    if source is None:
+        return cfg.model
+    return dataclasses.replace(cfg.model, source=source, tokenizer=None)
 
 
 def to_container(cfg: Config, redact: bool = True) -> dict:
@@ -314,6 +350,9 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         _flatten(section, node, flat)
     for key in SIZING_KEYS:
         flat.pop(key, None)
+    if cfg.engine.backend != "vllm":  # the endpoint's model wrote the rows (absent for vllm: hashes stay)
+        flat["engine.backend"] = cfg.engine.backend
+        flat["engine.endpoint.model"] = cfg.engine.endpoint.model
     return flat
 
 

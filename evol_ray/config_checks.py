@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from evol_ray.evolve import prompts
 
 if TYPE_CHECKING:
-    from evol_ray.config import Config, DedupConfig, LengthRule, QualityConfig, SamplingConfig
+    from evol_ray.config import Config, DedupConfig, EngineConfig, LengthRule, QualityConfig, SamplingConfig
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,7 @@ def validate(cfg: Config) -> None:
         _fail("output.rows_per_file", "must be at least 1")
     if not cfg.model.source.strip():
         _fail("model.source", "must be a Hugging Face model id or a local directory")
+    _check_engine(cfg.engine)
     if cfg.evolution.rounds < 1:
         _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
     weights = cfg.evolution.op_weights
@@ -96,6 +97,10 @@ def validate(cfg: Config) -> None:
     _check_template("select.quality_template", cfg.select.quality_template, ("instruction", "response"))
     if not 0 < cfg.select.diversity_threshold <= 1:
         _fail("select.diversity_threshold", "expected a MinHash Jaccard similarity in (0, 1]")
+    if not 0 < cfg.select.embedding_threshold <= 1:
+        _fail("select.embedding_threshold", "expected a cosine similarity in (0, 1]")
+    if cfg.select.embedding_model is not None and not cfg.select.embedding_model.strip():
+        _fail("select.embedding_model", "must be a model id, a local directory, or null (MinHash)")
     if cfg.select.model is not None and not cfg.select.model.strip():
         _fail("select.model", "must be a Hugging Face model id, a local directory, or null")
     if not 0 <= cfg.export.validation_share < 1:
@@ -104,6 +109,41 @@ def validate(cfg: Config) -> None:
         _fail("export.system_prompt", "must be text or null (no system turn)")
     _check_dedup(cfg.dedup)
     _check_quality(cfg.quality)
+
+
+BACKENDS = ("vllm", "openai")
+CHOICE_SCORING = ("logprobs", "forced")
+FORCED_CHOICE = ("guided", "json_schema", "parse")
+
+
+def _check_engine(e: EngineConfig) -> None:
+    if e.backend not in BACKENDS:
+        _fail("engine.backend", f"got {e.backend!r}, allowed: {', '.join(BACKENDS)}")
+    for key in ("replicas", "clients_per_replica", "batch_size", "batches_in_flight"):
+        if getattr(e, key) < 1:
+            _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
+    if e.max_restarts < 0:
+        _fail("engine.max_restarts", f"got {e.max_restarts}, expected 0 or more")
+    p = e.endpoint
+    if e.backend == "openai":
+        if not p.base_url or not p.base_url.startswith(("http://", "https://")):
+            _fail("engine.endpoint.base_url", f"got {p.base_url!r}, expected the server's OpenAI API root, "
+                  "such as http://127.0.0.1:8000/v1")
+        if not p.model or not p.model.strip():
+            _fail("engine.endpoint.model", "required with engine.backend=openai: the model name the server serves")
+    if not p.api_key_env.strip() or p.api_key_env.startswith(("sk-", "Bearer")):
+        _fail("engine.endpoint.api_key_env", "expected the NAME of an environment variable holding the key "
+              "(default OPENAI_API_KEY), never the key itself")
+    if p.max_in_flight < 1:
+        _fail("engine.endpoint.max_in_flight", f"got {p.max_in_flight}, expected at least 1")
+    if p.timeout_s <= 0:
+        _fail("engine.endpoint.timeout_s", f"got {p.timeout_s}, expected seconds > 0")
+    if p.max_retries < 0:
+        _fail("engine.endpoint.max_retries", f"got {p.max_retries}, expected 0 or more")
+    if p.choice_scoring not in CHOICE_SCORING:
+        _fail("engine.endpoint.choice_scoring", f"got {p.choice_scoring!r}, allowed: {', '.join(CHOICE_SCORING)}")
+    if p.forced_choice not in FORCED_CHOICE:
+        _fail("engine.endpoint.forced_choice", f"got {p.forced_choice!r}, allowed: {', '.join(FORCED_CHOICE)}")
 
 
 def _check_dedup(d: DedupConfig) -> None:

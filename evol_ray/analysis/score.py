@@ -14,35 +14,31 @@ Reads the round files of a finished run (`id`, `root_id`, `round`, `status`, `in
 `parent_*`); writes `OUTPUT/scores/scores.parquet` (`columns.SCORES_SCHEMA`) and then
 `OUTPUT/scores/manifest.json` (the commit: model, sample, counts and mean by round).
 
-Why a Ray Data stage with one engine actor rather than an engine in the driver: the driver may run
-on a CPU-only head node (see README, Cluster), so the engine must be placed where the GPUs are,
-as the rounds' engines are. One actor, because a sample of a few hundred rows is seconds of
-engine time and a second engine would only add another start-up.
+In a run with `score.enabled`, the rows go to the run's warm engines when `score.model` is unset;
+`evol-ray score` (or another `score.model`) starts one engine, placed where the GPUs are as the
+rounds' are (the driver may run on a CPU-only head node, README, Cluster): a sample of a few
+hundred rows is seconds of engine time, and a second engine would only add another start-up.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import logging
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from evol_ray import columns as C
 from evol_ray import config as config_mod
 from evol_ray.analysis import runread
 from evol_ray.config import Config, ModelConfig
-from evol_ray.engine.actor import EngineActor
 from evol_ray.engine.base import TextGenerator, choice_distribution, engine_is_dead
-from evol_ray.engine.resources import connect, engine_actor_args
-from evol_ray.engine.sizing import check_cpu_kv_cache, prepare_models
+from evol_ray.engine.service import Engines, engines_for, table_through
 from evol_ray.evolve import prompts
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location
-from evol_ray.stage import Stage
 
 log = logging.getLogger("evol_ray")
 
@@ -76,32 +72,9 @@ async def rate_row(gen: TextGenerator, row: Dict[str, Any],
     return out
 
 
-class ScoreStage(EngineActor):
-    """`map_batches` actor holding one engine; every row of a batch is rated concurrently.
-    Reads `id`, `root_id`, `round`, `instruction`; writes `columns.SCORES_SCHEMA`."""
-
-    def __init__(self, model: ModelConfig, cfg: Config, device: str,
-                 generator: Optional[TextGenerator] = None) -> None:
-        super().__init__(model, cfg.engine, device, cfg.seed, generator=generator)
-        self.template = cfg.score.template
-
-    async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
-        rows = batch.select(_COLUMNS).to_pylist()
-        out = await self.map_rows(lambda r: rate_row(self.gen, r, self.template), rows)
-        yield pa.Table.from_pylist(out, schema=C.SCORES_SCHEMA)
-
-
 def score_model(cfg: Config) -> ModelConfig:
     """The run's model settings, with `score.model` (and its own tokenizer) when one is set."""
-    if cfg.score.model is None:
-        return cfg.model
-    return dataclasses.replace(cfg.model, source=cfg.score.model, tokenizer=None)
-
-
-def rate(ds: ray.data.Dataset, cfg: Config, device: str) -> ray.data.Dataset:
-    """Sample dataset -> scored dataset, on one engine actor with the resources of a round's."""
-    stage = Stage(ScoreStage, cfg.engine.batch_size, engine_actor_args(cfg.engine, device, replicas=1))
-    return stage(ds, constructor={"model": score_model(cfg), "cfg": cfg, "device": device})
+    return config_mod.model_named(cfg, cfg.score.model)
 
 
 def sample(out: Location, cfg: Config, manifests: List[dict]) -> pa.Table:
@@ -128,9 +101,10 @@ def _key(cfg: Config, rounds: List[int]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def score_run(cfg: Config, out: Location, force: bool = False) -> dict:
+def score_run(cfg: Config, out: Location, force: bool = False, engines: Optional[Engines] = None) -> dict:
     """Rate the sample of a finished run and write `OUTPUT/scores/`. Returns the scores manifest.
-    Scores made with the same run, rounds and score settings are kept, unless `force`."""
+    Scores made with the same run, rounds and score settings are kept, unless `force`. `engines`:
+    the run's own, used when they serve the score model; else one engine is started for it."""
     manifests, _ = runread.round_manifests(out, cfg.evolution.rounds)
     if not manifests or manifests[0]["round"] != 1:
         raise runread.RunReadError(f"{out.url}: round 1 is not complete; nothing to score yet")
@@ -142,13 +116,11 @@ def score_run(cfg: Config, out: Location, force: bool = False) -> dict:
         return old
 
     table = sample(out, cfg, manifests)
-    prepare_models(cfg)
-    device = connect(cfg)
-    if device == "cpu":
-        check_cpu_kv_cache(dataclasses.replace(cfg, model=score_model(cfg)))
-    log.info("scores: rating %d instructions with %s on %s", table.num_rows, score_model(cfg).source, device)
-    ds = rate(ray.data.from_arrow(table), cfg, device)
-    scored = pa.concat_tables([t.cast(C.SCORES_SCHEMA) for t in ray.get(ds.to_arrow_refs())])
+    with engines_for(cfg, score_model(cfg), engines, replicas=1) as eng:
+        log.info("scores: rating %d instructions with %s on %s", table.num_rows, score_model(cfg).source, eng.device)
+        scored = table_through(table, eng, functools.partial(rate_row, template=cfg.score.template),
+                               C.SCORES_SCHEMA, columns=_COLUMNS)
+        device = eng.device
     scored = scored.sort_by([(C.ROUND, "ascending"), (C.ID, "ascending")])
 
     by_round: Dict[str, dict] = {}

@@ -1,64 +1,62 @@
-"""What every engine actor shares (the round's `EvolveStage`, the scorer's `ScoreStage`): one engine
-built at start, a meter on it, progress reported to the round's `EngineStats`, and one answer to an
-engine that died.
+"""The Ray Data stage in front of the run's engines: `RowStage`, a light CPU actor that builds its
+`TextGenerator` with the run's `Engines.generator_factory` (a client of the warm engine actors, or
+of an OpenAI-compatible server) and runs one row function on every row of a batch concurrently.
 
-Its stage's `__call__` is an async generator, so Ray Data runs it on the actor's event loop and
-keeps several batches in flight per actor (`engine.batches_in_flight`): the engine's continuous
-batching stays full and no batch waits for its slowest row.
+Its `__call__` is an async generator, so Ray Data runs it on the actor's event loop and keeps
+several batches in flight per actor (`engine.batches_in_flight`): the engines' continuous
+batching stays full and no batch waits for its slowest row. Each actor meters its requests and
+reports to the round's `EngineStats`.
+
+A row function's failure is that row's business (it records an error status); `EngineUnavailable`
+ends the stage (and so the round), leaving the rows already written for the rerun.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Sequence
 
-from evol_ray.config import EngineConfig, ModelConfig
-from evol_ray.engine.base import TextGenerator, engine_is_dead
+import pyarrow as pa
+import ray
+
+from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
-
-log = logging.getLogger("evol_ray")
+from evol_ray.stage import Stage
 
 Row = Dict[str, Any]
+RowFn = Callable[[TextGenerator, Row], Awaitable[Row]]
 
 
-class EngineActor:
-    """Builds the engine (or takes `generator`, a test double) and meters it as `self.gen`."""
+class RowStage:
+    """Reads `columns` of each batch (all when None); writes `schema`, one row per input row,
+    made by `fn(generator, row)` (a module-level function or a partial of one: it is pickled)."""
 
-    def __init__(self, model: ModelConfig, engine: EngineConfig, device: str, seed: int,
-                 stats: Optional[object] = None, generator: Optional[TextGenerator] = None) -> None:
-        t0 = time.monotonic()
-        if generator is None:
-            from evol_ray.engine.vllm_engine import actor_engine
-
-            generator = actor_engine(model, engine, device, seed)
+    def __init__(self, factory: Callable[[], TextGenerator], fn: RowFn, schema: pa.Schema,
+                 columns: Optional[Sequence[str]] = None, stats: Optional[object] = None) -> None:
         self.meter = EngineMeter()
-        self.gen = MeteredGenerator(generator, self.meter)
-        self.stats = stats
-        self.startup_s = time.monotonic() - t0
+        self.gen = MeteredGenerator(factory(), self.meter)
+        self.fn, self.schema, self.columns, self.stats = fn, schema, columns, stats
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.niceness = os.nice(0)
         self.rows = 0
 
-    async def map_rows(self, fn: Callable[[Row], Awaitable[Row]], rows: List[Row]) -> List[Row]:
-        """`fn` on every row concurrently. One row's failure is that row's business (`fn` records
-        it); an engine that died ends the actor, so that Ray Data restarts it with a fresh engine
-        and retries the batch (whose rows were not written yet)."""
-        try:
-            out = await asyncio.gather(*(fn(r) for r in rows))
-        except Exception as e:
-            if engine_is_dead(e):
-                log.error("engine died (%s); restarting the actor", e)
-                os._exit(1)
-            raise
+    async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
+        rows = (batch.select(list(self.columns)) if self.columns else batch).to_pylist()
+        out = await asyncio.gather(*(self.fn(self.gen, r) for r in rows))
         self.rows += len(rows)
-        self._report()
-        return list(out)
-
-    def _report(self) -> None:
         if self.stats is not None:
             snap = self.meter.snapshot()
-            snap.update(startup_s=self.startup_s, rows=self.rows, niceness=self.niceness)
+            snap.update(rows=self.rows, niceness=self.niceness)
             self.stats.report.remote(self.name, snap)
+        yield pa.Table.from_pylist(list(out), schema=self.schema)
+
+
+def map_rows(ds: ray.data.Dataset, engines, fn: RowFn, schema: pa.Schema, *,
+             columns: Optional[Sequence[str]] = None, stats: Optional[object] = None) -> ray.data.Dataset:
+    """`ds` -> `fn` on every row, on `engines` (`evol_ray.engine.service.Engines`), started here
+    if they were not yet."""
+    engines.start()
+    stage = Stage(RowStage, engines.cfg.engine.batch_size, engines.stage_args())
+    return stage(ds, constructor={"factory": engines.generator_factory, "fn": fn, "schema": schema,
+                                  "columns": columns, "stats": stats})

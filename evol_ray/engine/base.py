@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence
 
 from evol_ray.config import SamplingConfig
 
@@ -25,6 +25,12 @@ class PromptTooLong(ValueError):
     answer (`max_tokens`): raised by a generator before anything is sent."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve any more requests (every restart used, a server that stays down
+    after its retries, a rejected key): not one row's failure but the stage's, which stops and
+    leaves the rows already written for the rerun."""
+
+
 class TextGenerator(Protocol):
     async def generate(self, prompt: str, sampling: SamplingConfig, *, seed: int,
                        choices: Optional[Sequence[str]] = None) -> Completion:
@@ -39,6 +45,10 @@ class TextGenerator(Protocol):
         "0" then the end are different, disjoint answers."""
         ...
 
+    async def embed(self, text: str) -> List[float]:
+        """An embedding of `text` (an engine started for embeddings: `select.embedding_model`)."""
+        ...
+
 
 def choice_distribution(logprobs: Dict[str, float]) -> Dict[str, float]:
     """Log-probabilities of a set of choices -> probabilities renormalized over the set."""
@@ -49,6 +59,8 @@ def choice_distribution(logprobs: Dict[str, float]) -> Dict[str, float]:
 
 
 def engine_is_dead(e: BaseException) -> bool:
-    """vLLM raises EngineDeadError for every request once its engine process has died: that is
-    not one row's failure but the actor's, and the actor must be replaced."""
-    return any(type(x).__name__ == "EngineDeadError" for x in (e, e.__cause__, e.__context__) if x)
+    """vLLM raises EngineDeadError for every request once its engine process has died, and the
+    stages see `EngineUnavailable`: neither is one row's failure, so neither becomes a row's
+    error status."""
+    return any(isinstance(x, EngineUnavailable) or type(x).__name__ == "EngineDeadError"
+               for x in (e, e.__cause__, e.__context__) if x)

@@ -56,6 +56,7 @@ class EngineMeter:
         return {
             "lifetime_s": lifetime,
             "busy_s": self._busy,
+            "area_s": self._area,
             "busy_share": self._busy / lifetime,
             "mean_in_flight": self._area / lifetime,
             "requests": self.requests,
@@ -81,9 +82,16 @@ class MeteredGenerator:
             self.meter.end(out)
 
     async def score_choices(self, prompt, choices):
+        return await self._uncounted(self.inner.score_choices(prompt, choices))
+
+    async def embed(self, text):
+        return await self._uncounted(self.inner.embed(text))
+
+    async def _uncounted(self, request):
+        """A request whose tokens the meter does not count (no Completion comes back)."""
         self.meter.begin()
         try:
-            return await self.inner.score_choices(prompt, choices)
+            return await request
         finally:
             self.meter.end(None)
 

@@ -1,5 +1,5 @@
-"""Where engines run: the one `ray.init`, the one device decision, and the resources an engine
-actor asks Ray Data for.
+"""Where engines run: the one `ray.init`, the one device decision, and the resources engine actors
+and the stages in front of them ask for.
 
 The device is decided from the cluster, not from the driver's process: the driver may run on a
 CPU-only head node while the engines run on GPU workers (README, Cluster).
@@ -64,31 +64,57 @@ def choose_device(requested: str, cluster_resources: dict) -> str:
     return "gpu" if cluster_resources.get("GPU", 0) > 0 else "cpu"
 
 
-def engine_actor_args(e: EngineConfig, device: str, replicas: int) -> dict:
-    """`map_batches` arguments for a pool of engine actors: the actor asks for one GPU, or, for
-    tensor parallelism, a placement group whose GPU bundles vLLM's Ray executor fills (the actor
-    itself then holds none). The job's driver asks for nothing, so the head can be CPU-only.
+# Requests one engine actor accepts at once: far above any engine's batch (max_num_seqs), so the
+# engine's own scheduler, not Ray, decides what runs.
+SERVER_CONCURRENCY = 100_000
+
+
+def engine_actor_options(e: EngineConfig, device: str) -> dict:
+    """Ray actor options of one engine replica: one GPU, or, for tensor parallelism, a placement
+    group whose GPU bundles vLLM's Ray executor fills (the actor itself then holds none). Restarted
+    up to `engine.max_restarts` times, its unfinished requests retried on the new engine.
 
     Engine actors run at normal CPU priority: Ray starts worker processes at niceness 15, under
     its own daemons and the driver, and the engine's scheduler and its child processes inherit
     that. The engine is what the run pays for; background data tasks keep niceness 15."""
-    args: dict = {
+    opts: dict = {
         "num_cpus": e.cpus_per_replica,
+        "max_restarts": e.max_restarts,
+        "max_task_retries": -1 if e.max_restarts else 0,
+        "max_concurrency": SERVER_CONCURRENCY,
         "runtime_env": {"env_vars": {ENGINE_NICENESS_VAR: "0"}},
+    }
+    if device == "gpu":
+        if e.tensor_parallel_size == 1:
+            opts["num_gpus"] = 1
+        else:
+            opts.update(tp_placement(e.tensor_parallel_size, e.cpus_per_replica))
+    return opts
+
+
+# A stage actor mostly awaits its engines' replies, and checks text between them. It reserves no
+# CPU: a fraction would leave less than one whole CPU for the upstream read and filter tasks
+# beside an engine on a 2-core laptop, and Ray Data would wait for it forever.
+CLIENT_CPUS = 0
+
+
+def client_stage_args(e: EngineConfig, actors: int) -> dict:
+    """`map_batches` arguments for the rows' stage in front of the engines: `actors` light CPU
+    actors (asking for no GPU), each with `engine.batches_in_flight` batches at once, so that
+    `batches_in_flight x batch_size` rows per actor keep their engines' batches full."""
+    return {
+        "num_cpus": CLIENT_CPUS,
         "compute": ray.data.ActorPoolStrategy(
-            size=replicas,
+            size=actors,
             max_tasks_in_flight_per_actor=e.batches_in_flight,
             max_concurrent_calls_per_actor=e.batches_in_flight,
         ),
     }
-    if device == "gpu":
-        args["num_gpus"] = 1 if e.tensor_parallel_size == 1 else 0
-        if e.tensor_parallel_size > 1:
-            args["ray_remote_args_fn"] = lambda: _tp_placement(e.tensor_parallel_size, e.cpus_per_replica)
-    return args
 
 
-def _tp_placement(tp: int, cpus: float) -> dict:
+def tp_placement(tp: int, cpus: float) -> dict:
+    """Actor options for a tensor-parallel engine: a placement group whose GPU bundles vLLM's Ray
+    executor fills (the engine actor itself holds none)."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -21,6 +21,17 @@ from evol_ray.engine import models
 _DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}
 
 
+def check_engine_source(cfg: Config) -> None:
+    """Before Ray starts: the vllm backend's models fetched and loadable (`prepare_models`); the
+    openai backend's endpoint answering with the model (`openai_client.preflight`)."""
+    if cfg.engine.backend == "openai":
+        from evol_ray.engine.openai_client import preflight
+
+        preflight(cfg)
+    else:
+        prepare_models(cfg)
+
+
 def prepare_models(cfg: Config) -> None:
     """Fetch named models that are not cached yet, then check every model source can be loaded."""
     for key, source in (("model.source", cfg.model.source), ("score.model", cfg.score.model)):

@@ -16,9 +16,11 @@ from evol_ray.engine.base import Completion, PromptTooLong
 from evol_ray.engine.models import resolve_source
 
 
-def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int) -> dict:
+def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int,
+                pooling: bool = False) -> dict:
     """Keyword arguments for vLLM's `AsyncEngineArgs`, kept apart so they can be checked without
-    starting an engine."""
+    starting an engine. `pooling`: an embedding engine (vLLM's pooling runner; a generative model
+    is converted to embed with its last token's hidden state)."""
     args = dict(
         model=resolve_source(model.source),
         tokenizer=resolve_source(model.tokenizer or model.source),
@@ -37,8 +39,10 @@ def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int
         args["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
     if model.max_model_len:
         args["max_model_len"] = model.max_model_len
+    if pooling:
+        args["runner"] = "pooling"
     if engine.tensor_parallel_size > 1:
-        # Ray Data already placed this actor in a placement group with the GPUs it needs;
+        # The engine actor was placed in a placement group with the GPUs it needs;
         # vLLM's Ray executor starts its workers inside that group.
         args["distributed_executor_backend"] = "ray"
     args.update(engine.extra_args)
@@ -48,7 +52,8 @@ def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int
 class VLLMGenerator:
     """vLLM's `AsyncLLM`: every coroutine that awaits `generate` joins the engine's running batch."""
 
-    def __init__(self, model: ModelConfig, engine: EngineConfig, device: str, seed: int) -> None:
+    def __init__(self, model: ModelConfig, engine: EngineConfig, device: str, seed: int,
+                 pooling: bool = False) -> None:
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
@@ -57,7 +62,7 @@ class VLLMGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_source(model.tokenizer or model.source), trust_remote_code=model.trust_remote_code
         )
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed)))
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed, pooling)))
         # the context length the engine took (the model's own when model.max_model_len is null)
         self.max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None) \
             or model.max_model_len
@@ -114,6 +119,17 @@ class VLLMGenerator:
         scores = await asyncio.gather(*(one(c) for c in choices))
         return dict(zip(choices, scores))
 
+    async def embed(self, text):
+        """The engine's (normalized) embedding of `text`: an engine started with `pooling`."""
+        from vllm import PoolingParams
+
+        self._check_fits(len(self.tokenizer(text).input_ids), 0)
+        final = None
+        async for out in self.engine.encode(text, PoolingParams(task="embed"),
+                                            request_id=f"{self._prefix}-{next(self._ids)}"):
+            final = out
+        return [float(x) for x in final.outputs.data]
+
     def _check_fits(self, prompt_tokens: int, answer_tokens: int) -> None:
         if self.max_model_len and prompt_tokens + answer_tokens > self.max_model_len:
             raise PromptTooLong(f"prompt of {prompt_tokens} tokens + {answer_tokens} for the answer > "
@@ -133,17 +149,17 @@ class VLLMGenerator:
         self.engine.shutdown(timeout=grace_s)
 
 
-def actor_engine(model: ModelConfig, engine: EngineConfig, device: str, seed: int) -> VLLMGenerator:
+def actor_engine(model: ModelConfig, engine: EngineConfig, device: str, seed: int,
+                 pooling: bool = False) -> VLLMGenerator:
     """A `VLLMGenerator` for an engine actor, ended at once when the actor's process exits.
 
-    Ray Data ends an engine actor after its last batch, when every request has returned: the engine
-    has nothing left to lose. Left to themselves, vLLM's engine core and worker would take about
+    The run ends its engine actors when it is done with them, when every request has returned: the
+    engine has nothing left to lose. Left to themselves, vLLM's engine core and worker would take about
     5 s to exit on the CPU build (garbage collections that free what process exit frees anyway),
-    and this process about 2.5 s, on the cores the round's commit phase needs next, while the
-    actor still holds its CPU reservation. So at exit (Ray Data drops the stage only when the
-    interpreter finalizes, hence `atexit`) vLLM's processes are killed without a grace period,
-    and this process finishes at the lowest CPU priority."""
-    gen = VLLMGenerator(model, engine, device, seed)
+    and this process about 2.5 s, on the cores the next work needs, while the actor still holds
+    its CPU reservation. So at exit vLLM's processes are killed without a grace period, and this
+    process finishes at the lowest CPU priority."""
+    gen = VLLMGenerator(model, engine, device, seed, pooling)
     atexit.register(_end_at_exit, gen)
     return gen
 

@@ -1,9 +1,10 @@
 """The driver: check everything cheap first, then run the rounds, each written and committed, then
 the final set (and the scores, if `score.enabled`). It reads top to bottom as the pipeline:
 
-    check input, output and model -> connect to Ray -> read seeds
-    -> for each round: skip if committed, else run it (engine phase, commit phase) -> next pool
-    -> final set -> (scores)
+    check input, output and model (or endpoint) -> connect to Ray -> read seeds
+    -> for each round: skip if committed, else run it (engines started at the first one that
+       runs; engine phase, commit phase) -> next pool
+    -> final set -> (scores, on the same engines) -> engines stopped
 
 A round is complete only when its manifest says so; a rerun skips complete rounds and redoes the
 rest. The output layout is `evol_ray.io.layout`; the commit protocol `evol_ray.io.commit`.
@@ -12,13 +13,15 @@ rest. The output layout is `evol_ray.io.layout`; the commit protocol `evol_ray.i
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from evol_ray import config as config_mod
 from evol_ray.analysis.score import score_run
 from evol_ray.config import Config
+from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.resources import connect
-from evol_ray.engine.sizing import check_cpu_kv_cache, prepare_models
+from evol_ray.engine.service import start_engines
+from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
 from evol_ray.pipeline.final import write_final
@@ -53,8 +56,11 @@ def prepare_output(cfg: Config, out: Location) -> None:
         f.write(config_mod.to_yaml(cfg))
 
 
-def run(cfg: Config) -> dict:
-    """Run every round not yet complete, then the final set. Returns a summary dict."""
+def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]] = None) -> dict:
+    """Run every round not yet complete, then the final set (and the scores). Returns a summary
+    dict. The engines start once, at the first round that needs them, and serve every later
+    round and the scorer. `generator_factory`: benchmarks' own engine (a picklable callable
+    returning a `TextGenerator`), in place of `engine.backend`'s; then no model is prepared."""
     # Everything cheap and checkable happens before Ray or any engine starts.
     urls, fmt, cols = seeds_mod.check_input(cfg)
     out = locate(cfg.output.path, cfg.storage)
@@ -65,13 +71,22 @@ def run(cfg: Config) -> dict:
     except Exception as e:
         raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
 
-    prepare_models(cfg)  # a named model is fetched once; a folder or hub id must be loadable
+    if generator_factory is None:
+        check_engine_source(cfg)  # a named model fetched once, or the endpoint's preflight request
     device = connect(cfg)
-    if device == "cpu":
+    if device == "cpu" and generator_factory is None and cfg.engine.backend == "vllm":
         check_cpu_kv_cache(cfg)
+    engines = start_engines(cfg, device, factory=generator_factory)
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
-             len(urls), device, cfg.evolution.rounds, out.url)
+             len(urls), engines.device, cfg.evolution.rounds, out.url)
+    try:
+        return _rounds(cfg, out, urls, fmt, cols, engines)
+    finally:
+        engines.stop()
 
+
+def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
+    """The rounds, the final set and the scores, on `engines`."""
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
     repeats = seeds_mod.ONLY_REPEATS(all_seeds)
@@ -83,7 +98,7 @@ def run(cfg: Config) -> dict:
         if m is not None and m.get("config_hash") == config_mod.config_hash(cfg):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
-            m = run_round(cfg, out, r, pool, device, expected, seeds, manifests,
+            m = run_round(cfg, out, r, pool, engines, expected, seeds, manifests,
                           repeats=repeats if r == 1 else None)
             redone = True
         manifests.append(m)
@@ -92,5 +107,5 @@ def run(cfg: Config) -> dict:
     final = write_final(cfg, out, manifests, seeds)
     summary = {"output": out.url, "rounds": manifests, "final": final}
     if cfg.score.enabled:
-        summary["scores"] = score_run(cfg, out)
+        summary["scores"] = score_run(cfg, out, engines=engines)
     return summary

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from typing import Dict, List, Optional
@@ -22,7 +23,8 @@ from evol_ray import columns as C
 from evol_ray import config as config_mod
 from evol_ray.checks import where
 from evol_ray.config import Config
-from evol_ray.engine.meter import start_engine_stats, summarize_engines
+from evol_ray.engine.base import EngineUnavailable
+from evol_ray.engine.meter import start_engine_stats
 from evol_ray.evolve import stage as evolve_stage
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files, read_round
@@ -84,12 +86,15 @@ def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
 WITHOUT_IDS = Stage(without_ids, WHOLE_BLOCK)
 
 
-def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, device: str,
+def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, engines,
               expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
               manifests: List[dict] = (), repeats: Optional[ray.data.Dataset] = None) -> dict:
-    """Round `round_no` from `pool` into `round_N/`; returns its manifest. Dedup compares against
-    `seeds` and the rounds of `manifests` (the earlier ones). `repeats` (round 1: repeated seeds)
-    are written as `duplicate_seed` attempts beside the evolved ones, with no engine request."""
+    """Round `round_no` from `pool` into `round_N/` on the run's `engines`
+    (`evol_ray.engine.service.Engines`, started here if not yet); returns its manifest. Dedup
+    compares against `seeds` and the rounds of `manifests` (the earlier ones). `repeats` (round 1:
+    repeated seeds) are written as `duplicate_seed` attempts beside the evolved ones, with no
+    engine request."""
+    device = engines.device
     rdir = layout.round_dir(out, round_no)
     attempts_dir = rdir.join(layout.ATTEMPTS)
     commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
@@ -97,18 +102,26 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     resumed_ids = done_ids(attempts_dir, commit.readable_parts(attempts_dir))
     if len(resumed_ids):
         log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
-    log.info("round %d: engine phase: %s rows to evolve on %d engine(s) (%s)%s", round_no,
-             "?" if expected_rows is None else expected_rows - len(resumed_ids),
-             cfg.engine.replicas,
-             device, f", {len(resumed_ids)} resumed" if len(resumed_ids) else "")
+    on = (f"{cfg.engine.replicas} engine(s) ({device})" if cfg.engine.backend == "vllm"
+             else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
+    log.info("round %d: engine phase: %s rows to evolve on %s%s", round_no,
+             "?" if expected_rows is None else expected_rows - len(resumed_ids), on,
+             f", {len(resumed_ids)} resumed" if len(resumed_ids) else "")
     stats = start_engine_stats(round_no)
     try:
-        attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, device, stats)
+        engines.round_begin()
+        attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, engines, stats)
         if repeats is not None:
             attempts = attempts.union(REPEAT_ATTEMPTS(WITHOUT_IDS(repeats, ids=resumed_ids)))
-        attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
-                               max_rows_per_file=cfg.output.rows_per_file)
-        engines = summarize_engines(ray.get(stats.get.remote()))
+        try:
+            attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                                   max_rows_per_file=cfg.output.rows_per_file)
+        except Exception as e:
+            if (why := _engine_unavailable(e)) is None:
+                raise
+            raise RunError(f"round {round_no}: the engine stopped serving: {why}. The rows already "
+                           f"evolved are kept in {attempts_dir.url}; run again to resume") from None
+        engine_figures = engines.round_figures(ray.get(stats.get.remote()))
     finally:
         ray.kill(stats)
     engine_done = time.monotonic()
@@ -116,7 +129,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     parts = commit.readable_parts(attempts_dir)
     counts = count_files(attempts_dir, parts)
     log.info("round %d: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase: "
-             "quality and dedup checks", round_no, engine_done - started, engines.get("startup_s", 0.0),
+             "quality and dedup checks", round_no, engine_done - started, engine_figures.get("startup_s", 0.0),
              counts["rows"])
     if expected_rows is not None and counts["rows"] != expected_rows:
         raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
@@ -140,13 +153,29 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         # attempt written; commit phase: CPU checks (dedup, quality), files moved, manifest.
         "phase_seconds": {"engine": round(engine_done - started, 3),
                           "commit": round(time.monotonic() - engine_done, 3)},
-        "engine": engines,
+        "engine": engine_figures,
         "device": device,
     }, files)
     remove(attempts_dir)
     log.info("round %d: committed in %s: in %d, kept %d; %s", round_no, rdir.url, manifest["rows_in"],
              manifest["rows_kept"], ", ".join(f"{k} {v}" for k, v in manifest["reason_counts"].items()) or "nothing dropped")
     return manifest
+
+
+def _engine_unavailable(e: BaseException) -> Optional[str]:
+    """The message of an `EngineUnavailable` that stopped the stage, or None. Ray Data re-raises a
+    stage's exception wrapped (`UserCodeException` in a `RayTaskError`) whose remote cause keeps
+    only its text, so the remote traceback is searched too."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, EngineUnavailable) and not isinstance(e, ray.exceptions.RayTaskError):
+            return str(e)
+        text = f"{e}\n{getattr(e, 'traceback_str', '')}"
+        if found := re.search(r"EngineUnavailable: (.+)", text):
+            return found.group(1).strip()
+        e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
+    return None
 
 
 def pool_after(out: Location, manifest: dict) -> ray.data.Dataset:

@@ -3,6 +3,7 @@ with a tiny random model built by the fixture."""
 
 import json
 import os
+import time
 
 import psutil
 import pyarrow.parquet as pq
@@ -95,11 +96,20 @@ def test_every_row_accounted_for_in_every_round(finished_run):
                 assert x[C.ERROR]
 
 
-def test_no_engine_process_outlives_its_round(finished_run):
-    """vLLM's engine core and worker end with their round's engine actor: by the time the round's
-    manifest is written none is left, holding memory (GPU memory, on a GPU) the next round's
-    engine needs. (How fast they end is the throughput benchmark's business.)"""
-    assert finished_run[3] == {1: [], 2: []}
+def test_engines_start_once_serve_both_rounds_and_end_with_the_run(finished_run):
+    """Warm engines: the same vLLM processes serve round 1 and round 2 (alive at both commits),
+    each engine's start-up is paid once (round 1's manifest), and none is left once the run
+    returns, holding memory (GPU memory, on a GPU) that something else needs."""
+    cfg, out, summary, at_commit = finished_run
+    assert at_commit[1] and at_commit[1] == at_commit[2], at_commit
+    m1, m2 = summary["rounds"]
+    assert m1["engine"]["engine_starts"] == cfg.engine.replicas and m1["engine"]["startup_s"] > 0
+    assert m2["engine"]["engine_starts"] == 0 and m2["engine"]["startup_s"] == 0
+    assert set(m1["engine"]["per_actor"]) == set(m2["engine"]["per_actor"])
+    end = time.monotonic() + 30
+    while engine_processes() and time.monotonic() < end:
+        time.sleep(0.5)
+    assert engine_processes() == []
 
 
 def test_final_holds_exactly_the_kept_rows_plus_seeds(finished_run):

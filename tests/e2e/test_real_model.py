@@ -106,8 +106,9 @@ def test_report_is_built_from_the_real_run(real_run):
     assert [x["kept"] for x in fig["per_round"]] == [rounds[r][0]["status_counts"].get(C.KEPT, 0) for r in (1, 2)]
     assert fig["diversity"]["by_round"]["0"]["rows"] == N_SEEDS  # the seeds are measured
     assert fig["difficulty"]["by_round"]["0"]["rated"] == 16
-    for r in (1, 2):
-        assert rounds[r][0]["engine"]["startup_s"] > 0  # start-up is paid and measured per round
+    # warm engines: start-up paid once, in round 1, and measured there; round 2 reuses them
+    assert rounds[1][0]["engine"]["startup_s"] > 0 and rounds[1][0]["engine"]["engine_starts"] == 1
+    assert rounds[2][0]["engine"]["engine_starts"] == 0
 
 
 def test_a_real_trainer_reads_the_messages_export(real_run, real_model, tmp_path):
@@ -172,3 +173,31 @@ def test_select_keeps_the_budget_best_first_and_is_deterministic(real_run):
     assert main(["export", str(out), "--format", "alpaca", "--selected"]) == 0
     em = json.loads((out / "export" / "alpaca-selected" / "manifest.json").read_text())
     assert em["rows"] == {"train": budget} and em["source"].endswith("/selected")
+
+
+def test_select_by_embedding_distance_with_a_real_embedding_engine(real_run, real_model):
+    """`select.embedding_model`: the real model as vLLM's pooling (embedding) engine; every rated
+    row embedded at unit length; no chosen pair closer than the threshold; ratings reused."""
+    import numpy as np
+
+    out, _, _, _ = real_run
+    assert main(["select", str(out), "--budget", "6"]) == 0  # ratings committed (reused below)
+    thr = 0.97  # the 135M model's embeddings are all close: a high bar still leaves choices
+    args = ["select", str(out), f"select.embedding_model={real_model}",
+            f"select.embedding_threshold={thr}", "--budget", "6"]
+    assert main(args) == 0
+    sdir = out / "selected"
+    m = json.loads((sdir / "manifest.json").read_text())
+    assert m["ratings_reused"] is True and m["diversity"]["measure"] == "embedding cosine"
+    emb = {x[C.ID]: x[C.EMBEDDING] for x in pq.read_table(str(sdir / "embeddings.parquet")).to_pylist()}
+    rated = pq.read_table(str(sdir / "ratings.parquet")).to_pylist()
+    assert set(emb) == {x[C.ID] for x in rated} and all(v is not None for v in emb.values())
+    vecs = {k: np.asarray(v) for k, v in emb.items()}
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-3 for v in vecs.values())
+    chosen = [x[C.ID] for x in pq.read_table(str(sdir / "selected.parquet")).to_pylist()]
+    assert 0 < len(chosen) <= 6
+    for i, a in enumerate(chosen):
+        for b in chosen[i + 1:]:
+            assert float(vecs[a] @ vecs[b]) < thr
+    assert main(args) == 0  # a rerun embeds nothing again
+    assert json.loads((sdir / "manifest.json").read_text())["embeddings_key"] == m["embeddings_key"]

@@ -27,7 +27,7 @@ def test_later_arguments_win(tmp_path):
 @pytest.mark.parametrize(
     "override, key, words",
     [
-        ("engine.bogus=1", "engine.bogus", "allowed here: device"),
+        ("engine.bogus=1", "engine.bogus", "allowed here: backend, device"),
         ("evolution.rounds=many", "evolution.rounds", "Integer"),
         ("evolution.rounds=0", "evolution.rounds", "at least 1"),
         ("engine.device=tpu", "engine.device", "allowed: auto, gpu, cpu"),

@@ -8,7 +8,9 @@ import pytest
 from evol_ray.config import load_config
 from evol_ray.engine.base import Completion
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator, summarize_engines
-from evol_ray.engine.resources import ENGINE_NICENESS_VAR, choose_device, engine_actor_args
+from evol_ray.engine.resources import (ENGINE_NICENESS_VAR, choose_device, client_stage_args,
+                                       engine_actor_options)
+from evol_ray.engine.service import RemoteGenerator, _delta
 from evol_ray.engine.vllm_engine import engine_args
 from evol_ray.stage import Stage
 
@@ -82,16 +84,64 @@ def test_summarize_engines_weights_by_lifetime():
     assert summarize_engines({}) == {}
 
 
-def test_engine_actor_args_cpu_gpu_and_tensor_parallel():
-    e = _cfg("engine.batches_in_flight=3", "engine.cpus_per_replica=2").engine
-    cpu = engine_actor_args(e, "cpu", 4)
+def test_engine_actor_options_cpu_gpu_tensor_parallel_and_restarts():
+    e = _cfg("engine.cpus_per_replica=2", "engine.max_restarts=2").engine
+    cpu = engine_actor_options(e, "cpu")
     assert cpu["num_cpus"] == 2 and "num_gpus" not in cpu
     assert cpu["runtime_env"]["env_vars"][ENGINE_NICENESS_VAR] == "0"
-    assert cpu["compute"].min_size == cpu["compute"].max_size == 4
-    assert engine_actor_args(e, "gpu", 1)["num_gpus"] == 1
-    tp = _cfg("engine.tensor_parallel_size=2").engine
-    args = engine_actor_args(tp, "gpu", 1)
-    assert args["num_gpus"] == 0 and callable(args["ray_remote_args_fn"])
+    assert cpu["max_restarts"] == 2 and cpu["max_task_retries"] == -1  # unfinished requests retried
+    assert cpu["max_concurrency"] >= 10_000  # the engine's scheduler, not Ray, bounds what runs
+    assert engine_actor_options(e, "gpu")["num_gpus"] == 1
+    assert engine_actor_options(_cfg("engine.max_restarts=0").engine, "cpu")["max_task_retries"] == 0
+
+
+def test_client_stage_asks_for_no_gpu_and_keeps_batches_in_flight():
+    e = _cfg("engine.batches_in_flight=3").engine
+    args = client_stage_args(e, 4)
+    assert "num_gpus" not in args and args["num_cpus"] == 0
+    assert args["compute"].min_size == args["compute"].max_size == 4
+
+
+class Handle:
+    """An engine actor handle double: `.generate.remote(...)` is awaitable, recorded by name."""
+
+    def __init__(self, name, log, gate):
+        self.name, self.log, self.gate = name, log, gate
+        outer = self
+
+        class Method:
+            def remote(self, *args):
+                async def call():
+                    outer.log.append(outer.name)
+                    await outer.gate.wait()
+                    return Completion(outer.name)
+                return call()
+
+        self.generate = Method()
+
+
+def test_remote_generator_spreads_requests_over_engines_by_what_is_in_flight():
+    async def go():
+        log, gate = [], asyncio.Event()
+        gen = RemoteGenerator([Handle(n, log, gate) for n in "abc"], max_restarts=3)
+        tasks = [asyncio.ensure_future(gen.generate("p", None, seed=i)) for i in range(9)]
+        await asyncio.sleep(0.01)
+        assert sorted(log) == list("aaabbbccc")  # 3 in flight on each engine
+        gate.set()
+        done = await asyncio.gather(*tasks)
+        assert gen.in_flight == [0, 0, 0] and {c.text for c in done} == set("abc")
+    asyncio.run(go())
+
+
+def test_round_delta_of_a_warm_engine_and_of_one_started_during_the_round():
+    begin = {"name": "h:1", "lifetime_s": 10.0, "busy_s": 4.0, "area_s": 8.0, "requests": 5,
+             "prompt_tokens": 50, "generated_tokens": 20, "startup_s": 3.0, "niceness": 0, "pid": 1}
+    end = dict(begin, lifetime_s=30.0, busy_s=19.0, area_s=48.0, requests=25, prompt_tokens=250, generated_tokens=120)
+    d = _delta(end, begin)
+    assert d["lifetime_s"] == 20.0 and d["busy_share"] == pytest.approx(15 / 20)
+    assert d["mean_in_flight"] == pytest.approx(40 / 20) and d["requests"] == 20
+    fresh = _delta(end, None)
+    assert fresh["lifetime_s"] == 30.0 and fresh["requests"] == 25
 
 
 def test_one_device_decision_from_the_cluster():
@@ -118,3 +168,22 @@ def test_stage_spec_passes_its_settings_once():
     calls.clear()
     Stage(fn, None, {"num_gpus": 1})(FakeDataset(), constructor={"a": 2})
     assert calls["fn_constructor_kwargs"] == {"a": 2} and calls["num_gpus"] == 1 and calls["batch_size"] is None
+
+
+def test_metered_generator_passes_every_seam_method_through():
+    class Inner:
+        async def generate(self, prompt, sampling, *, seed, choices=None):
+            return Completion("x", 1, 1)
+
+        async def score_choices(self, prompt, choices):
+            return {c: 0.0 for c in choices}
+
+        async def embed(self, text):
+            return [1.0]
+
+    meter = EngineMeter()
+    gen = MeteredGenerator(Inner(), meter)
+    asyncio.run(gen.generate("p", None, seed=0))
+    assert asyncio.run(gen.score_choices("p", ["a"])) == {"a": 0.0}
+    assert asyncio.run(gen.embed("t")) == [1.0]
+    assert meter.snapshot()["requests"] == 3 and meter.in_flight == 0

@@ -2,6 +2,7 @@
 double rates difficulty). The real run, real engine and Chromium are in tests/e2e/test_report.py."""
 
 import asyncio
+import functools
 import base64
 import io
 import json
@@ -19,6 +20,7 @@ from evol_ray import config as cfgmod
 from evol_ray.analysis import diversity, report, runread, score
 from evol_ray.cli import main
 from evol_ray.config import ConfigError, load_config
+from evol_ray.engine.actor import RowStage
 
 SEEDS = [f"Seed question number {i} about {w}." for i, w in enumerate(["rivers", "tax law", "proteins",
                                                                          "chess", "jazz", "volcanoes"])]
@@ -304,7 +306,8 @@ def test_report_plots_difficulty_from_scores(run_dir):
     out, cfg = run_dir
     loc, saved = runread.open_run(str(out))
     manifests, _ = runread.round_manifests(loc, 2)
-    stage = score.ScoreStage(saved.model, saved, "cpu", generator=Rater())
+    stage = RowStage(Rater, functools.partial(score.rate_row, template=saved.score.template),
+                     C.SCORES_SCHEMA, columns=score._COLUMNS)
 
     async def run_stage(batch):
         return [t async for t in stage(batch)]

@@ -26,7 +26,7 @@ def ratings(scores):
 
 def test_budget_keeps_exactly_n_highest_products_first():
     t = ratings([(2.0, 9.0), (8.0, 8.0), (5.0, 5.0), (9.0, 1.0), (7.0, 7.0)])
-    out = sel.choose(t, 3, np.zeros((0, 2), np.int64), seed=0)
+    out = sel.choose(t, 3, sel.PairSkip(np.zeros((0, 2), np.int64)), seed=0)
     assert out[C.ID].to_pylist() == ["r1", "r4", "r2"]  # 64, 49, 25
     assert out[C.SELECT_SCORE].to_pylist() == [64.0, 49.0, 25.0] and out[C.SELECT_RANK].to_pylist() == [1, 2, 3]
     assert out.schema == C.SELECTED_SCHEMA
@@ -34,19 +34,19 @@ def test_budget_keeps_exactly_n_highest_products_first():
 
 def test_a_near_duplicate_of_a_chosen_row_is_skipped_and_the_next_taken():
     t = ratings([(8.0, 8.0), (7.9, 8.0), (5.0, 5.0), (1.0, 1.0)])
-    out = sel.choose(t, 2, np.array([[0, 1]]), seed=0)
+    out = sel.choose(t, 2, sel.PairSkip(np.array([[0, 1]])), seed=0)
     assert out[C.ID].to_pylist() == ["r0", "r2"]  # r1 scores higher than r2 but is r0's near-twin
 
 
 def test_unrated_rows_are_never_chosen_and_a_small_set_gives_what_it_has():
     t = ratings([(None, None), (3.0, 3.0)])
-    assert sel.choose(t, 5, np.zeros((0, 2), np.int64), seed=0)[C.ID].to_pylist() == ["r1"]
+    assert sel.choose(t, 5, sel.PairSkip(np.zeros((0, 2), np.int64)), seed=0)[C.ID].to_pylist() == ["r1"]
 
 
 def test_ties_are_broken_by_the_seed_deterministically():
     t = ratings([(5.0, 5.0)] * 6)
-    picks = {s: sel.choose(t, 3, np.zeros((0, 2), np.int64), seed=s)[C.ID].to_pylist() for s in range(4)}
-    assert picks[0] == sel.choose(t, 3, np.zeros((0, 2), np.int64), seed=0)[C.ID].to_pylist()
+    picks = {s: sel.choose(t, 3, sel.PairSkip(np.zeros((0, 2), np.int64)), seed=s)[C.ID].to_pylist() for s in range(4)}
+    assert picks[0] == sel.choose(t, 3, sel.PairSkip(np.zeros((0, 2), np.int64)), seed=0)[C.ID].to_pylist()
     assert len({tuple(v) for v in picks.values()}) > 1
 
 
@@ -78,3 +78,31 @@ def test_budget_and_template_errors(tmp_path):
     from evol_ray.config import ConfigError
     with pytest.raises(ConfigError, match="select.quality_template"):
         load_config(["input.path=x", "output.path=y", "model.source=m", "select.quality_template=no fields"])
+
+
+def test_embedding_distance_skips_a_close_row_and_keeps_a_far_one():
+    t = ratings([(8.0, 8.0), (7.9, 8.0), (7.0, 7.0), (1.0, 1.0)])
+    # r1 points almost where r0 does (cos 0.995); r2 is orthogonal; r3 has no embedding
+    vecs = [[1.0, 0.0, 0.0], [0.995, 0.0999, 0.0], [0.0, 1.0, 0.0], None]
+    out = sel.choose(t, 3, sel.CosineSkip(vecs, threshold=0.95), seed=0)
+    assert out[C.ID].to_pylist() == ["r0", "r2", "r3"]
+    loose = sel.choose(t, 3, sel.CosineSkip(vecs, threshold=0.999), seed=0)
+    assert loose[C.ID].to_pylist() == ["r0", "r1", "r2"]  # below the threshold: not too close
+
+
+class Embedder:
+    def __init__(self, fail_on=None):
+        self.fail_on = fail_on
+
+    async def embed(self, text):
+        if text == self.fail_on:
+            raise RuntimeError("embedding failed")
+        return [3.0, 4.0]
+
+
+def test_embed_row_unit_length_or_a_named_error():
+    ok = asyncio.run(sel.embed_row(Embedder(), {C.ID: "a", C.INSTRUCTION: "Name a bird."}))
+    assert ok[C.EMBEDDING] == pytest.approx([0.6, 0.8]) and ok[C.ERROR] is None
+    bad = asyncio.run(sel.embed_row(Embedder(fail_on="x"), {C.ID: "b", C.INSTRUCTION: "x"}))
+    assert bad[C.EMBEDDING] is None and "embedding failed" in bad[C.ERROR]
+    assert set(ok) == set(C.EMBEDDINGS_SCHEMA.names)

@@ -1,0 +1,303 @@
+"""Engines as services: started once per run, serving every round and the scorer.
+
+`engine.backend=vllm` (the default): `EngineServer` actors, one per replica, each holding one vLLM
+`AsyncLLM`, started by the driver and owned by its job (never detached: a driver that dies takes
+them along). Each round's Ray Data stage is a light CPU stage (`evol_ray.engine.actor.RowStage`)
+whose `RemoteGenerator` sends its rows' requests to them, as Ray Data LLM's shared-engine stage
+does (ray PR #55179). An engine actor that dies is restarted by Ray (`engine.max_restarts`) and
+its unfinished requests retried on the new one (`max_task_retries`); after the last restart the
+rows' stage fails with `EngineUnavailable`, and the round's resume keeps every row written.
+
+`engine.backend=openai`: no engine actor; each CPU stage actor holds an `OpenAIGenerator`
+(`evol_ray.engine.openai_client`) to the configured server.
+
+Either way, everything past this module sees a `TextGenerator` made by `Engines.generator_factory`.
+Benchmarks hand their own factory (`start_engines(..., factory=...)`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import pyarrow as pa
+import ray
+
+from evol_ray.config import Config, ModelConfig
+from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
+from evol_ray.engine.meter import EngineMeter, MeteredGenerator
+from evol_ray.engine.resources import client_stage_args, engine_actor_options
+
+log = logging.getLogger("evol_ray")
+
+
+class EngineServer:
+    """One replica: one engine, metered; `generate`, `score_choices`, `embed` as async actor
+    methods (Ray runs them concurrently on the actor's event loop, so they all join the engine's
+    running batch). Built as a Ray actor by `VLLMEngines`; `generator` is for tests."""
+
+    def __init__(self, model: ModelConfig, engine_cfg, device: str, seed: int,
+                 pooling: bool = False, generator: Optional[TextGenerator] = None) -> None:
+        t0 = time.monotonic()
+        if generator is None:
+            from evol_ray.engine.vllm_engine import actor_engine
+
+            generator = actor_engine(model, engine_cfg, device, seed, pooling=pooling)
+        self.meter = EngineMeter()
+        self.gen = MeteredGenerator(generator, self.meter)
+        self.startup_s = time.monotonic() - t0
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        self.niceness = os.nice(0)
+
+    async def _call(self, method: str, *args, **kwargs):
+        try:
+            return await getattr(self.gen, method)(*args, **kwargs)
+        except Exception as e:
+            if engine_is_dead(e):  # the engine process is gone: let Ray restart this actor
+                log.error("engine died (%s); restarting the engine actor", e)
+                os._exit(1)
+            raise
+
+    async def generate(self, prompt, sampling, seed, choices=None):
+        return await self._call("generate", prompt, sampling, seed=seed, choices=choices)
+
+    async def score_choices(self, prompt, choices):
+        return await self._call("score_choices", prompt, choices)
+
+    async def embed(self, text):
+        return await self._call("embed", text)
+
+    def snapshot(self) -> dict:
+        snap = self.meter.snapshot()
+        snap.update(name=self.name, startup_s=self.startup_s, niceness=self.niceness,
+                    pid=os.getpid())
+        return snap
+
+    def shutdown(self) -> None:
+        """End the engine's processes now (the actor is killed next)."""
+        inner = self.gen.inner
+        if hasattr(inner, "shutdown"):
+            inner.shutdown(grace_s=0)
+
+
+class RemoteGenerator:
+    """A `TextGenerator` over engine actors: each request goes to the engine with the fewest of
+    this client's requests in flight (ties: the next in turn), so one client keeps every engine
+    busy and several clients share them."""
+
+    def __init__(self, handles: List[Any], max_restarts: int) -> None:
+        self.handles = list(handles)
+        self.in_flight = [0] * len(self.handles)
+        self.turn = 0
+        self.max_restarts = max_restarts
+
+    def _pick(self) -> int:
+        n = len(self.handles)
+        self.turn = (self.turn + 1) % n
+        return min(range(n), key=lambda i: (self.in_flight[i], (i - self.turn) % n))
+
+    async def _send(self, method: str, *args):
+        i = self._pick()
+        self.in_flight[i] += 1
+        try:
+            return await getattr(self.handles[i], method).remote(*args)
+        except ray.exceptions.ActorDiedError as e:
+            raise EngineUnavailable(
+                f"engine replica {i} died and was restarted engine.max_restarts={self.max_restarts} "
+                f"times; see its log in Ray's session logs ({type(e).__name__})") from None
+        finally:
+            self.in_flight[i] -= 1
+
+    async def generate(self, prompt, sampling, *, seed, choices=None):
+        return await self._send("generate", prompt, sampling, seed, choices)
+
+    async def score_choices(self, prompt, choices):
+        return await self._send("score_choices", prompt, choices)
+
+    async def embed(self, text):
+        return await self._send("embed", text)
+
+
+def _client_for(handles: List[Any], max_restarts: int) -> RemoteGenerator:
+    return RemoteGenerator(handles, max_restarts)
+
+
+class Engines:
+    """What a stage needs of the run's engines: a picklable `generator_factory` (called once in
+    each CPU stage actor), the stage's `map_batches` arguments, and the engine figures of a round.
+
+    This base class serves a plain factory (the OpenAI backend's, or a benchmark's): the meter
+    lives in each stage actor, which reports to the round's `EngineStats` (`metered_in_stage`)."""
+
+    metered_in_stage = True
+
+    def __init__(self, cfg: Config, device: str, factory: Callable[[], TextGenerator],
+                 actors: Optional[int] = None) -> None:
+        self.cfg = cfg
+        self.model = cfg.model
+        self.device = device
+        self.generator_factory = factory
+        self.actors = actors or cfg.engine.replicas
+
+    def stage_args(self) -> dict:
+        return client_stage_args(self.cfg.engine, self.actors)
+
+    def start(self) -> None:
+        """Engines start here (once; later calls do nothing)."""
+
+    def round_begin(self) -> None:
+        pass
+
+    def round_figures(self, stage_snapshots: dict) -> dict:
+        """The round's engine figures for its manifest (`meter.summarize_engines`)."""
+        from evol_ray.engine.meter import summarize_engines
+
+        return summarize_engines(stage_snapshots)
+
+    def stop(self) -> None:
+        pass
+
+
+class VLLMEngines(Engines):
+    """`engine.replicas` `EngineServer` actors, started at the first `start()` and kept until
+    `stop()`. The meters live in the engines; a round's figures are the difference between the
+    engines' snapshots at its end and at its start, and an engine started (or restarted) during
+    the round counts its start-up there."""
+
+    metered_in_stage = False
+
+    def __init__(self, cfg: Config, device: str, model: Optional[ModelConfig] = None,
+                 pooling: bool = False) -> None:
+        self.pooling = pooling
+        self.handles: List[Any] = []
+        self._reported: set = set()  # engine processes whose start-up a round manifest holds
+        self._round_t0 = 0.0
+        super().__init__(cfg, device, factory=None, actors=cfg.engine.replicas * cfg.engine.clients_per_replica)
+        self.model = model or cfg.model
+
+    def start(self) -> None:
+        if self.handles:
+            return
+        e = self.cfg.engine
+        actor = ray.remote(EngineServer).options(**engine_actor_options(e, self.device))
+        t0 = time.monotonic()
+        self.handles = [actor.remote(self.model, e, self.device, self.cfg.seed, self.pooling)
+                        for _ in range(e.replicas)]
+        snaps = ray.get([h.snapshot.remote() for h in self.handles])  # waits for every engine
+        log.info("engines: %d started in %.0f s (%s)", len(snaps), time.monotonic() - t0,
+                 ", ".join(s["name"] for s in snaps))
+        self.generator_factory = functools.partial(_client_for, self.handles, e.max_restarts)
+
+    def round_begin(self) -> None:
+        self.start()
+        self._round_t0 = time.monotonic()
+        self._begin = self._snapshots()
+
+    def _snapshots(self) -> Dict[int, dict]:
+        return dict(enumerate(ray.get([h.snapshot.remote() for h in self.handles])))
+
+    def round_figures(self, stage_snapshots: dict) -> dict:
+        end = self._snapshots()
+        per, starts, startup = {}, 0, 0.0
+        # every engine process seen this round (one that died mid-round is in `_begin` only)
+        for s in list(self._begin.values()) + list(end.values()):
+            if s["name"] not in self._reported:  # a start no earlier round reported
+                self._reported.add(s["name"])
+                starts += 1
+                startup = max(startup, s["startup_s"])
+        for i, s in end.items():
+            b = self._begin.get(i)
+            per[s["name"]] = _delta(s, b if b is not None and b["name"] == s["name"] else None)
+        life = sum(p["lifetime_s"] for p in per.values())
+        busy = sum(p["busy_s"] for p in per.values())
+        return {
+            "actors": len(per),
+            "stage_actors": self.actors,
+            "engine_starts": starts,
+            "startup_s": startup,
+            "busy_share": busy / life if life else 0.0,
+            "mean_in_flight": sum(p["mean_in_flight"] * p["lifetime_s"] for p in per.values()) / life if life else 0.0,
+            "rows": sum(s.get("rows", 0) for s in stage_snapshots.values()),
+            "requests": sum(p["requests"] for p in per.values()),
+            "prompt_tokens": sum(p["prompt_tokens"] for p in per.values()),
+            "generated_tokens": sum(p["generated_tokens"] for p in per.values()),
+            "per_actor": per,
+        }
+
+    def stop(self) -> None:
+        if not self.handles:
+            return
+        try:
+            ray.get([h.shutdown.remote() for h in self.handles], timeout=30)
+        except Exception:  # an engine that cannot shut down cleanly is killed all the same
+            pass
+        for h in self.handles:
+            ray.kill(h, no_restart=True)
+        self.handles = []
+
+
+def _delta(end: dict, begin: Optional[dict]) -> dict:
+    """One engine's figures over a round: `end` minus `begin` (a snapshot of the same process),
+    or `end` whole when the engine started during the round."""
+    keys = ("lifetime_s", "busy_s", "area_s", "requests", "prompt_tokens", "generated_tokens")
+    d = {k: end[k] - (begin[k] if begin else 0) for k in keys}
+    life = max(d["lifetime_s"], 1e-9)
+    d.update(busy_share=d["busy_s"] / life, mean_in_flight=d["area_s"] / life,
+             niceness=end["niceness"], pid=end["pid"])
+    return d
+
+
+@contextlib.contextmanager
+def engines_for(cfg: Config, model: ModelConfig, running: Optional[Engines] = None,
+                pooling: bool = False, replicas: Optional[int] = None) -> Iterator[Engines]:
+    """Engines serving `model`: `running` (the run's warm ones) when they serve it, else engines
+    started here for it (the model checked first, as a run checks its own) and stopped after.
+    `replicas`: how many to start (default `engine.replicas`)."""
+    if running is not None and not pooling and running.model.source == model.source \
+            and running.model.tokenizer == model.tokenizer:
+        yield running
+        return
+    from evol_ray.engine.resources import connect
+    from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
+
+    e = cfg.engine
+    sub = dataclasses.replace(cfg, model=model, engine=dataclasses.replace(
+        e, replicas=replicas or e.replicas, endpoint=dataclasses.replace(e.endpoint, model=model.source)))
+    check_engine_source(sub)
+    device = connect(sub)
+    if device == "cpu" and e.backend == "vllm":
+        check_cpu_kv_cache(sub)
+    engines = start_engines(sub, device, pooling=pooling)
+    try:
+        yield engines
+    finally:
+        engines.stop()
+
+
+def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
+                  columns: Optional[List[str]] = None) -> pa.Table:
+    """Every row of `table` through `fn` on `engines` (`actor.map_rows`), collected."""
+    from evol_ray.engine.actor import map_rows
+
+    ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns)
+    parts = [t.cast(schema) for t in ray.get(ds.to_arrow_refs())]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def start_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,
+                  factory: Optional[Callable[[], TextGenerator]] = None, pooling: bool = False) -> Engines:
+    """The run's engines, not started yet (`Engines.start` or the first round starts them).
+    `factory`: a benchmark's own generator instead of the backend's."""
+    if factory is not None:
+        return Engines(cfg, device, factory)
+    if cfg.engine.backend == "openai":
+        from evol_ray.engine.openai_client import endpoint_factory
+
+        return Engines(cfg, "endpoint", endpoint_factory(cfg.engine.endpoint, embeddings=pooling))
+    return VLLMEngines(cfg, device, model, pooling)
+
