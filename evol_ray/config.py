@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from evol_ray.config_checks import ConfigError, validate
-from evol_ray.evolve import prompts
+from evol_ray.evolve import prompts, recipes
 
 
 @dataclass
@@ -82,15 +82,20 @@ class SamplingConfig:
 
 @dataclass
 class TemplatesConfig:
-    depth: str = prompts.DEPTH_TEMPLATE
-    breadth: str = prompts.BREADTH_TEMPLATE
-    methods: Dict[str, str] = field(default_factory=lambda: dict(prompts.METHODS))
+    """Overrides of the recipe's texts; null / absent: the recipe's own (filled in at load)."""
+    depth: Optional[str] = None  # harder rewrite: {method}, {instruction}
+    breadth: Optional[str] = None  # new instruction: {instruction} [, {method}]
+    downward: Optional[str] = None  # easier rewrite (WizardMath): {method}, {instruction}
+    methods: Dict[str, str] = field(default_factory=dict)  # op -> the text for {method}
+    ops: Dict[str, str] = field(default_factory=dict)  # op -> a whole template of its own
 
 
 @dataclass
 class EvolutionConfig:
     rounds: int = 4
-    op_weights: Dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in prompts.OPS})
+    recipe: str = "general"
+    # op -> weight, over the recipe's defaults; an op the recipe lacks is the user's own
+    op_weights: Dict[str, float] = field(default_factory=dict)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     evolve_sampling: SamplingConfig = field(default_factory=SamplingConfig)
     answer_sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -106,6 +111,8 @@ class EliminationConfig:
     stopwords_only: bool = True
     copied_phrases: List[str] = field(default_factory=lambda: list(prompts.COPIED_PROMPT_PHRASES))
     not_instruction: bool = True
+    code_answer: Optional[bool] = None  # null: on when the recipe lists it (filled in at load)
+    math_answer: Optional[bool] = None
 
 
 @dataclass
@@ -222,6 +229,10 @@ RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output
                    "dedup", "quality")
 # Keys inside those sections that only size the work, never change its result.
 SIZING_KEYS = ("dedup.partitions",)
+# Keys added after runs were first hashed, with the value that does what those runs did: at that
+# value they are left out of the hash, so a run written before them still resumes.
+LATER_KEYS = {"evolution.recipe": "general", "evolution.templates.downward": None,
+              "elimination.code_answer": False, "elimination.math_answer": False}
 
 _SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
 
@@ -246,6 +257,7 @@ def load_config(args: Sequence[str | Path] = ()) -> Config:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, "config")) from None
+    resolve_recipe(obj)
     validate(obj)
     return obj
 
@@ -260,8 +272,31 @@ def load_saved_config(saved: dict, source: str, overrides: Sequence[str] = ()) -
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, source)) from None
+    resolve_recipe(obj)
     validate(obj)
     return obj
+
+
+def resolve_recipe(cfg: Config) -> None:
+    """Fill in what `evolution.recipe` supplies and the config leaves unset: weights (the user's
+    win, the user's own operations after the recipe's, by name), frames, methods and the recipe's
+    rule switches. Loading a saved, already resolved config again changes nothing."""
+    ev, el = cfg.evolution, cfg.elimination
+    recipe = recipes.RECIPES.get(ev.recipe)
+    if recipe is None:
+        raise ConfigError(f"config key 'evolution.recipe': got {ev.recipe!r}, allowed: "
+                          f"{', '.join(recipes.RECIPES)}")
+    user = dict(ev.op_weights)
+    ev.op_weights = {op: float(user.pop(op, o.weight)) for op, o in recipe.ops.items()}
+    ev.op_weights.update((op, user[op]) for op in sorted(user))
+    for frame in recipes.FRAMES:
+        if getattr(ev.templates, frame) is None:
+            setattr(ev.templates, frame, recipe.frames.get(frame))
+    ev.templates.methods = {**{op: o.method for op, o in recipe.ops.items() if o.method},
+                            **ev.templates.methods}
+    for rule in recipes.RULES:
+        if getattr(el, rule) is None:
+            setattr(el, rule, rule in recipe.rules)
 
 
 def _merge(cfg: DictConfig, other: Any, source: str) -> DictConfig:
@@ -314,6 +349,9 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         _flatten(section, node, flat)
     for key in SIZING_KEYS:
         flat.pop(key, None)
+    for key, value in LATER_KEYS.items():
+        if key in flat and flat[key] == value:
+            del flat[key]
     return flat
 
 
