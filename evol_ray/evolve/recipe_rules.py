@@ -25,7 +25,7 @@ CODE_VERBS = frozenset("""write implement create build develop code program refa
 CODE_NOUNS = frozenset("""function functions method methods class classes program programs script
     scripts code snippet query queries regex regexp algorithm implementation module api endpoint
     decorator generator iterator lambda subroutine procedure sql bash shell cli parser unittest
-    test tests struct interface""".split())
+    test tests struct interface loop""".split())
 # by their words after normalization ("C++" and "C#" read as "c"): one-letter and common-word
 # names (C, R, Go) are left out
 LANGUAGES = frozenset("""python javascript typescript java kotlin scala rust golang ruby php perl

@@ -184,3 +184,22 @@ def test_keys_added_with_recipes_leave_the_general_recipes_hash_as_before():
     assert code["evolution.recipe"] == "code" and code["elimination.code_answer"] is True
     strict = load_config(BASE + ["elimination.code_answer=true"])
     assert cfgmod.differing_keys(general, strict) == ["elimination.code_answer"]
+
+
+@pytest.mark.parametrize("name", ["code", "math"])
+def test_shipped_recipe_configs_and_seed_sets(name):
+    import json
+    import pathlib
+
+    from evol_ray.evolve import recipe_rules
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    cfg = load_config([root / "conf" / f"{name}.yaml"])
+    assert cfg.evolution.recipe == name and cfg.model.source == "smollm2-135m-instruct"
+    seeds = json.loads((root / cfg.input.path).read_text())
+    texts = [s["instruction"] for s in seeds]
+    assert 30 <= len(texts) == len(set(texts))
+    if name == "code":  # every seed asks for code, so the code rule applies to each lineage
+        assert all(recipe_rules.asks_for_code(f"{s['instruction']}\n{s['input']}") for s in seeds)
+    else:  # every problem carries its numbers, and none asks for code
+        assert all(any(ch.isdigit() for ch in t) and not recipe_rules.asks_for_code(t) for t in texts)

@@ -147,6 +147,7 @@ ASKS_FOR_CODE = [
     "Write a regex that matches a UK postcode.",
     "Please write this in Python: read a CSV file and print the sum of its second column.",
     "Refactor the following JavaScript so that it uses async/await.",
+    "Rewrite this loop as a list comprehension.",
 ]
 NO_CODE_ASKED = [
     "Explain what a hash table is.",
