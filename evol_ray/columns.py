@@ -13,7 +13,7 @@ ID = "id"  # this row's instruction id (an evolved instruction gets a new one)
 PARENT_ID = "parent_id"  # the pool row this attempt evolved from (null for seeds)
 ROOT_ID = "root_id"  # the seed at the start of the chain
 ROUND = "round"  # the round that made this attempt (0 for seeds)
-OP = "op"  # evolution operation, one of evol_ray.prompts.OPS
+OP = "op"  # evolution operation: one of its recipe's (evol_ray.evolve.recipes) or the user's
 
 # --- text -----------------------------------------------------------------------------------
 INSTRUCTION = "instruction"  # the evolved instruction (the pool's instruction for seeds)
@@ -52,12 +52,16 @@ R_ENGINE_ERROR = "engine_error"
 R_ANSWERS_PARENT = "answers_parent"  # the "evolution" answers the parent instead of asking
 R_BARE_TITLE = "bare_title"  # a heading, not a request
 R_META_TALK = "meta_talk"  # talk about the rewriting ("Here is a harder version: ...")
+# recipe rules (evol_ray/evolve/recipe_rules.py), on with their recipe: elimination.code_answer, .math_answer
+R_NO_CODE = "answer_without_code"  # code: the task asks for code, the answer has none
+R_NO_NUMBER = "answer_without_number"  # math: the answer to a word problem holds no number
 # --- seed input (before any engine work) ------------------------------------------------------
 R_DUPLICATE_SEED = "duplicate_seed"  # eliminated in round 1: same normalized text as `duplicate_of`
 R_PROMPT_TOO_LONG = "prompt_too_long"  # a request that cannot fit model.max_model_len: never sent
 INPUT_REASONS = (R_DUPLICATE_SEED, R_PROMPT_TOO_LONG)
 ENGINE_REASONS = (R_NO_GAIN, R_SORRY, R_STOPWORDS, R_COPIED_PROMPT, R_EMPTY_EVOLUTION,
-                  R_EMPTY_INSTRUCTION, R_ENGINE_ERROR, R_ANSWERS_PARENT, R_BARE_TITLE, R_META_TALK)
+                  R_EMPTY_INSTRUCTION, R_ENGINE_ERROR, R_ANSWERS_PARENT, R_BARE_TITLE, R_META_TALK,
+                  R_NO_CODE, R_NO_NUMBER)
 
 # --- dedup and quality reasons (status `eliminated`; evol_ray/dedup.py, evol_ray/quality.py) --
 R_DUPLICATE = "duplicate"  # same normalized instruction as the kept row `duplicate_of`

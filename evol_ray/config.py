@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from evol_ray.config_checks import BACKENDS, ConfigError, validate
-from evol_ray.evolve import prompts
+from evol_ray.evolve import prompts, recipes
 
 
 @dataclass
@@ -101,15 +101,20 @@ class SamplingConfig:
 
 @dataclass
 class TemplatesConfig:
-    depth: str = prompts.DEPTH_TEMPLATE
-    breadth: str = prompts.BREADTH_TEMPLATE
-    methods: Dict[str, str] = field(default_factory=lambda: dict(prompts.METHODS))
+    """Overrides of the recipe's texts; null / absent: the recipe's own (filled in at load)."""
+    depth: Optional[str] = None  # harder rewrite: {method}, {instruction}
+    breadth: Optional[str] = None  # new instruction: {instruction} [, {method}]
+    downward: Optional[str] = None  # easier rewrite (WizardMath): {method}, {instruction}
+    methods: Dict[str, str] = field(default_factory=dict)  # op -> the text for {method}
+    ops: Dict[str, str] = field(default_factory=dict)  # op -> a whole template of its own
 
 
 @dataclass
 class EvolutionConfig:
     rounds: int = 4
-    op_weights: Dict[str, float] = field(default_factory=lambda: {op: 1.0 for op in prompts.OPS})
+    recipe: str = "general"
+    # op -> weight, over the recipe's defaults; an op the recipe lacks is the user's own
+    op_weights: Dict[str, float] = field(default_factory=dict)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     evolve_sampling: SamplingConfig = field(default_factory=SamplingConfig)
     answer_sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -125,6 +130,8 @@ class EliminationConfig:
     stopwords_only: bool = True
     copied_phrases: List[str] = field(default_factory=lambda: list(prompts.COPIED_PROMPT_PHRASES))
     not_instruction: bool = True
+    code_answer: Optional[bool] = None  # null: on when the recipe lists it (filled in at load)
+    math_answer: Optional[bool] = None
 
 
 @dataclass
@@ -243,6 +250,10 @@ RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output
                    "dedup", "quality")
 # Keys inside those sections that only size the work, never change its result.
 SIZING_KEYS = ("dedup.partitions",)
+# Keys added after runs were first hashed, with the value that does what those runs did: at that
+# value they are left out of the hash, so a run written before them still resumes.
+LATER_KEYS = {"evolution.recipe": "general", "evolution.templates.downward": None,
+              "elimination.code_answer": False, "elimination.math_answer": False}
 
 _SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
 
@@ -279,6 +290,10 @@ def _finish(cfg: DictConfig, source: str) -> Config:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, source)) from None
+    if obj.evolution.recipe not in recipes.RECIPES:
+        raise ConfigError(f"config key 'evolution.recipe': got {obj.evolution.recipe!r}, allowed: "
+                          f"{', '.join(recipes.RECIPES)}")
+    recipes.resolve(obj)
     validate(obj)
     return obj
 
@@ -353,6 +368,9 @@ def result_values(cfg: Config) -> Dict[str, Any]:
     if cfg.engine.backend != "vllm":  # the endpoint's model wrote the rows (absent for vllm: hashes stay)
         flat["engine.backend"] = cfg.engine.backend
         flat["engine.endpoint.model"] = cfg.engine.endpoint.model
+    for key, value in LATER_KEYS.items():
+        if key in flat and flat[key] == value:
+            del flat[key]
     return flat
 
 

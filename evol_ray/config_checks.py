@@ -8,10 +8,11 @@ import codecs
 import string
 from typing import TYPE_CHECKING
 
-from evol_ray.evolve import prompts
+from evol_ray.evolve import recipes
 
 if TYPE_CHECKING:
-    from evol_ray.config import Config, DedupConfig, EngineConfig, LengthRule, QualityConfig, SamplingConfig
+    from evol_ray.config import (Config, DedupConfig, EngineConfig, EvolutionConfig, LengthRule, QualityConfig,
+                                 SamplingConfig)
 
 
 class ConfigError(ValueError):
@@ -46,19 +47,7 @@ def validate(cfg: Config) -> None:
     _check_engine(cfg.engine)
     if cfg.evolution.rounds < 1:
         _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
-    weights = cfg.evolution.op_weights
-    for op, w in weights.items():
-        if op not in prompts.OPS:
-            _fail(f"evolution.op_weights.{op}", f"unknown operation, allowed: {', '.join(prompts.OPS)}")
-        if w < 0:
-            _fail(f"evolution.op_weights.{op}", f"got {w}, expected a weight >= 0")
-    if sum(weights.values()) <= 0:
-        _fail("evolution.op_weights", "at least one operation needs a positive weight")
-    for op in weights:
-        if op != prompts.BREADTH and weights[op] > 0 and op not in cfg.evolution.templates.methods:
-            _fail(f"evolution.templates.methods.{op}", "missing: every in-depth operation with a weight needs a method text")
-    _check_template("evolution.templates.depth", cfg.evolution.templates.depth, ("instruction", "method"))
-    _check_template("evolution.templates.breadth", cfg.evolution.templates.breadth, ("instruction",))
+    _check_operations(cfg.evolution)
     _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
     for name in ("evolve_sampling", "answer_sampling"):
         _check_sampling(f"evolution.{name}", getattr(cfg.evolution, name))
@@ -146,6 +135,41 @@ def _check_engine(e: EngineConfig) -> None:
         _fail("engine.endpoint.forced_choice", f"got {p.forced_choice!r}, allowed: {', '.join(FORCED_CHOICE)}")
 
 
+def _check_operations(ev: EvolutionConfig) -> None:
+    """After `recipes.resolve`: every weighted operation is the recipe's or has a template of
+    its own (or a method for the recipe's in-depth frame), and every template it fills is whole."""
+    recipe = recipes.RECIPES[ev.recipe]
+    t = ev.templates
+    for op, w in ev.op_weights.items():
+        if op not in recipe.ops and op not in t.ops and op not in t.methods:
+            _fail(f"evolution.op_weights.{op}", f"unknown operation of recipe {ev.recipe!r} "
+                  f"(its operations: {', '.join(recipe.ops)}); an operation of your own needs "
+                  f"evolution.templates.ops.{op} (a whole template) or evolution.templates.methods.{op} "
+                  "(a method for the recipe's in-depth template)")
+        if w < 0:
+            _fail(f"evolution.op_weights.{op}", f"got {w}, expected a weight >= 0")
+    for section, names in (("ops", t.ops), ("methods", t.methods)):
+        for op in names:
+            if op not in ev.op_weights:
+                _fail(f"evolution.templates.{section}.{op}", f"not an operation of recipe {ev.recipe!r} "
+                      f"(its operations: {', '.join(recipe.ops)}); give it a weight in evolution.op_weights.{op}")
+    if sum(ev.op_weights.values()) <= 0:
+        _fail("evolution.op_weights", "at least one operation needs a positive weight")
+    for frame in recipes.FRAMES:
+        text = getattr(t, frame)
+        if text is not None:
+            needs = ("instruction", "method") if frame in recipes.METHOD_FRAMES else ("instruction",)
+            _check_template(f"evolution.templates.{frame}", text, needs, ("method",))
+    for op, w in ev.op_weights.items():
+        if w <= 0:
+            continue
+        key, text = recipes.op_template(ev, op)
+        if text is None:
+            _fail(key, f"missing: operation {op} fills it, and recipe {ev.recipe!r} has none")
+        if "method" in _check_template(key, text, ("instruction",), ("method",)) and not t.methods.get(op, "").strip():
+            _fail(f"evolution.templates.methods.{op}", f"missing: operation {op} fills {{method}} of {key}")
+
+
 def _check_dedup(d: DedupConfig) -> None:
     if not 0 < d.threshold <= 1:
         _fail("dedup.threshold", f"got {d.threshold}, expected a Jaccard similarity in (0, 1]")
@@ -182,7 +206,9 @@ def _check_quality(q: QualityConfig) -> None:
         _fail("quality.refusal.phrases", "needs at least one phrase while quality.refusal.enabled")
 
 
-def _check_template(key: str, template: str, fields: tuple[str, ...]) -> None:
+def _check_template(key: str, template: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> set:
+    """Fails unless `template` holds every placeholder of `fields` and no other but `optional`;
+    returns the placeholders it holds."""
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
@@ -190,9 +216,10 @@ def _check_template(key: str, template: str, fields: tuple[str, ...]) -> None:
     for f in fields:
         if f not in names:
             _fail(key, f"must contain the placeholder {{{f}}}")
-    extra = names - set(fields)
+    extra = names - set(fields) - set(optional)
     if extra:
-        _fail(key, f"unknown placeholder(s) {sorted(extra)}, allowed: {list(fields)}")
+        _fail(key, f"unknown placeholder(s) {sorted(extra)}, allowed: {list(fields + optional)}")
+    return names
 
 
 def _check_sampling(key: str, s: SamplingConfig) -> None:

@@ -8,9 +8,7 @@ however the data is partitioned, retried or resumed.
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Sequence
-
-from evol_ray.evolve import prompts
+from typing import Mapping, Optional, Sequence
 
 
 def _digest(*parts: object) -> bytes:
@@ -48,9 +46,11 @@ def request_seed(seed: int, row_id: str, round_no: int, step: str) -> int:
 
 
 def choose_op(seed: int, row_id: str, round_no: int, weights: Mapping[str, float],
-              ops: Sequence[str] = prompts.OPS) -> str:
-    """Weighted choice of an evolution operation from a hash of (seed, row id, round)."""
-    names = [op for op in ops if weights.get(op, 0) > 0]
+              ops: Optional[Sequence[str]] = None) -> str:
+    """Weighted choice of an evolution operation from a hash of (seed, row id, round), the
+    operations taken in the order `ops` (default: the order of `weights`; the chain passes
+    `recipes.op_order`). A zero weight is never chosen."""
+    names = [op for op in (weights if ops is None else ops) if weights.get(op, 0) > 0]
     total = sum(weights[op] for op in names)
     x = unit_float("op", seed, row_id, round_no) * total
     acc = 0.0

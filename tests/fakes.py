@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from evol_ray.engine.base import Completion, PromptTooLong
+from evol_ray.evolve import prompts
 
 
 class ScriptedGenerator:
     """Answers by step: the evolve prompt, the judge prompt (choices given) and the answer prompt.
 
     `evolved`, `verdict` and `answer` are callables of the prompt (or plain strings); every call is
-    recorded in `calls` as (step, prompt). The judge reads `score_choices`: nearly all of the
+    recorded in `calls` as (step, prompt). A prompt is an evolve prompt when it holds one of
+    `evolve_phrases` (by default those of every recipe's templates). The judge reads `score_choices`: nearly all of the
     probability on `verdict`. With `context`, a prompt of more words than `context` minus
     `max_tokens` raises PromptTooLong and is not recorded (as the real engine sends nothing)."""
 
     def __init__(self, evolved="Describe the migration routes of three birds of Europe in detail.",
                  verdict="Not Equal", answer="Birds migrate along flyways such as the East Atlantic.",
-                 fail_on=None, context=None):
+                 fail_on=None, context=None, evolve_phrases=(prompts.ORIGINAL_MARKER,)):
         self.evolved, self.verdict, self.answer, self.fail_on = evolved, verdict, answer, fail_on
-        self.context = context
+        self.context, self.evolve_phrases = context, evolve_phrases
         self.calls: list[tuple[str, str]] = []
 
     @staticmethod
@@ -36,7 +38,7 @@ class ScriptedGenerator:
             raise PromptTooLong(f"prompt of {len(prompt.split())} tokens > {self.context}")
         if choices:
             step, text = "judge", self._text(self.verdict, prompt)
-        elif "Rewrite the instruction below" in prompt or "write a brand new instruction" in prompt:
+        elif any(p in prompt for p in self.evolve_phrases):
             step, text = "evolve", self._text(self.evolved, prompt)
         else:
             step, text = "answer", self._text(self.answer, prompt)

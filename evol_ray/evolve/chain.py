@@ -4,7 +4,14 @@ For one pool row: choose the operation, evolve the instruction, then run the eli
 each cheap check before the engine call it makes unnecessary:
 
     evolve -> rule 4 (copied prompt words) -> not an instruction -> rule 1 (judge: Equal?) -> answer
-           -> rule 2 (short apology) -> rule 3 (only stop words)
+           -> rule 2 (short apology) -> rule 3 (only stop words) -> the recipe's rules (no code,
+              no number: `recipe_rules.py`, where `elimination.code_answer` / `.math_answer` are on)
+
+The operation comes from `evolution.recipe` (WizardLM's, WizardCoder's or WizardMath's set, see
+`recipes.py`) and the user's overrides and operations of their own. Engine requests per row and
+round, whatever the recipe: one evolve (`generate`), the judge's two scoring requests
+(`score_choices`: one prompt-logprob request per verdict, "Equal" and "Not Equal"), one answer
+(`generate`); a row eliminated earlier stops there, so 1 to 4, and the recipe rules cost none.
 
 The judge runs before the answer: its prompt is short and its output is at most a few tokens,
 while an answer may run to thousands, so an instruction without information gain costs no answer.
@@ -20,7 +27,7 @@ from typing import Any, Dict
 
 from evol_ray import columns as C
 from evol_ray import identity
-from evol_ray.evolve import prompts, rules
+from evol_ray.evolve import prompts, recipe_rules, recipes, rules
 from evol_ray.config import Config
 from evol_ray.engine.base import (Completion, PromptTooLong, TextGenerator, choice_distribution,
                                   engine_is_dead)
@@ -55,7 +62,8 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
         out.update({C.STATUS: C.INVALID_INPUT, C.REASON: C.R_EMPTY_INSTRUCTION})
         return out
 
-    op = identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights)
+    op = identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights,
+                            recipes.op_order(cfg.evolution))
     out = _attempt(row, round_no, op)
     started = time.monotonic()
 
@@ -72,7 +80,7 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
 
     ev, el = cfg.evolution, cfg.elimination
     try:
-        evolved = await ask("evolve", prompts.evolve_prompt(ev.templates, op, parent), ev.evolve_sampling)
+        evolved = await ask("evolve", recipes.evolve_prompt(ev, op, parent), ev.evolve_sampling)
         instruction = rules.clean_evolution(evolved.text)
         out[C.INSTRUCTION] = instruction
         if not instruction:
@@ -94,6 +102,10 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
         if reason := rules.short_apology(answer.text, el.sorry_phrases, el.sorry_max_words):
             return eliminate(reason)
         if el.stopwords_only and (reason := rules.only_stopwords(answer.text)):
+            return eliminate(reason)
+        if el.code_answer and (reason := recipe_rules.answer_without_code(instruction, answer.text)):
+            return eliminate(reason)
+        if el.math_answer and (reason := recipe_rules.answer_without_number(answer.text)):
             return eliminate(reason)
         return out
     except PromptTooLong as e:  # the input's fault, not the engine's: counted apart, nothing sent

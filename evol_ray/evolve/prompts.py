@@ -6,14 +6,15 @@ markers of the template. In-breadth evolving asks for a new, rarer instruction o
 of similar length and difficulty. The judge prompt asks whether two instructions are equal (the
 "no information gain" elimination rule); the verdict is forced to one of two choices.
 
-These strings are only defaults: every template is a config key (`evolution.templates.*`,
+These are the `general` recipe's texts (`recipes.py` holds the `code` and `math` recipes'). They
+are only defaults: every template is a config key (`evolution.templates.*`,
 `elimination.judge_template`, `score.template`) so a user can change them without touching code. Placeholders are
 Python `str.format` fields: `{instruction}`, `{method}`, `{first}`, `{second}`.
 """
 
 from __future__ import annotations
 
-# Operation names, in a fixed order (the order matters for deterministic weighted choice).
+# The general recipe's operation names, in a fixed order (the order of the weighted choice).
 CONSTRAINTS = "add_constraints"
 DEEPEN = "deepen"
 CONCRETIZE = "concretize"
@@ -111,9 +112,3 @@ QUALITY_TEMPLATE = (
     "other reasons.\n\n## Question:\n{instruction}\n\n## Answer:\n{response}\n\n## Score:"
 )
 
-
-def evolve_prompt(templates, op: str, instruction: str) -> str:
-    """The rewriter prompt for one operation. `templates` is an `EvolutionTemplates` config."""
-    if op == BREADTH:
-        return templates.breadth.format(instruction=instruction)
-    return templates.depth.format(method=templates.methods[op], instruction=instruction)

@@ -136,3 +136,75 @@ def test_every_instruction_of_the_labelled_judge_set_passes():
     pairs = load_pairs(pathlib.Path(__file__).resolve().parents[2] / "data" / "judge_pairs.jsonl")
     flagged = [t for p in pairs for t in (p["parent"], p["evolution"]) if rules.not_an_instruction(t)]
     assert flagged == []
+
+
+# --- the recipes' rules (evol_ray/evolve/recipe_rules.py) ---------------------------------------
+ASKS_FOR_CODE = [
+    "Write a function that returns the n-th prime.",
+    "Implement a stack class with push, pop and peek.",
+    "Fix the bug in this code:\nfor i in range(10) print(i)",
+    "Create a SQL query that lists customers with more than three orders.",
+    "Write a regex that matches a UK postcode.",
+    "Please write this in Python: read a CSV file and print the sum of its second column.",
+    "Refactor the following JavaScript so that it uses async/await.",
+    "Rewrite this loop as a list comprehension.",
+]
+NO_CODE_ASKED = [
+    "Explain what a hash table is.",
+    "What is the time complexity of binary search?",
+    "Explain how this function works: def f(x): return x * 2",
+    "Compare Python and Java for teaching beginners.",
+    "Name three famous computer scientists.",
+]
+HAS_CODE = [
+    "```python\ndef reverse(s):\n    return s[::-1]\n```",
+    "Here it is:\n~~~\nSELECT name FROM customers;\n~~~",
+    "def reverse(s):\n    return s[::-1]",
+    "function add(a, b) {\n  return a + b;\n}",
+    "SELECT name FROM customers WHERE orders > 3;",
+    "Use this:\nresult = sorted(items, key=len)\nprint(result)",
+    "#include <stdio.h>\nint main() { printf(\"hi\"); return 0; }",
+]
+PROSE_ONLY = [
+    "To reverse a string, walk over its characters from the end and collect them in a new string.",
+    "You can use a loop. First, read the file. Then add up the values of the second column.\nFinally print the total.",
+    "A stack is a last-in, first-out structure: push puts an item on top and pop takes it off.",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ASKS_FOR_CODE)
+def test_code_requests_are_recognized(text):
+    from evol_ray.evolve.recipe_rules import asks_for_code
+    assert asks_for_code(text)
+
+
+@pytest.mark.parametrize("text", NO_CODE_ASKED)
+def test_questions_about_code_do_not_ask_for_code(text):
+    from evol_ray.evolve.recipe_rules import answer_without_code, asks_for_code
+    assert not asks_for_code(text)
+    assert answer_without_code(text, PROSE_ONLY[0]) is None  # prose is a fine answer there
+
+
+@pytest.mark.parametrize("answer", HAS_CODE)
+def test_an_answer_with_code_passes_the_code_rule(answer):
+    from evol_ray.evolve.recipe_rules import answer_without_code
+    assert answer_without_code(ASKS_FOR_CODE[0], answer) is None
+
+
+@pytest.mark.parametrize("answer", PROSE_ONLY)
+def test_a_prose_answer_to_a_code_task_is_named(answer):
+    from evol_ray.evolve.recipe_rules import answer_without_code
+    assert answer_without_code("Write a function that reverses a string.", answer) == C.R_NO_CODE
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("Tom has 5 apples left.", None),
+    ("He ends with twelve marbles.", None),
+    ("Half of the cake is left.", None),
+    ("He has some apples, but not many.", C.R_NO_NUMBER),
+    ("", C.R_NO_NUMBER),
+])
+def test_math_answer_needs_a_number(answer, reason):
+    from evol_ray.evolve.recipe_rules import answer_without_number
+    assert answer_without_number(answer) == reason
