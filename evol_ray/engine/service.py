@@ -176,7 +176,6 @@ class VLLMEngines(Engines):
         self.pooling = pooling
         self.handles: List[Any] = []
         self._reported: set = set()  # engine processes whose start-up a round manifest holds
-        self._round_t0 = 0.0
         super().__init__(cfg, device, factory=None, actors=cfg.engine.replicas * cfg.engine.clients_per_replica)
         self.model = model or cfg.model
 
@@ -195,7 +194,6 @@ class VLLMEngines(Engines):
 
     def round_begin(self) -> None:
         self.start()
-        self._round_t0 = time.monotonic()
         self._begin = self._snapshots()
 
     def _snapshots(self) -> Dict[int, dict]:
