@@ -199,9 +199,10 @@ def _token_logprob(entry) -> float:
     return float(v["logprob"] if isinstance(v, dict) else v.logprob)
 
 
-def endpoint_factory(ep: EndpointConfig, embeddings: bool = False):
-    """A picklable factory of `OpenAIGenerator` for the stage actors, holding the driver's key
-    (as a `Secret`) so workers need not have the environment variable."""
+def endpoint_factory(ep: EndpointConfig):
+    """A picklable factory of `OpenAIGenerator` for the stage actors (the same generator serves
+    chat and embeddings), holding the driver's key (as a `Secret`) so workers need not have the
+    environment variable."""
     return functools.partial(OpenAIGenerator, ep, api_key(ep))
 
 

@@ -158,10 +158,12 @@ def _final(out: Location) -> tuple[dict, pa.Table]:
 
 def _key(cfg: Config, final_manifest: dict, embedding: bool = False) -> str:
     """What the ratings (or, with `embedding`, the embeddings) depend on."""
-    what = {"final": final_manifest.get("finished"), "model": select_model(cfg).source,
-            "difficulty": cfg.score.template, "quality": cfg.select.quality_template}
+    what = {"final": final_manifest.get("finished")}
     if embedding:
-        what = {"final": final_manifest.get("finished"), "embedding_model": cfg.select.embedding_model}
+        what["embedding_model"] = cfg.select.embedding_model
+    else:
+        what.update(model=select_model(cfg).source, difficulty=cfg.score.template,
+                    quality=cfg.select.quality_template)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
