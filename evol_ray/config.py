@@ -7,8 +7,6 @@ checked once at load so that a wrong key, type or value fails before Ray starts,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from evol_ray.config_checks import BACKENDS, ConfigError, validate
+from evol_ray.run_key import LATER_KEYS, config_hash, differing_keys, result_values  # noqa: F401 (callers use config.*)
 from evol_ray.evolve import prompts, recipes
 
 
@@ -110,6 +109,24 @@ class TemplatesConfig:
 
 
 @dataclass
+class AutoTemplatesConfig:
+    method: str = prompts.INITIAL_METHOD  # the method of step 0
+    analysis: str = prompts.ANALYSIS_TEMPLATE  # {method}, {instruction}, {evolved}, {outcome}
+    optimizer: str = prompts.OPTIMIZER_TEMPLATE  # {method}, {feedback}
+
+
+@dataclass
+class AutoConfig:
+    """Auto Evol-Instruct (`evolve/auto.py`): a method optimized before round 1, run as op `auto`."""
+    enabled: bool = False
+    dev_size: int = 32  # seeds the candidates are measured on
+    steps: int = 2  # optimization steps after the initial method's
+    candidates: int = 3  # methods the optimizer proposes per step
+    batch_size: int = 8  # seeds evolved and analysed per step (never the dev set's)
+    templates: AutoTemplatesConfig = field(default_factory=AutoTemplatesConfig)
+
+
+@dataclass
 class EvolutionConfig:
     rounds: int = 4
     recipe: str = "general"
@@ -118,6 +135,7 @@ class EvolutionConfig:
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     evolve_sampling: SamplingConfig = field(default_factory=SamplingConfig)
     answer_sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)
 
 
 @dataclass
@@ -244,17 +262,6 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
 
 
-# Sections whose values change what a run produces. A rerun into an existing output path must
-# agree on these; engine sizing, storage and Ray address may change between attempts.
-RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds",
-                   "dedup", "quality")
-# Keys inside those sections that only size the work, never change its result.
-SIZING_KEYS = ("dedup.partitions",)
-# Keys added after runs were first hashed, with the value that does what those runs did: at that
-# value they are left out of the hash, so a run written before them still resumes.
-LATER_KEYS = {"evolution.recipe": "general", "evolution.templates.downward": None,
-              "elimination.code_answer": False, "elimination.math_answer": False}
-
 _SECRET_KEY = re.compile(r"(secret|password|token|credential|session|(^|_)key($|_))", re.I)
 
 
@@ -352,41 +359,3 @@ def _redact(value: Any) -> Any:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(to_container(cfg))
-
-
-def result_values(cfg: Config) -> Dict[str, Any]:
-    """The flattened `key -> value` map of everything that changes what a run produces."""
-    data = to_container(cfg)
-    flat: Dict[str, Any] = {}
-    for section in RESULT_SECTIONS:
-        node: Any = data
-        for part in section.split("."):
-            node = node[part]
-        _flatten(section, node, flat)
-    for key in SIZING_KEYS:
-        flat.pop(key, None)
-    if cfg.engine.backend != "vllm":  # the endpoint's model wrote the rows (absent for vllm: hashes stay)
-        flat["engine.backend"] = cfg.engine.backend
-        flat["engine.endpoint.model"] = cfg.engine.endpoint.model
-    for key, value in LATER_KEYS.items():
-        if key in flat and flat[key] == value:
-            del flat[key]
-    return flat
-
-
-def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            _flatten(f"{prefix}.{k}", v, out)
-    else:
-        out[prefix] = node
-
-
-def config_hash(cfg: Config) -> str:
-    blob = json.dumps(result_values(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def differing_keys(saved: Dict[str, Any], cfg: Config) -> List[str]:
-    now = result_values(cfg)
-    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

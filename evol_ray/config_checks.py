@@ -8,7 +8,7 @@ import codecs
 import string
 from typing import TYPE_CHECKING
 
-from evol_ray.evolve import recipes
+from evol_ray.evolve import prompts, recipes
 
 if TYPE_CHECKING:
     from evol_ray.config import (Config, DedupConfig, EngineConfig, EvolutionConfig, LengthRule, QualityConfig,
@@ -47,6 +47,7 @@ def validate(cfg: Config) -> None:
     _check_engine(cfg.engine)
     if cfg.evolution.rounds < 1:
         _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
+    _check_auto(cfg.evolution)  # first: its method is the one operation `auto` fills
     _check_operations(cfg.evolution)
     _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
     for name in ("evolve_sampling", "answer_sampling"):
@@ -168,6 +169,26 @@ def _check_operations(ev: EvolutionConfig) -> None:
             _fail(key, f"missing: operation {op} fills it, and recipe {ev.recipe!r} has none")
         if "method" in _check_template(key, text, ("instruction",), ("method",)) and not t.methods.get(op, "").strip():
             _fail(f"evolution.templates.methods.{op}", f"missing: operation {op} fills {{method}} of {key}")
+
+
+def _check_auto(ev: EvolutionConfig) -> None:
+    a, op = ev.auto, prompts.AUTO_OP
+    for key, low in (("dev_size", 1), ("steps", 0), ("candidates", 1), ("batch_size", 1)):
+        if getattr(a, key) < low:
+            _fail(f"evolution.auto.{key}", f"got {getattr(a, key)}, expected at least {low}")
+    if not a.templates.method.strip():
+        _fail("evolution.auto.templates.method", "must hold the initial method's text")
+    _check_template("evolution.auto.templates.analysis", a.templates.analysis,
+                    ("method", "instruction", "evolved"), ("outcome",))
+    _check_template("evolution.auto.templates.optimizer", a.templates.optimizer, ("method", "feedback"))
+    if not a.enabled:
+        return
+    if op in ev.templates.ops:
+        _fail(f"evolution.templates.ops.{op}", "Auto Evol's method fills the recipe's in-depth template "
+              "(evolution.templates.depth); operation auto takes no template of its own")
+    if ev.templates.methods.get(op) != a.templates.method:
+        _fail(f"evolution.templates.methods.{op}", "written by Auto Evol (evolution.auto.enabled); its "
+              "initial method is evolution.auto.templates.method")
 
 
 def _check_dedup(d: DedupConfig) -> None:

@@ -35,6 +35,11 @@ def child_id(parent_id: str, round_no: int) -> str:
     return _digest("child", parent_id, round_no).hex()
 
 
+def trial_id(row_id: str, step: int, candidate: int) -> str:
+    """Id of Auto Evol's trial of candidate method `candidate` of `step` on row `row_id`."""
+    return _digest("trial", row_id, step, candidate).hex()
+
+
 def unit_float(*parts: object) -> float:
     """A number in [0, 1) that depends only on `parts`."""
     return int.from_bytes(_digest(*parts)[:8], "big") / 2**64

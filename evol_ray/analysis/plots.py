@@ -13,6 +13,8 @@ from typing import Dict
 import numpy as np
 from matplotlib.figure import Figure
 
+from evol_ray import columns as C
+
 KEPT_COLOUR = "#2ca02c"
 DPI = 100
 
@@ -131,4 +133,26 @@ def render_all(fig_data: dict, raw_lengths: Dict[str, Dict[int, np.ndarray]]) ->
     }
     if fig_data.get("difficulty"):
         images["difficulty"] = difficulty(fig_data)
+    if fig_data.get("method"):
+        images["methods"] = methods(fig_data)
     return images
+
+
+def methods(fig_data: dict) -> bytes:
+    """Auto Evol: each candidate's failure rate by step (dots), the chosen one's (line)."""
+    steps = fig_data["method"]["by_step"]
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
+    for s in steps:
+        new = [e for e in s["methods"] if e[C.SOURCE] != "incumbent"]
+        ax.scatter([s[C.STEP]] * len(new), [e[C.FAILURE_RATE] for e in new], color="C0", alpha=0.6,
+                   label="candidate" if s is steps[0] else None)
+    best = [next(e[C.FAILURE_RATE] for e in s["methods"] if e[C.CHOSEN]) for s in steps]
+    ax.plot([s[C.STEP] for s in steps], best, color=KEPT_COLOUR, marker="o", label="chosen")
+    ax.set_xticks([s[C.STEP] for s in steps])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("optimization step (0 = the initial method)")
+    ax.set_ylabel("failure rate on the dev set")
+    ax.set_title("Auto Evol-Instruct: candidate methods by step")
+    ax.legend()
+    return _png(fig)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
-from evol_ray.analysis import diversity, plots, runread
+from evol_ray.analysis import diversity, plots, runread, sections
 from evol_ray.checks import minhash
 from evol_ray.checks.text import word_counts
 from evol_ray.config import Config
@@ -180,6 +180,7 @@ def collect(out: Location, cfg: Config) -> dict:
                       "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div},
         "difficulty": _difficulty(out),
         "selected": layout.read_manifest(out.join(layout.SELECTED)),
+        "method": sections.method_figures(out),
         "lineage": _lineage(lineage_rows, shown),
         "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
                                           "rounds": final.get("rounds")},
@@ -286,6 +287,8 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
         problems.insert(0, f"rounds not complete: {fig['rounds_missing']}")
     if problems:
         warn = '<div class="warn"><b>Check:</b><ul>' + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul></div>"
+    auto_img = _img("methods", images["methods"], "Candidate methods' failure rates on the dev set, by step") \
+        if "methods" in images else ""
     final = fig["final"]
     final_p = (f"<p>Final training set: {final['rows']:,} rows (seeds included: {final['include_seeds']}).</p>"
                if final else "<p>No final/ set written yet.</p>")
@@ -313,21 +316,12 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 <h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
 {_img("diversity", images["diversity"], "Diversity by round")}
 <h2>Difficulty</h2>{diff_html}
-<h2>Selection</h2>{_selected_html(fig.get("selected"))}
+<h2>Auto Evol-Instruct</h2>{sections.method_html(fig.get("method"), _table, auto_img)}
+<h2>Selection</h2>{sections.selected_html(fig.get("selected"), _table)}
 <h2>Engine</h2>{engine}
 <h2>Lineage</h2>{lineage or "<p>No lineage (report.lineages is 0).</p>"}
 </body></html>
 """
-
-
-def _selected_html(m: Optional[dict]) -> str:
-    if not m:
-        return "<p>Nothing selected: <code>evol-ray select OUTPUT --budget N</code> keeps the best N rows.</p>"
-    return (f"<p>{m['selected']} of {m['rows_rated']} rated rows kept (budget {m['budget']}) by difficulty x "
-            f"answer quality, rated by <code>{html.escape(str(m['model']))}</code>, near-duplicates at "
-            f"MinHash Jaccard &gt;= {m['near_duplicate_threshold']} skipped.</p>"
-            + _table(["by", "value", "rows"], [["round", k, v] for k, v in m["selected_by_round"].items()]
-                     + [["operation", k, v] for k, v in m["selected_by_op"].items()]))
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -367,6 +361,9 @@ def summary_text(fig: dict, paths: Dict[str, str]) -> str:
     seed_len = fig["lengths"]["instruction"]["0"]
     lines.append(f"seeds: {seed_len['rows']} rows, instruction words median {seed_len.get('median', '-')}"
                  + _extra(dif.get("0"), div.get("0")))
+    if (au := fig.get("method")) is not None:
+        lines.append(f"auto evol: method chosen at failure rate {au['chosen']['failure_rate']:.0%} (initial "
+                     f"{au['initial_failure_rate']:.0%}) in {au['steps']} step(s) on {au['dev_size']} dev seeds")
     for x in fig["per_round"]:
         r = str(x["round"])
         gone = ", ".join(f"{k} {v}" for k, v in x["reason_counts"].items()) or "none"

@@ -278,11 +278,12 @@ def engines_for(cfg: Config, model: ModelConfig, running: Optional[Engines] = No
 
 
 def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
-                  columns: Optional[List[str]] = None) -> pa.Table:
-    """Every row of `table` through `fn` on `engines` (`actor.map_rows`), collected."""
+                  columns: Optional[List[str]] = None, stats: Optional[object] = None) -> pa.Table:
+    """Every row of `table` through `fn` on `engines` (`actor.map_rows`), collected; the stage
+    reports to `stats` (an `EngineStats`) when given."""
     from evol_ray.engine.actor import map_rows
 
-    ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns)
+    ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns, stats=stats)
     parts = [t.cast(schema) for t in ray.get(ds.to_arrow_refs())]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 

@@ -55,15 +55,18 @@ def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, An
     }
 
 
-async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg: Config) -> Dict[str, Any]:
+async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg: Config, *,
+                     op: str | None = None, method: str | None = None) -> Dict[str, Any]:
+    """One pool row's chain in round `round_no`. `op` and `method` (Auto Evol's trials, round 0:
+    `evolve/auto.py`): the operation and its method text given, instead of chosen and configured."""
     parent = row[C.INSTRUCTION]
     if parent is None or not parent.strip():
         out = _attempt(row, round_no, None)
         out.update({C.STATUS: C.INVALID_INPUT, C.REASON: C.R_EMPTY_INSTRUCTION})
         return out
 
-    op = identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights,
-                            recipes.op_order(cfg.evolution))
+    op = op or identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights,
+                                  recipes.op_order(cfg.evolution))
     out = _attempt(row, round_no, op)
     started = time.monotonic()
 
@@ -80,7 +83,7 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
 
     ev, el = cfg.evolution, cfg.elimination
     try:
-        evolved = await ask("evolve", recipes.evolve_prompt(ev, op, parent), ev.evolve_sampling)
+        evolved = await ask("evolve", recipes.evolve_prompt(ev, op, parent, method), ev.evolve_sampling)
         instruction = rules.clean_evolution(evolved.text)
         out[C.INSTRUCTION] = instruction
         if not instruction:

@@ -23,6 +23,7 @@ COMPLICATE_INPUT = "complicate_input"
 BREADTH = "breadth"
 DEPTH_OPS = (CONSTRAINTS, DEEPEN, CONCRETIZE, REASONING, COMPLICATE_INPUT)
 OPS = DEPTH_OPS + (BREADTH,)
+AUTO_OP = "auto"  # Auto Evol-Instruct's one optimized method (`evolution.auto`, `auto.py`)
 
 ORIGINAL_MARKER = "#Original Instruction#"
 REWRITTEN_MARKER = "#Rewritten Instruction#"
@@ -112,3 +113,36 @@ QUALITY_TEMPLATE = (
     "other reasons.\n\n## Question:\n{instruction}\n\n## Answer:\n{response}\n\n## Score:"
 )
 
+
+# Auto Evol-Instruct (arXiv 2406.00770; `evolve/auto.py`), in our words: the initial evolving
+# method (the `{method}` of the recipe's in-depth frame), the trajectory analysis
+# ({method}, {instruction}, {evolved}, {outcome}) and the optimizer ({method}, {feedback}).
+INITIAL_METHOD = (
+    "Work in four steps. Step 1: list several ways to make the instruction more complex without "
+    "changing its topic, such as a new constraint, a more specific case, more steps of reasoning, "
+    "or data the answer must use. Step 2: choose the ways from your list that suit this "
+    "instruction best. Step 3: rewrite the instruction with them, so that it stays one clear "
+    "request that a person can answer. Step 4: check that it keeps all the information it "
+    "started from and is harder to answer well; if it is not, fix it. Write down only the "
+    "result of step 4, not the steps."
+)
+
+ANALYSIS_TEMPLATE = (
+    "You are reviewing the work of an instruction rewriter. It was asked to make an instruction "
+    "more complex by following this method:\n{method}\n\n"
+    "The instruction it was given:\n{instruction}\n\n"
+    "What it wrote:\n{evolved}\n\n"
+    "What happened to it: {outcome}\n\n"
+    "In one or two sentences, say what went wrong with this rewrite and which part of the method "
+    "led to it: for example, it is no harder than the instruction it was given, it lost "
+    "information that one needed, it answers that instruction instead of rewriting it, or it "
+    "repeats words of the method. If nothing went wrong, write: No problems."
+)
+
+OPTIMIZER_TEMPLATE = (
+    "You improve methods that tell an instruction rewriter how to make an instruction more "
+    "complex. This is the current method:\n{method}\n\n"
+    "Reviewers found these problems in rewrites made with it:\n{feedback}\n\n"
+    "Write an improved method that keeps what works and avoids these problems. Address it to the "
+    "rewriter as a short list of steps, in at most 150 words. Reply with the improved method only."
+)

@@ -171,24 +171,31 @@ def op_order(ev: EvolutionConfig) -> List[str]:
     return [op for op in ops if op in ev.op_weights] + sorted(op for op in ev.op_weights if op not in ops)
 
 
-def evolve_prompt(ev: EvolutionConfig, op: str, instruction: str) -> str:
-    """The rewriter prompt of one operation for one instruction."""
-    return op_template(ev, op)[1].format(instruction=instruction, method=ev.templates.methods.get(op, ""))
+def evolve_prompt(ev: EvolutionConfig, op: str, instruction: str, method: str | None = None) -> str:
+    """The rewriter prompt of one operation for one instruction; `method`: another text for its
+    `{method}` than the configured one (Auto Evol's candidates)."""
+    text = ev.templates.methods.get(op, "") if method is None else method
+    return op_template(ev, op)[1].format(instruction=instruction, method=text)
 
 
 def resolve(cfg: Config) -> None:
     """Fill in what `evolution.recipe` supplies and the config leaves unset: weights (the user's
     win, the user's own operations after the recipe's, by name), frames, methods and the recipe's
-    rule switches. Loading a saved, already resolved config again changes nothing."""
+    rule switches. With `evolution.auto.enabled`, operation `auto` (weight 1, its method the
+    initial one until the run replaces it with the optimized one) and the recipe's at weight 0. Loading a saved, already resolved config again changes nothing."""
     ev, el = cfg.evolution, cfg.elimination
     recipe = RECIPES[ev.recipe]  # a known name: config checks it first
+    auto = ev.auto.enabled  # Auto Evol: its one method, the recipe's operations off unless weighted
     user = dict(ev.op_weights)
-    ev.op_weights = {op: float(user.pop(op, o.weight)) for op, o in recipe.ops.items()}
+    if auto:
+        user.setdefault(prompts.AUTO_OP, 1.0)
+    ev.op_weights = {op: float(user.pop(op, 0.0 if auto else o.weight)) for op, o in recipe.ops.items()}
     ev.op_weights.update((op, user[op]) for op in sorted(user))
     for frame in FRAMES:
         if getattr(ev.templates, frame) is None:
             setattr(ev.templates, frame, recipe.frames.get(frame))
     ev.templates.methods = {**{op: o.method for op, o in recipe.ops.items() if o.method},
+                            **({prompts.AUTO_OP: ev.auto.templates.method} if auto else {}),
                             **ev.templates.methods}
     for rule in RULES:
         if getattr(el, rule) is None:

@@ -2,6 +2,8 @@
 
     run.json                config hash and the values it covers (a rerun must agree)
     config.yaml             the resolved config, secrets masked
+    method/                 Auto Evol-Instruct (evolution.auto): step_T/ and methods.parquet, the
+      manifest.json         candidates' failure rates by step and the chosen method (written last)
     round_N/                every attempted evolution of round N, kept or not, as Parquet
       _attempts/            engine results while the round runs (resume reads them)
       manifest.json         written last: the commit marker, with counts and the file list
@@ -33,6 +35,7 @@ ATTEMPTS = "_attempts"
 STAGING = "_staging"
 FINAL = "final"
 REMOVED = "_removed"
+METHOD = "method"
 SCORES = "scores"
 SELECTED = "selected"
 REPORT = "report"

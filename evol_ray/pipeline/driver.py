@@ -2,6 +2,7 @@
 the final set (and the scores, if `score.enabled`). It reads top to bottom as the pipeline:
 
     check input, output and model (or endpoint) -> connect to Ray -> read seeds
+    -> (Auto Evol: the method of operation `auto`, optimized on the seeds, `pipeline/method.py`)
     -> for each round: skip if committed, else run it (engines started at the first one that
        runs; engine phase, commit phase) -> next pool
     -> final set -> (scores, on the same engines) -> engines stopped
@@ -24,6 +25,7 @@ from evol_ray.engine.service import start_engines
 from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
+from evol_ray.pipeline import method
 from evol_ray.pipeline.final import write_final
 from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, run_round
 
@@ -90,6 +92,8 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
     repeats = seeds_mod.ONLY_REPEATS(all_seeds)
+    if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
+        cfg = method.rounds_config(cfg, method.find_method(cfg, out, seeds, engines))
     pool = seeds
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too

@@ -84,7 +84,7 @@ def test_default_yaml_names_every_key():
     from evol_ray.config import Config
 
     in_prompts_py = {"evolution.templates", "elimination.judge_template", "score.template",
-                     "select.quality_template"}
+                     "select.quality_template", "evolution.auto.templates"}
     shipped = OmegaConf.to_container(OmegaConf.load(pathlib.Path(__file__).resolve().parents[2] / "conf" / "default.yaml"))
 
     def missing(schema, written, prefix=""):

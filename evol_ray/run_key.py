@@ -1,0 +1,71 @@
+"""What a run's result depends on: the flattened config values that change what it produces, and
+their hash. A rerun into an output path must agree on them (`run.json`); a round, the final set
+and the scores are reused only when their manifest's `config_hash` matches. `config.py`
+re-exports these names (`config.config_hash`, ...); this module reads a loaded `Config` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from omegaconf import OmegaConf
+
+from evol_ray.evolve import prompts
+
+if TYPE_CHECKING:
+    from evol_ray.config import Config
+
+# Sections whose values change what a run produces. A rerun into an existing output path must
+# agree on these; engine sizing, storage and Ray address may change between attempts.
+RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output.include_seeds",
+                   "dedup", "quality")
+# Keys inside those sections that only size the work, never change its result.
+SIZING_KEYS = ("dedup.partitions",)
+# Keys added after runs were first hashed, with the value that does what those runs did: at that
+# value they are left out of the hash, so a run written before them still resumes.
+LATER_KEYS = {"evolution.recipe": "general", "evolution.templates.downward": None,
+              "elimination.code_answer": False, "elimination.math_answer": False}
+
+
+def result_values(cfg: Config) -> Dict[str, Any]:
+    """The flattened `key -> value` map of everything that changes what a run produces."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # no secret is a result key
+    flat: Dict[str, Any] = {}
+    for section in RESULT_SECTIONS:
+        node: Any = data
+        for part in section.split("."):
+            node = node[part]
+        _flatten(section, node, flat)
+    for key in SIZING_KEYS:
+        flat.pop(key, None)
+    if cfg.engine.backend != "vllm":  # the endpoint's model wrote the rows (absent for vllm: hashes stay)
+        flat["engine.backend"] = cfg.engine.backend
+        flat["engine.endpoint.model"] = cfg.engine.endpoint.model
+    for key, value in LATER_KEYS.items():
+        if key in flat and flat[key] == value:
+            del flat[key]
+    # Auto Evol's keys change nothing while it is off; while on, they make the `auto` method,
+    # which the run writes into the rounds' copy of the config only.
+    off = not cfg.evolution.auto.enabled
+    return {k: v for k, v in flat.items() if not (k.startswith("evolution.auto.") if off
+                                                  else k == f"evolution.templates.methods.{prompts.AUTO_OP}")}
+
+
+def _flatten(prefix: str, node: Any, out: Dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = node
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(result_values(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def differing_keys(saved: Dict[str, Any], cfg: Config) -> List[str]:
+    now = result_values(cfg)
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
