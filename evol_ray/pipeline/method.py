@@ -102,7 +102,13 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) ->
     log.info("auto evol: %d step(s) of %d candidate(s) on a dev set of %d seeds, mini-batches of %d",
              a.steps, a.candidates, dev.num_rows, batches[0].num_rows if batches else 0)
 
+    stats = None  # engine figures as a round's (start-up paid here, busy share), once one step runs
+
     def through(fn, table: pa.Table, schema: pa.Schema) -> pa.Table:
+        nonlocal stats
+        if stats is None:
+            stats = start_engine_stats(0)
+            engines.round_begin()
         return table_through(table, engines, fn, schema, stats=stats)
 
     def load(t: int) -> Optional[dict]:
@@ -120,13 +126,12 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) ->
                  chosen[C.CANDIDATE], chosen[C.FAILURE_RATE])
         return m
 
-    stats = start_engine_stats(0)  # engine figures as a round's: start-up (paid here), busy share
     try:
-        engines.round_begin()
         steps = auto.optimize(cfg, dev, batches, through, load, save)
-        engine_figures = engines.round_figures(ray.get(stats.get.remote()))
+        engine_figures = {} if stats is None else engines.round_figures(ray.get(stats.get.remote()))
     finally:
-        ray.kill(stats)
+        if stats is not None:
+            ray.kill(stats)
     entries = [e for s in steps for e in s["methods"]]
     files = commit.write_tables({METHODS_FILE: pa.Table.from_pylist(entries, schema=C.METHODS_SCHEMA)}, mdir)
     for t in range(len(steps)):

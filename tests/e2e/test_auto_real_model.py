@@ -6,8 +6,9 @@ and a rerun.
 Asserted: `method/manifest.json` names every candidate with its failure rate (step 0's initial
 method, step 1's incumbent and two proposals), and each rate is what its trial rows say; every
 committed file is listed; the chosen method is the lowest rate; round 1's rows all carry op `auto`
-(their engines already warm: round 1 starts none); the report shows the section; a rerun reuses the method
-and the round without an engine request."""
+(their engines already warm: round 1 starts none); the report shows the section; a rerun reuses the
+method and the round without an engine request, and so does one after a crash that left the steps
+committed but not `method/` itself."""
 
 import json
 from collections import Counter
@@ -85,3 +86,14 @@ def test_auto_evol_one_step_two_candidates_then_a_round(real_model, ray_local, t
     again = run(load_config(args))  # everything committed: reused, nothing sent to an engine
     assert json.loads((mdir / "manifest.json").read_text())["finished"] == finished
     assert again["rounds"][0]["finished"] == r1["finished"]
+
+    # a crash after the last step's commit, before method/'s: the steps are reused, not redone
+    steps_done = [json.loads((mdir / f"step_{t}" / "manifest.json").read_text())["finished"] for t in (0, 1)]
+    (mdir / "manifest.json").unlink()
+    (mdir / "methods.parquet").unlink()
+    run(load_config(args))
+    redone = json.loads((mdir / "manifest.json").read_text())
+    assert redone["by_step"] == m["by_step"] and redone[C.CHOSEN] == m[C.CHOSEN]
+    assert redone["engine"] == {}  # no engine request: every step came from its commit
+    assert [json.loads((mdir / f"step_{t}" / "manifest.json").read_text())["finished"]
+            for t in (0, 1)] == steps_done
