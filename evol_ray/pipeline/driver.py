@@ -92,8 +92,10 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
     repeats = seeds_mod.ONLY_REPEATS(all_seeds)
+    found = None
     if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
-        cfg = method.rounds_config(cfg, method.find_method(cfg, out, seeds, engines))
+        found = method.find_method(cfg, out, seeds, engines)
+        cfg = method.rounds_config(cfg, found)
     pool = seeds
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too
@@ -109,7 +111,7 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
         expected = pool_size_after(m)
         pool = pool_after(out, m)
     final = write_final(cfg, out, manifests, seeds)
-    summary = {"output": out.url, "rounds": manifests, "final": final}
+    summary = {"output": out.url, "rounds": manifests, "final": final, "method": found}
     if cfg.score.enabled:
         summary["scores"] = score_run(cfg, out, engines=engines)
     return summary

@@ -298,3 +298,8 @@ def test_the_report_section_lists_every_candidate_and_the_chosen_method():
     assert "Initial method 100%, chosen 0% (step 1, candidate 2)" in page
     assert plots.methods({"method": fig}).startswith(b"\x89PNG")
     assert "Not used" in sections.method_html(None, _table, "")
+    from evol_ray.cli import format_summary
+
+    text = format_summary({"output": "runs/x", "rounds": [], "final": {"rows": 0}, "method": fig})
+    assert ("auto evol: 1 step(s) on 6 dev seeds; method failure rate 100% -> 0% (step 1, candidate 2) "
+            "in runs/x/method") in text
