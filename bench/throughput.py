@@ -7,8 +7,10 @@
 
 With `--rounds R` both sides run R rounds; the bare side keeps its one engine across them and
 builds each next pool as the pipeline does (a kept row goes on evolved, any other hands its
-parent on; the pipeline's dedup and quality checks may drop a few more, so its requests can be
-slightly fewer). With `--backend openai` the bench starts one `vllm serve` on loopback and both
+parent on). The pipeline's in-round CPU checks (dedup, quality) are off by default, so that both
+sides send the same requests and their tokens per second compare the same work (a row the checks
+drop would otherwise end the pipeline's chain early while a round still waits for its slowest
+row); `--checks` keeps them on (their cost is the commit phase, printed either way). With `--backend openai` the bench starts one `vllm serve` on loopback and both
 sides send to it: the pipeline with `engine.backend=openai`, the bare side with the same
 `OpenAIGenerator` from one async process without Ray; the server's start-up is outside both.
 
@@ -84,6 +86,8 @@ def build_config(args, model: str, seeds: Path, out: Path):
     ]
     if args.max_model_len:
         overrides.append(f"model.max_model_len={args.max_model_len}")
+    if not args.checks:
+        overrides += ["dedup.in_rounds=false", "quality.in_rounds=false"]
     if args.backend == "openai":
         overrides += ["engine.backend=openai", f"engine.endpoint.base_url={args.base_url}",
                       "engine.endpoint.model=bench", f"engine.endpoint.max_in_flight={args.max_num_seqs}"]
@@ -196,6 +200,8 @@ def main() -> int:
     p.add_argument("--answer-tokens", type=int, default=192)
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--eager", action="store_true", help="enforce_eager (faster start on CPU)")
+    p.add_argument("--checks", action="store_true",
+                   help="keep the pipeline's in-round dedup and quality checks (it then sends fewer requests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="bare-first", choices=["bare-first", "pipeline-first"])
     p.add_argument("--only", choices=["bare", "pipeline"], help="run one side (for profiling); no ratio")
