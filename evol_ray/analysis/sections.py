@@ -23,6 +23,11 @@ def method_figures(out: Location) -> Optional[dict]:
     return {k: m.get(k) for k in keys}
 
 
+def _start(text: str, limit: int = 120) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= limit else t[:limit] + " ..."
+
+
 def method_html(fig: Optional[dict], table: Callable, img: str) -> str:
     """The section's HTML: `table(header, rows)` is the report's table helper, `img` its plot."""
     if not fig:
@@ -31,7 +36,7 @@ def method_html(fig: Optional[dict], table: Callable, img: str) -> str:
     chosen = fig[C.CHOSEN]
     rows = [[e[C.STEP], e[C.CANDIDATE], e[C.SOURCE], "step {} #{}".format(*e["origin"]), e[C.FAILURE_RATE],
              e[C.EVALUATED], e[C.FAILED], e[C.ERRORS], "yes" if e[C.CHOSEN] else "",
-             ", ".join(f"{k} {v}" for k, v in e["reason_counts"].items())]
+             ", ".join(f"{k} {v}" for k, v in e["reason_counts"].items()), _start(e[C.METHOD])]
             for s in fig["by_step"] for e in s["methods"]]
     return (f"<p>Operation <code>{html.escape(fig['op'])}</code> ran one method, optimized before round 1 "
             f"in {fig['steps']} step(s) of {fig['candidates']} candidate(s) on a dev set of "
@@ -42,7 +47,7 @@ def method_html(fig: Optional[dict], table: Callable, img: str) -> str:
             f"candidate {chosen['origin'][1]}); {fig['prompt_tokens']:,} prompt and "
             f"{fig['generated_tokens']:,} generated tokens, {fig['wall_seconds']:.0f} s.</p>"
             + table(["step", "candidate", "source", "first proposed", "failure rate", "evaluated", "failed",
-                     "errors", "chosen", "reasons"], rows)
+                     "errors", "chosen", "reasons", "method (start)"], rows)
             + img + f"<p>The chosen method:</p><pre>{html.escape(chosen[C.METHOD])}</pre>")
 
 

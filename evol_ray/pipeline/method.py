@@ -40,8 +40,8 @@ from evol_ray.stage import WHOLE_BLOCK, Stage
 log = logging.getLogger("evol_ray")
 
 METHODS_FILE = "methods.parquet"
-_SUMMARY = (C.STEP, C.CANDIDATE, C.SOURCE, C.FAILURE_RATE, C.EVALUATED, C.FAILED, C.ERRORS, C.CHOSEN,
-            "reason_counts", auto.ORIGIN)
+_SUMMARY = (C.STEP, C.CANDIDATE, C.SOURCE, C.METHOD, C.FAILURE_RATE, C.EVALUATED, C.FAILED, C.ERRORS,
+            C.CHOSEN, "reason_counts", auto.ORIGIN)
 
 
 def dev_key(seed: int, row_id: str) -> float:
@@ -153,8 +153,8 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) ->
 
 
 def summary(steps) -> dict:
-    """The steps' summaries (`auto.optimize`) -> what `method/manifest.json` says of them: the
-    candidates by step (without their texts: those are in methods.parquet) and the chosen one."""
+    """The steps' summaries (`auto.optimize`) -> what `method/manifest.json` says of them: every
+    candidate by step (its text, source, rate, counts, reasons) and the chosen one."""
     chosen = steps[-1][C.CHOSEN]
     return {
         "op": AUTO_OP,
