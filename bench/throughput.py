@@ -12,7 +12,8 @@ sides send the same requests and their tokens per second compare the same work (
 drop would otherwise end the pipeline's chain early while a round still waits for its slowest
 row); `--checks` keeps them on (their cost is the commit phase, printed either way). With `--backend openai` the bench starts one `vllm serve` on loopback and both
 sides send to it: the pipeline with `engine.backend=openai`, the bare side with the same
-`OpenAIGenerator` from one async process without Ray; the server's start-up is outside both.
+`OpenAIGenerator` from one async process without Ray; the server's start-up is outside both, and
+its prefix cache is off (else the second side would find the first's prompts cached).
 
 Both sides send the same requests: the bare side runs the very same per-row chain
 (`evol_ray.evolve.chain.evolve_row`: evolve, judge, answer, in that dependency order, the same prompts and
@@ -91,6 +92,8 @@ def build_config(args, model: str, seeds: Path, out: Path):
     if args.backend == "openai":
         overrides += ["engine.backend=openai", f"engine.endpoint.base_url={args.base_url}",
                       "engine.endpoint.model=bench", f"engine.endpoint.max_in_flight={args.max_num_seqs}"]
+        if local_device(args.device) == "cpu":  # vLLM's CPU build fails seeded requests in chunked prefill
+            overrides.append("engine.endpoint.send_seed=false")
     return load_config(overrides + args.set)
 
 
@@ -227,6 +230,8 @@ def main() -> int:
         return measure(args, build_config(args, model, seeds, work / "out"), model)
     finally:
         if server is not None:
+            if server.poll() is not None:  # it died under the bench
+                print(f"vllm serve exited with code {server.returncode}; its log: {server.log}", file=sys.stderr)
             server.kill()
 
 
@@ -242,15 +247,20 @@ def start_server(args, model: str, work: Path):
     args.base_url = f"http://127.0.0.1:{port}/v1"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
            "bench", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(args.max_model_len),
-           "--max-num-seqs", str(args.max_num_seqs), "--seed", str(args.seed)]
+           "--max-num-seqs", str(args.max_num_seqs), "--seed", str(args.seed),
+           # both sides send the same prompts to this one server: with prefix caching the second
+           # would find the first's prompts cached and run faster for it
+           "--no-enable-prefix-caching"]
     if args.eager:
         cmd.append("--enforce-eager")
+    log = Path(tempfile.gettempdir()) / f"evol-ray-bench-serve-{port}.log"  # kept after the bench
     proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-                            stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc.log = log
     end = time.monotonic() + 600
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited; see {work / 'serve.log'}")
+            raise SystemExit(f"vllm serve exited; see {log}")
         try:
             urllib.request.urlopen(f"{args.base_url}/models", timeout=2)
             return proc

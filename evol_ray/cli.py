@@ -185,9 +185,10 @@ def format_summary(summary: dict) -> str:
     """The run's summary for the terminal: per round what came in, what was kept and why not."""
     lines = [f"evol-ray: output in {summary['output']}"]
     if (m := summary.get("method")) is not None:
-        lines.append(f"auto evol: {len(m['by_step']) - 1} step(s) on {m['dev_size']} dev seeds; method failure rate "
-                     f"{m['initial_failure_rate']:.0%} -> {m['chosen']['failure_rate']:.0%} (step "
-                     f"{m['chosen']['origin'][0]}, candidate {m['chosen']['origin'][1]}) in {summary['output']}/method")
+        lines.append(f"auto evol: {len(m['by_step']) - 1} step(s) on {m['dev_size']} dev seeds; dev-set failure rate "
+                     f"{m['initial_failure_rate']:.0%} initial -> {m['chosen']['failure_rate']:.0%} chosen (step "
+                     f"{m['chosen']['origin'][0]}, candidate {m['chosen']['origin'][1]}; optimistic: the set chose "
+                     f"it) in {summary['output']}/method")
     for m in summary["rounds"]:
         eng = m.get("engine") or {}
         busy = f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight)" if eng else ""

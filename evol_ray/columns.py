@@ -175,11 +175,11 @@ STEP = "step"  # optimization step: 0 = the initial method, 1.. = the optimizer'
 CANDIDATE = "candidate"  # within a step: 0 = the method it starts from, 1.. = the optimizer's
 METHOD = "method"  # the text of `{method}` in the recipe's in-depth frame, as operation `auto`
 FEEDBACK = "feedback"  # the analysis LLM's note on one trajectory (null where it did not run)
-FAILURE_RATE = "failure_rate"  # FAILED / EVALUATED on the dev set (1.0 where nothing was evaluated)
+FAILURE_RATE = "failure_rate"  # FAILED / EVALUATED on the dev set (null: never tried)
 SOURCE = "source"  # where a candidate came from: initial | incumbent | optimizer
-EVALUATED = "evaluated"  # dev rows kept or eliminated (engine errors count neither way)
-FAILED = "failed"  # of those, eliminated
-ERRORS = "errors"  # dev rows whose chain ended in an engine error
+EVALUATED = "evaluated"  # dev rows tried (every dev row, or none)
+FAILED = "failed"  # of those, not kept: eliminated by a rule, or an engine error
+ERRORS = "errors"  # of the failed, engine errors
 CHOSEN = "chosen"  # the step's winner
 # A trial: one dev (or mini-batch) row evolved with one candidate method: an attempt row, plus
 # the step and candidate it tried (its id is the trial's own, `identity.trial_id`).
@@ -192,7 +192,7 @@ METHODS_SCHEMA = pa.schema(
         pa.field(CANDIDATE, pa.int32(), nullable=False),
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(METHOD, pa.string()),
-        pa.field(FAILURE_RATE, pa.float64(), nullable=False),
+        pa.field(FAILURE_RATE, pa.float64()),
         pa.field(EVALUATED, pa.int64(), nullable=False),
         pa.field(FAILED, pa.int64(), nullable=False),
         pa.field(ERRORS, pa.int64(), nullable=False),

@@ -70,6 +70,7 @@ class EndpointConfig:
     max_retries: int = 5
     choice_scoring: str = "logprobs"
     forced_choice: str = "guided"
+    send_seed: bool = True  # false for a server that fails seeded requests (vLLM's CPU build)
 
 
 @dataclass

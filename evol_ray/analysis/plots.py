@@ -139,12 +139,13 @@ def render_all(fig_data: dict, raw_lengths: Dict[str, Dict[int, np.ndarray]]) ->
 
 
 def methods(fig_data: dict) -> bytes:
-    """Auto Evol: each candidate's failure rate by step (dots), the chosen one's (line)."""
+    """Auto Evol: each candidate's failure rate by step (dots; one never tried is left out), the
+    chosen one's (line)."""
     steps = fig_data["method"]["by_step"]
     fig = Figure(figsize=(9, 4.5))
     ax = fig.subplots()
     for s in steps:
-        new = [e for e in s["methods"] if e[C.SOURCE] != "incumbent"]
+        new = [e for e in s["methods"] if e[C.SOURCE] != "incumbent" and e[C.FAILURE_RATE] is not None]
         ax.scatter([s[C.STEP]] * len(new), [e[C.FAILURE_RATE] for e in new], color="C0", alpha=0.6,
                    label="candidate" if s is steps[0] else None)
     best = [next(e[C.FAILURE_RATE] for e in s["methods"] if e[C.CHOSEN]) for s in steps]

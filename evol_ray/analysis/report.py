@@ -316,7 +316,7 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 <h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
 {_img("diversity", images["diversity"], "Diversity by round")}
 <h2>Difficulty</h2>{diff_html}
-<h2>Auto Evol-Instruct</h2>{sections.method_html(fig.get("method"), _table, auto_img)}
+<h2>Auto Evol-Instruct</h2>{sections.method_html(fig.get("method"), _table, auto_img, pr[0] if pr else None)}
 <h2>Selection</h2>{sections.selected_html(fig.get("selected"), _table)}
 <h2>Engine</h2>{engine}
 <h2>Lineage</h2>{lineage or "<p>No lineage (report.lineages is 0).</p>"}
@@ -362,8 +362,9 @@ def summary_text(fig: dict, paths: Dict[str, str]) -> str:
     lines.append(f"seeds: {seed_len['rows']} rows, instruction words median {seed_len.get('median', '-')}"
                  + _extra(dif.get("0"), div.get("0")))
     if (au := fig.get("method")) is not None:
-        lines.append(f"auto evol: method chosen at failure rate {au['chosen']['failure_rate']:.0%} (initial "
-                     f"{au['initial_failure_rate']:.0%}) in {au['steps']} step(s) on {au['dev_size']} dev seeds")
+        lines.append(f"auto evol: dev-set failure rate {au['initial_failure_rate']:.0%} initial -> "
+                     f"{au['chosen']['failure_rate']:.0%} chosen (optimistic: the set chose it) in "
+                     f"{au['steps']} step(s) on {au['dev_size']} dev seeds")
     for x in fig["per_round"]:
         r = str(x["round"])
         gone = ", ".join(f"{k} {v}" for k, v in x["reason_counts"].items()) or "none"

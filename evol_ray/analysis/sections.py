@@ -23,13 +23,23 @@ def method_figures(out: Location) -> Optional[dict]:
     return {k: m.get(k) for k in keys}
 
 
+def _survival(fig: dict, r: Optional[dict]) -> str:
+    """Op `auto`'s failure share in the first round: the method on rows that did not choose it."""
+    tried = (r or {}).get("op_counts", {}).get(fig["op"], 0)
+    if not tried or r.get("round") != 1:
+        return ""
+    kept = r["op_kept_counts"].get(fig["op"], 0)
+    return f"; in round 1 it failed {tried - kept} of {tried} rows ({(tried - kept) / tried:.0%})"
+
+
 def _start(text: str, limit: int = 120) -> str:
     t = " ".join(text.split())
     return t if len(t) <= limit else t[:limit] + " ..."
 
 
-def method_html(fig: Optional[dict], table: Callable, img: str) -> str:
-    """The section's HTML: `table(header, rows)` is the report's table helper, `img` its plot."""
+def method_html(fig: Optional[dict], table: Callable, img: str, first_round: Optional[dict] = None) -> str:
+    """The section's HTML: `table(header, rows)` is the report's table helper, `img` its plot,
+    `first_round` the report's figures of the first round (for op `auto`'s survival there)."""
     if not fig:
         return ("<p>Not used: the rounds ran the recipe's operations (set "
                 "<code>evolution.auto.enabled=true</code> for Auto Evol-Instruct).</p>")
@@ -41,10 +51,11 @@ def method_html(fig: Optional[dict], table: Callable, img: str) -> str:
     return (f"<p>Operation <code>{html.escape(fig['op'])}</code> ran one method, optimized before round 1 "
             f"in {fig['steps']} step(s) of {fig['candidates']} candidate(s) on a dev set of "
             f"{fig['dev_size']} seeds (mini-batches of {fig['batch_size']}). Failure rate: the share of "
-            "dev rows the run's elimination rules eliminated (engine errors left out); each step keeps "
+            "dev rows not kept (eliminated by the run's rules, or an engine error); each step keeps "
             "the lowest, a tie going to the method it started from. Initial method "
             f"{fig['initial_failure_rate']:.0%}, chosen {chosen[C.FAILURE_RATE]:.0%} (step {chosen['origin'][0]}, "
-            f"candidate {chosen['origin'][1]}); {fig['prompt_tokens']:,} prompt and "
+            f"candidate {chosen['origin'][1]}): the lowest of several estimates on the set that chose it, so "
+            f"optimistic{_survival(fig, first_round)}; {fig['prompt_tokens']:,} prompt and "
             f"{fig['generated_tokens']:,} generated tokens, {fig['wall_seconds']:.0f} s.</p>"
             + table(["step", "candidate", "source", "first proposed", "failure rate", "evaluated", "failed",
                      "errors", "chosen", "reasons", "method (start)"], rows)

@@ -118,6 +118,10 @@ class OpenAIGenerator:
                     f"engine.endpoint.max_retries={self.ep.max_retries} retries "
                     f"({type(e).__name__}: {redact(str(e), self._key)[:200]})") from None
 
+    def _seed(self, seed: int) -> dict:
+        """The request's `seed` field, unless `engine.endpoint.send_seed` is off."""
+        return {"seed": seed} if self.ep.send_seed else {}
+
     async def _chat(self, messages: List[dict], **kw):
         return await self._call(self.client.chat.completions.create, messages=messages, **kw)
 
@@ -125,7 +129,7 @@ class OpenAIGenerator:
         if choices:
             return await self._forced(prompt, list(choices), seed)
         r = await self._chat([{"role": "user", "content": prompt}], temperature=sampling.temperature,
-                             top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=seed)
+                             top_p=sampling.top_p, max_tokens=sampling.max_tokens, **self._seed(seed))
         return Completion(r.choices[0].message.content or "", r.usage.prompt_tokens, r.usage.completion_tokens)
 
     async def score_choices(self, prompt, choices) -> Dict[str, float]:
@@ -155,7 +159,7 @@ class OpenAIGenerator:
         listed = ", ".join(choices)
         for attempt in range(PARSE_TRIES):
             kw: dict = {"max_tokens": CHOICE_MAX_TOKENS, "temperature": 0.0 if attempt == 0 else 0.7,
-                        "seed": seed + attempt}
+                        **self._seed(seed + attempt)}
             text = prompt
             if how == "guided":
                 kw["extra_body"] = {"structured_outputs": {"choice": choices}}

@@ -12,16 +12,20 @@ cannot drop the instruction or the markers. One optimization step t, from the me
                   names what went wrong                                   (`trajectory_row`)
     optimization: the optimizer LLM writes `candidates` improved methods from e(t-1) and the
                   feedback, each with its own sampling seed                (`propose_row`)
-    evaluation:   every candidate evolves the dev set through the chain (`trial_row`); its failure
-                  rate is the share of dev rows the run's elimination rules eliminate (the judge's
-                  verdict among them), engine errors counted neither way  (`failure_counts`)
+    evaluation:   every candidate evolves the dev set through the chain and the round's per-row
+                  quality rules (`trial_row`); its failure rate is the share of dev rows not kept:
+                  eliminated by the run's rules (the judge LLM's verdict among them), or an engine
+                  error                                                  (`failure_counts`)
     e(t):         the lowest failure rate among e(t-1) and the candidates; a tie goes to e(t-1),
                   then to the lower candidate number                      (`choose`)
 
 Step 0 evaluates the initial method (`evolution.auto.templates.method`) on the dev set. Every
-candidate's trial of a dev row uses the same sampling seeds (common random numbers), so the
-difference between two failure rates is the methods', not the dice's; the incumbent is not tried
-again. `optimize` is the loop, with the engine pass (`through`) and the step store (`load`, `save`)
+candidate's trial of a dev row uses the same sampling seeds (common random numbers), which takes
+some of the noise out of the difference between two rates (not all: different prompts sample
+differently); a text already measured (the incumbent, or a repeated proposal) is not tried again.
+In-round dedup is not applied to trials (it compares a round against the others). The chosen
+rate is the lowest of several noisy estimates on the set that chose it: optimistic; round 1's
+survival of op `auto` is the honest figure (the report shows both). `optimize` is the loop, with the engine pass (`through`) and the step store (`load`, `save`)
 given by `pipeline/method.py`: it is pure logic, tested with a scripted engine. The default texts
 (the initial method, the analysis and optimizer prompts) are in `prompts.py`, each a config key
 under `evolution.auto.templates`.
@@ -42,6 +46,7 @@ import pyarrow.compute as pc
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import Config
+from evol_ray.checks import quality
 from evol_ray.engine.base import TextGenerator, engine_is_dead
 from evol_ray.evolve.chain import evolve_row
 from evol_ray.evolve.prompts import AUTO_OP
@@ -59,9 +64,16 @@ OUTCOMES = {
     C.R_NO_CODE: "rejected: the task asks for code and the answer to it has none",
     C.R_NO_NUMBER: "rejected: the answer to the word problem holds no number",
     C.R_PROMPT_TOO_LONG: "rejected: the rewriting prompt was too long for the model",
+    C.R_INSTRUCTION_LENGTH: "rejected: it is too short or too long",
+    C.R_ANSWER_LENGTH: "rejected: the answer to it is too short or too long",
+    C.R_REFUSAL: "rejected: the answer to it is a refusal",
+    C.R_REPEATS_INSTRUCTION: "rejected: the answer to it mostly restates it",
+    C.R_UNBALANCED_FENCE: "rejected: the answer to it leaves a code block open",
+    C.R_NON_PRINTABLE: "rejected: it or its answer holds control characters",
 }
 NO_PROBLEMS = "no problems"
 ORIGIN = "origin"  # summary key: [step, candidate] where a method was first proposed
+MEASURED_AS = "measured_as"  # summary key: the candidate whose trials measured a repeated text
 TEXT_LIMIT = 1500  # characters of an instruction or rewrite shown to the analysis LLM
 NOTE_LIMIT = 300  # characters of one trajectory's feedback passed to the optimizer
 FEEDBACK_LIMIT = 3000  # characters of feedback in all
@@ -103,20 +115,22 @@ def feedback_text(trajectories: Sequence[Dict[str, Any]]) -> str:
 
 
 def failure_counts(outcomes: Sequence[tuple]) -> Dict[str, Any]:
-    """(status, reason) of one candidate's trials -> evaluated, failed, errors, the failure rate
-    (failed / evaluated; 1.0 when nothing was evaluated, so such a method never wins) and the
-    count of each reason."""
+    """(status, reason) of one candidate's trials -> `evaluated` (dev rows tried), `failed` (not
+    kept: eliminated by a rule, or an engine error, which a method can cause too: a prompt too
+    long, an answer that times out), `errors` (of the failed, engine errors), the failure rate
+    failed / evaluated (None when nothing was tried) and the count of each reason. Every method
+    is rated over the same rows: the whole dev set."""
     statuses = [s for s, _ in outcomes]
-    failed = statuses.count(C.ELIMINATED)
-    evaluated = failed + statuses.count(C.KEPT)
-    return {C.EVALUATED: evaluated, C.FAILED: failed, C.ERRORS: statuses.count(C.ERROR_STATUS),
-            C.FAILURE_RATE: failed / evaluated if evaluated else 1.0,
+    failed = len(statuses) - statuses.count(C.KEPT)
+    return {C.EVALUATED: len(statuses), C.FAILED: failed, C.ERRORS: statuses.count(C.ERROR_STATUS),
+            C.FAILURE_RATE: failed / len(statuses) if statuses else None,
             "reason_counts": dict(sorted(Counter(r for _, r in outcomes if r).items()))}
 
 
-def choose(rates: Sequence[float]) -> int:
-    """The index of the lowest failure rate; a tie goes to the lowest index (the incumbent is 0)."""
-    return min(range(len(rates)), key=lambda i: (rates[i], i))
+def choose(rates: Sequence[Optional[float]]) -> int:
+    """The index of the lowest failure rate; a tie goes to the lowest index (the incumbent is 0);
+    a method never tried (None) never wins."""
+    return min(range(len(rates)), key=lambda i: (2.0 if rates[i] is None else rates[i], i))
 
 
 # --- row functions, run on the engines (`RowStage`) -------------------------------------------
@@ -127,6 +141,9 @@ async def trial_row(gen: TextGenerator, row: Dict[str, Any], cfg: Config) -> Dic
     out = await evolve_row(gen, row, 0, cfg, op=AUTO_OP, method=row[C.METHOD])
     out.update({C.ID: identity.trial_id(row[C.ID], row[C.STEP], row[C.CANDIDATE]),
                 C.STEP: row[C.STEP], C.CANDIDATE: row[C.CANDIDATE]})
+    if cfg.quality.in_rounds and out[C.STATUS] == C.KEPT:  # the round's per-row CPU checks too
+        t = quality.check(pa.Table.from_pylist([out], schema=C.TRIAL_SCHEMA), cfg.quality)
+        out[C.STATUS], out[C.REASON] = t[C.STATUS][0].as_py(), t[C.REASON][0].as_py()
     return out
 
 
@@ -199,17 +216,29 @@ def _spent(*tables: pa.Table) -> Dict[str, int]:
             "generated_tokens": sum(int(pc.sum(t[C.GENERATED_TOKENS]).as_py() or 0) for t in tables)}
 
 
-def evaluate(cfg: Config, step: int, methods: Dict[int, str], dev: pa.Table,
-             through: Through) -> tuple[pa.Table, Dict[int, Dict[str, Any]]]:
-    """Every method (candidate -> text; an empty one is not tried) on every dev row, in one
-    engine pass -> (the trials, candidate -> `failure_counts`)."""
-    tried = {k: m for k, m in methods.items() if m.strip()}
-    table = pa.concat_tables([_with(dev, step, k, m) for k, m in tried.items()]) if tried else None
-    trials = through(partial(trial_row, cfg=cfg), table, C.TRIAL_SCHEMA) if table is not None else C.TRIAL_SCHEMA.empty_table()
-    by = {k: [] for k in methods}
+def evaluate(cfg: Config, step: int, methods: Dict[int, str], dev: pa.Table, through: Through,
+             known: Optional[Dict[str, tuple]] = None) -> tuple[pa.Table, Dict[int, Dict[str, Any]]]:
+    """Every method (candidate -> text) on every dev row, in one engine pass -> (the trials,
+    candidate -> `failure_counts` plus `measured_as`: the candidate whose trials measured that
+    text). An empty text is not tried; a text tried once is not tried again, nor one in `known`
+    (text -> (candidate, counts): the incumbent's, measured in an earlier step)."""
+    known = dict(known or {})
+    first: Dict[str, int] = {}
+    for k, m in sorted(methods.items()):
+        if m.strip() and m.strip() not in known:
+            first.setdefault(m.strip(), k)
+    table = pa.concat_tables([_with(dev, step, k, m) for m, k in first.items()]) if first else None
+    trials = (through(partial(trial_row, cfg=cfg), table, C.TRIAL_SCHEMA) if table is not None
+              else C.TRIAL_SCHEMA.empty_table())
+    by: Dict[int, list] = {k: [] for k in first.values()}
     for k, s, r in zip(*(trials[c].to_pylist() for c in (C.CANDIDATE, C.STATUS, C.REASON))):
         by[k].append((s, r))
-    return trials, {k: failure_counts(v) for k, v in by.items()}
+    known.update((m, (k, failure_counts(by[k]))) for m, k in first.items())
+    counts = {}
+    for k, m in methods.items():
+        by_k, got = known.get(m.strip(), (None, failure_counts([])))
+        counts[k] = {**got, MEASURED_AS: by_k}
+    return trials, counts
 
 
 def _entry(step: int, k: int, source: str, method: str, counts: Dict[str, Any],
@@ -223,7 +252,7 @@ def step_zero(cfg: Config, dev: pa.Table, through: Through) -> tuple[dict, Dict[
     """The initial method on the dev set -> (summary, tables to keep)."""
     method = cfg.evolution.auto.templates.method
     trials, counts = evaluate(cfg, 0, {0: method}, dev, through)
-    entry = {**_entry(0, 0, "initial", method, counts[0]), C.CHOSEN: True}
+    entry = {**_entry(0, 0, "initial", method, {**counts[0], MEASURED_AS: None}), C.CHOSEN: True}
     return {C.STEP: 0, "methods": [entry], C.CHOSEN: entry, **_spent(trials)}, {"trials": trials}
 
 
@@ -239,9 +268,10 @@ def step(cfg: Config, t: int, incumbent: dict, batch: pa.Table, dev: pa.Table,
                      C.METHOD: [incumbent[C.METHOD]] * a.candidates, C.FEEDBACK: [feedback] * a.candidates})
     proposals = through(partial(propose_row, cfg=cfg), asks, PROPOSAL_SCHEMA).sort_by(C.CANDIDATE)
     methods = dict(zip(proposals[C.CANDIDATE].to_pylist(), proposals[C.METHOD].to_pylist()))
-    trials, counts = evaluate(cfg, t, methods, dev, through)
     kept = {k: incumbent[k] for k in (C.EVALUATED, C.FAILED, C.ERRORS, C.FAILURE_RATE, "reason_counts")}
-    entries = [_entry(t, 0, "incumbent", incumbent[C.METHOD], kept, incumbent[ORIGIN])]
+    trials, counts = evaluate(cfg, t, methods, dev, through,
+                              known={incumbent[C.METHOD].strip(): (0, kept)})
+    entries = [_entry(t, 0, "incumbent", incumbent[C.METHOD], {**kept, MEASURED_AS: None}, incumbent[ORIGIN])]
     entries += [_entry(t, k, "optimizer", methods[k], counts[k]) for k in sorted(methods)]
     best = choose([e[C.FAILURE_RATE] for e in entries])
     entries[best][C.CHOSEN] = True

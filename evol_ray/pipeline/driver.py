@@ -92,20 +92,22 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
     repeats = seeds_mod.ONLY_REPEATS(all_seeds)
-    found = None
+    found, about = None, {}
     if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
         found = method.find_method(cfg, out, seeds, engines)
-        cfg = method.rounds_config(cfg, found)
+        cfg, about = method.rounds_config(cfg, found), {method.DIGEST: found[method.DIGEST]}
     pool = seeds
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too
     for r in range(1, cfg.evolution.rounds + 1):
         m = None if redone else layout.read_manifest(layout.round_dir(out, r))
-        if m is not None and m.get("config_hash") == config_mod.config_hash(cfg):
+        # a round counts as done when made with this config (and with this Auto Evol method)
+        if m is not None and m.get("config_hash") == config_mod.config_hash(cfg) \
+                and all(m.get(k) == v for k, v in about.items()):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
             m = run_round(cfg, out, r, pool, engines, expected, seeds, manifests,
-                          repeats=repeats if r == 1 else None)
+                          repeats=repeats if r == 1 else None, about=about)
             redone = True
         manifests.append(m)
         expected = pool_size_after(m)

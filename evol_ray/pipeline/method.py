@@ -16,6 +16,7 @@ order, until one is missing (it and the steps after it are run again).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from typing import Dict, Optional
@@ -40,8 +41,12 @@ from evol_ray.stage import WHOLE_BLOCK, Stage
 log = logging.getLogger("evol_ray")
 
 METHODS_FILE = "methods.parquet"
+# The chosen method's digest, in method/manifest.json and in every round manifest made with it:
+# the method is left out of the config hash (it is what the auto keys make), so this is what ties
+# a committed round to the method it ran.
+DIGEST = "auto_method_digest"
 _SUMMARY = (C.STEP, C.CANDIDATE, C.SOURCE, C.METHOD, C.FAILURE_RATE, C.EVALUATED, C.FAILED, C.ERRORS,
-            C.CHOSEN, "reason_counts", auto.ORIGIN)
+            C.CHOSEN, "reason_counts", auto.ORIGIN, auto.MEASURED_AS)
 
 
 def dev_key(seed: int, row_id: str) -> float:
@@ -73,6 +78,8 @@ def split(drawn: pa.Table, dev_size: int, batch_size: int, steps: int):
     from the rest in turn (again from its start when it runs out); with no rest (seeds no more
     than `dev_size`), from the dev set, with a warning."""
     dev, rest = drawn.slice(0, dev_size), drawn.slice(dev_size)
+    if drawn.num_rows == 0:  # the caller stops: nothing to measure on
+        return dev, [rest] * steps
     if rest.num_rows == 0 and steps:
         log.warning("auto evol: %d seeds, none beyond evolution.auto.dev_size (%d): the mini-batches "
                     "are drawn from the dev set", drawn.num_rows, dev_size)
@@ -158,6 +165,7 @@ def summary(steps) -> dict:
     chosen = steps[-1][C.CHOSEN]
     return {
         "op": AUTO_OP,
+        DIGEST: hashlib.sha256(chosen[C.METHOD].encode("utf-8")).hexdigest()[:16],
         "by_step": [{C.STEP: s[C.STEP], C.CHOSEN: s[C.CHOSEN][C.CANDIDATE],
                      "methods": [{k: e[k] for k in _SUMMARY} for e in s["methods"]]} for s in steps],
         "initial_failure_rate": steps[0][C.CHOSEN][C.FAILURE_RATE],

@@ -88,12 +88,13 @@ WITHOUT_IDS = Stage(without_ids, WHOLE_BLOCK)
 
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, engines,
               expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
-              manifests: List[dict] = (), repeats: Optional[ray.data.Dataset] = None) -> dict:
+              manifests: List[dict] = (), repeats: Optional[ray.data.Dataset] = None,
+              about: Optional[dict] = None) -> dict:
     """Round `round_no` from `pool` into `round_N/` on the run's `engines`
     (`evol_ray.engine.service.Engines`, started here if not yet); returns its manifest. Dedup
     compares against `seeds` and the rounds of `manifests` (the earlier ones). `repeats` (round 1:
     repeated seeds) are written as `duplicate_seed` attempts beside the evolved ones, with no
-    engine request."""
+    engine request. `about`: more manifest fields (Auto Evol's method digest)."""
     device = engines.device
     rdir = layout.round_dir(out, round_no)
     attempts_dir = rdir.join(layout.ATTEMPTS)
@@ -155,6 +156,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
                           "commit": round(time.monotonic() - engine_done, 3)},
         "engine": engine_figures,
         "device": device,
+        **(about or {}),
     }, files)
     remove(attempts_dir)
     log.info("round %d: committed in %s: in %d, kept %d; %s", round_no, rdir.url, manifest["rows_in"],

@@ -72,6 +72,7 @@ def test_auto_evol_one_step_two_candidates_then_a_round(real_model, ray_local, t
     # round 1 ran the chosen method as op `auto`, on the run's (warm) engines
     r1 = summary["rounds"][0]
     assert r1["op_counts"] == {AUTO_OP: SEEDS} and r1["engine"]["engine_starts"] == 0
+    assert r1["auto_method_digest"] == m["auto_method_digest"]  # the round names the method it ran
     rows = pq.read_table([str(out / "round_1" / f) for f in r1["files"]]).to_pylist()
     assert {x[C.OP] for x in rows} == {AUTO_OP} and len(rows) == SEEDS
     assert r1["reason_counts"] == dict(Counter(x[C.REASON] for x in rows if x[C.STATUS] != C.KEPT))

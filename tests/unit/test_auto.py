@@ -96,20 +96,24 @@ def test_analysis_and_optimizer_templates_hold_their_fields():
 
 # --- pure parts ------------------------------------------------------------------------------------
 
-def test_failure_counts_leave_engine_errors_out_of_the_rate():
+def test_failure_counts_rate_every_method_over_all_its_dev_rows_errors_included():
     got = auto.failure_counts([(C.KEPT, None), (C.ELIMINATED, C.R_NO_GAIN), (C.ELIMINATED, C.R_SORRY),
                                (C.ERROR_STATUS, C.R_ENGINE_ERROR), (C.KEPT, None)])
-    assert (got[C.EVALUATED], got[C.FAILED], got[C.ERRORS]) == (4, 2, 1)
-    assert got[C.FAILURE_RATE] == 0.5
+    assert (got[C.EVALUATED], got[C.FAILED], got[C.ERRORS]) == (5, 3, 1)
+    assert got[C.FAILURE_RATE] == 0.6
     assert got["reason_counts"] == {C.R_ENGINE_ERROR: 1, C.R_NO_GAIN: 1, C.R_SORRY: 1}
-    assert auto.failure_counts([(C.ERROR_STATUS, C.R_ENGINE_ERROR)])[C.FAILURE_RATE] == 1.0
-    assert auto.failure_counts([])[C.FAILURE_RATE] == 1.0
+    # a method whose rows mostly error cannot look better than one measured on every row
+    erratic = auto.failure_counts([(C.ERROR_STATUS, C.R_ENGINE_ERROR)] * 7 + [(C.KEPT, None)])
+    steady = auto.failure_counts([(C.ELIMINATED, C.R_NO_GAIN)] * 3 + [(C.KEPT, None)] * 5)
+    assert auto.choose([steady[C.FAILURE_RATE], erratic[C.FAILURE_RATE]]) == 0
+    assert auto.failure_counts([])[C.FAILURE_RATE] is None
 
 
 def test_choose_takes_the_lowest_rate_and_breaks_ties_toward_the_lower_index():
     assert auto.choose([0.5, 0.25, 0.75]) == 1
     assert auto.choose([0.25, 0.5, 0.25]) == 0  # the incumbent keeps its place on a tie
     assert auto.choose([0.5, 0.25, 0.25]) == 1
+    assert auto.choose([1.0, None]) == 0  # a method never tried never wins, even over 1.0
 
 
 @pytest.mark.parametrize("reply,method", [
@@ -151,6 +155,13 @@ def test_the_draw_skips_blank_seeds_and_does_not_depend_on_blocks():
         [method.smallest_keys(t.slice(i, 7), 10, 3) for i in range(0, t.num_rows, 7)]), 10, 3)
     assert in_blocks[C.ID].to_pylist() == whole[C.ID].to_pylist()
     assert method.smallest_keys(t, 10, seed=4)[C.ID].to_pylist() != whole[C.ID].to_pylist()
+
+
+def test_split_with_no_steps_or_no_rows():
+    dev, batches = method.split(pool(5), dev_size=8, batch_size=4, steps=0)
+    assert dev.num_rows == 5 and batches == []
+    dev, batches = method.split(pool(0), dev_size=8, batch_size=4, steps=2)
+    assert dev.num_rows == 0 and [b.num_rows for b in batches] == [0, 0]
 
 
 def test_split_gives_disjoint_dev_and_batches_and_cycles_the_rest():
@@ -266,7 +277,7 @@ def test_a_tie_with_the_incumbent_keeps_the_incumbent():
 def test_an_empty_proposal_is_not_tried_and_cannot_win():
     cfg, gen, store, out = run_loop(["Improved method:", "GOOD: add a table."], candidates=2)
     empty = out[1]["methods"][1]
-    assert (empty[C.METHOD], empty[C.EVALUATED], empty[C.FAILURE_RATE]) == ("", 0, 1.0)
+    assert (empty[C.METHOD], empty[C.EVALUATED], empty[C.FAILURE_RATE]) == ("", 0, None)
     assert store.steps[1]["_tables"]["trials"][C.CANDIDATE].to_pylist().count(1) == 0
     assert out[1][C.CHOSEN][C.CANDIDATE] == 2
 
@@ -292,14 +303,51 @@ def test_the_report_section_lists_every_candidate_and_the_chosen_method():
     cfg, gen, store, out = run_loop(["BAD: copy it.", "GOOD: add a table."], candidates=2)
     fig = {**method.summary(out), "recipe": "general", "dev_size": 6, "batch_size": 4, "steps": 1,
            "candidates": 2, "wall_seconds": 1.0}
-    page = sections.method_html(fig, _table, "<img>")
+    page = sections.method_html(fig, _table, "<img>", {"round": 1, "op_counts": {"auto": 10},
+                                                       "op_kept_counts": {"auto": 3}})
     assert page.count("<tr>") == 1 + 1 + 3  # header, step 0, step 1's incumbent and two candidates
     assert "GOOD: add a table." in page and "no_information_gain 6" in page
     assert "Initial method 100%, chosen 0% (step 1, candidate 2)" in page
+    assert "in round 1 it failed 7 of 10 rows (70%)" in page
     assert plots.methods({"method": fig}).startswith(b"\x89PNG")
     assert "Not used" in sections.method_html(None, _table, "")
     from evol_ray.cli import format_summary
 
     text = format_summary({"output": "runs/x", "rounds": [], "final": {"rows": 0}, "method": fig})
-    assert ("auto evol: 1 step(s) on 6 dev seeds; method failure rate 100% -> 0% (step 1, candidate 2) "
-            "in runs/x/method") in text
+    assert ("auto evol: 1 step(s) on 6 dev seeds; dev-set failure rate 100% initial -> 0% chosen (step 1, "
+            "candidate 2; optimistic: the set chose it) in runs/x/method") in text
+
+
+def test_a_repeated_or_incumbent_text_is_measured_once():
+    cfg, gen, store, out = run_loop(["GOOD: add a table.", " GOOD: add a table. ", prompts.INITIAL_METHOD],
+                                    candidates=3)
+    entries = {e[C.CANDIDATE]: e for e in out[1]["methods"]}
+    trials = store.steps[1]["_tables"]["trials"]
+    assert sorted(set(trials[C.CANDIDATE].to_pylist())) == [1]  # only the first GOOD was tried
+    assert entries[2][auto.MEASURED_AS] == 1 and entries[2][C.FAILURE_RATE] == entries[1][C.FAILURE_RATE] == 0.0
+    assert entries[3][auto.MEASURED_AS] == 0 and entries[3][C.FAILURE_RATE] == 1.0  # the incumbent's
+    assert out[1][C.CHOSEN][C.CANDIDATE] == 1
+
+
+def test_trials_pass_the_rounds_quality_rules_and_the_analysis_hears_of_them():
+    cfg = load_config(AUTO + ["evolution.auto.steps=1", "evolution.auto.candidates=1",
+                              "evolution.auto.templates.method='GOOD: start here.'"])
+    gen = MethodDouble(cfg, ["GOOD: add a table."])
+    refusing = gen.generate
+
+    async def generate(prompt, sampling, *, seed, choices=None):
+        c = await refusing(prompt, sampling, seed=seed, choices=choices)
+        if gen.calls[-1][0] == "answer":
+            c.text = "As an AI language model, I will not describe the habitat of that animal for you."
+        return c
+    gen.generate = generate
+    store = Store()
+    dev, batches = method.split(pool(10), 6, 4, 1)
+    out = auto.optimize(cfg, dev, batches, through_with(gen), store.load, store.save)
+    good = out[1]["methods"][1]
+    assert good[C.FAILURE_RATE] == 1.0 and good["reason_counts"] == {C.R_REFUSAL: 6}
+    analysed = [p for k, _, p in gen.calls if k == "analysis"]
+    assert len(analysed) == 4 and all(auto.OUTCOMES[C.R_REFUSAL] in p for p in analysed)
+    off = load_config(AUTO + ["quality.in_rounds=false"])
+    row = {**pool(1).to_pylist()[0], C.STEP: 1, C.CANDIDATE: 1, C.METHOD: "GOOD: add a table."}
+    assert asyncio.run(auto.trial_row(gen, row, off))[C.STATUS] == C.KEPT

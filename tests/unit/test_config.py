@@ -110,3 +110,15 @@ def test_secrets_are_masked_and_hash_ignores_engine_sizing():
     changed = load_config(BASE + ["seed=3", "evolution.rounds=2"])
     saved = cfgmod.result_values(load_config(BASE))
     assert cfgmod.differing_keys(saved, changed) == ["evolution.rounds", "seed"]
+
+
+@pytest.mark.parametrize("extra,digest", [
+    ([], "5f8624b18de68d2a"),
+    (["evolution.recipe=code"], "587f7577d8c02a5c"),
+    (["evolution.recipe=math", "seed=3"], "fb4cc634880d4367"),
+])
+def test_config_hashes_of_runs_written_before_stay_the_same(extra, digest):
+    """A run's output path is resumed only under the same hash (run.json): these are the hashes
+    that evol-ray wrote before Auto Evol's keys existed (commit 8db6777), so a new key must stay
+    out of the hash at its default, or every earlier run would be refused."""
+    assert cfgmod.config_hash(load_config(BASE + extra)) == digest

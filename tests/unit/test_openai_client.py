@@ -71,3 +71,27 @@ def test_match_choice_takes_the_longest_number_not_its_prefix():
 def test_one_hot_is_a_distribution_on_the_chosen():
     lp = one_hot(["a", "b"], "b")
     assert lp["b"] == 0.0 and lp["a"] == -math.inf
+
+
+@pytest.mark.parametrize("send,sent", [(True, {"seed": 1234}), (False, {})])
+def test_the_row_seed_is_sent_unless_send_seed_is_off(send, sent, monkeypatch):
+    """vLLM's CPU server can stop on a seeded request (chunked prefill): send_seed=false sends none."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from evol_ray.config import SamplingConfig
+    from evol_ray.engine.openai_client import OpenAIGenerator, Secret
+
+    cfg = load_config(BASE + [f"engine.endpoint.send_seed={str(send).lower()}"])
+    gen = OpenAIGenerator(cfg.engine.endpoint, Secret("k"))
+    seen = []
+
+    async def create(**kw):
+        seen.append(kw)
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Equal"))],
+                               usage=SimpleNamespace(prompt_tokens=3, completion_tokens=1))
+
+    monkeypatch.setattr(gen.client.chat.completions, "create", create)
+    asyncio.run(gen.generate("Say hi.", SamplingConfig(), seed=1234))
+    asyncio.run(gen.generate("Pick one.", SamplingConfig(), seed=1234, choices=["Equal", "Not Equal"]))
+    assert all({k: v for k, v in kw.items() if k == "seed"} == sent for kw in seen) and len(seen) == 2
