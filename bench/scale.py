@@ -149,10 +149,6 @@ class Stages:
                  (commit, "write_dataset", "write", None),
                  (commit, "move_into", "move files", len),
                  (commit, "readable_parts", "list parts", len)]
-        if hasattr(round_mod, "done_ids"):
-            spots.append((round_mod, "done_ids", "resume ids", len))
-        if hasattr(round_mod, "resume_filter"):
-            spots.append((round_mod, "resume_filter", "resume ids", None))
         return [(m, n, self.wrap(m, n, label, rows_of)) for m, n, label, rows_of in spots]
 
 
