@@ -12,16 +12,12 @@ As Ray Data stages, on "items" (`id`, `round`, `instruction`, `response`, `dedup
   3. pass 1, groupby(`dedup_part`).map_groups(`shared_keys`): Ray Data's hash shuffle brings every
      key to one group; the rows of keys that repeat (a vectorized sort, no per-row Python) are the
      buckets to check and the items in them;
-  4. pass 2, `candidate_key_rows` (map_batches) then groupby(`dedup_part`).map_groups
-     (`verified_edges`): each item of some bucket is keyed again by its shared keys, this time
-     carrying its signature, so each bucket is checked where it lands: a star of candidate edges
-     from the bucket's smallest node, kept where the texts are the same (exact duplicate) or the
-     signatures agree on at least `threshold` of their values;
-  5. on the driver (`components`): the verified edges and, for the nodes in them, a few columns
-     without the signature (`candidate_rows`); clusters are SciPy's connected components over
-     integer positions (a union-find); one kept row per cluster. The driver holds no signature
-     and nothing for rows outside a verified pair: memory grows with the duplicates, not with
-     the data;
+  4. pass 2, each bucket's star of candidate edges (from its smallest node) checked (`_holds`):
+     on the driver if the candidates' signatures fit `DRIVER_CHECK_BYTES` (`verified_on_driver`),
+     else `candidate_key_rows` then groupby(`dedup_part`).map_groups(`verified_edges`);
+  5. on the driver (`checks.clusters.components`): the verified edges and a few signature-less
+     columns of their nodes; connected components (SciPy, a union-find), one kept row per
+     cluster. Driver memory grows with the duplicates, not the data (signatures: bounded);
   6. `mark` (map_batches): the rows to drop get status `eliminated`, reason `duplicate` (same
      normalized text as the kept row) or `near_duplicate`, and `duplicate_of` = the kept row's id.
 
@@ -52,8 +48,7 @@ from evol_ray.stage import WHOLE_BLOCK, Stage
 
 log = logging.getLogger("evol_ray")
 
-# Rows per batch of every stage here: Ray Data's default (1024) lets per-batch costs dominate.
-BATCH_ROWS = 16384
+BATCH_ROWS = 16384  # rows per batch of every stage here: Ray Data's 1024 lets per-batch costs dominate
 
 __all__ = ["Params", "params_from", "dedup", "reference_items", "find_duplicates"]
 
@@ -178,7 +173,7 @@ def candidate_key_rows(sigs: pa.Table, nodes: np.ndarray, keys: np.ndarray, p: P
     sigs = candidate_rows(sigs, nodes)
     k = _item_keys(sigs, p)
     key = k.ravel()
-    hit = np.zeros(len(key), bool) if len(keys) == 0 else keys[np.minimum(np.searchsorted(keys, key), len(keys) - 1)] == key
+    hit = keys[np.minimum(np.searchsorted(keys, key), len(keys) - 1)] == key  # keys: not empty
     row = np.repeat(np.arange(sigs.num_rows), k.shape[1])[hit]
     key = key[hit]
     cols = {C.DEDUP_KEY: key, C.DEDUP_NODE: sigs[C.DEDUP_NODE].to_numpy()[row],
@@ -189,21 +184,41 @@ def candidate_key_rows(sigs: pa.Table, nodes: np.ndarray, keys: np.ndarray, p: P
     return pa.table(cols)
 
 
+def _holds(a: np.ndarray, b: np.ndarray, th: np.ndarray, sig: Optional[np.ndarray], p: Params) -> np.ndarray:
+    """Which pairs of row positions (a, b) are duplicates: the same `text_hash`, or (near dedup)
+    signatures agreeing on at least `threshold` of their values."""
+    accept = th[a] == th[b]
+    if p.near:
+        todo = np.flatnonzero(~accept)
+        for i in range(0, len(todo), 65536):  # chunks bound the memory of the comparison
+            idx = todo[i:i + 65536]
+            accept[idx] = (sig[a[idx]] == sig[b[idx]]).sum(axis=1) >= agreeing_values(p)
+    return accept
+
+
 def verified_edges(group: pa.Table, p: Params) -> pa.Table:
     """Pass 2, the candidate key rows of one shuffle partition -> the candidate edges (`_stars`,
-    the same as pass 1's buckets give) that hold: same `text_hash` (an exact duplicate), or
-    signatures agreeing on at least `threshold` of their values. A pair sharing several bands
-    comes out once per band; the driver collapses them."""
+    the same as pass 1's buckets give) that hold (`_holds`). A pair sharing several bands comes
+    out once per band; the driver collapses them."""
     key = group[C.DEDUP_KEY].to_numpy()
     node = group[C.DEDUP_NODE].to_numpy()
     a, b = _stars(key, node)
-    th = group["text_hash"].to_numpy()
-    accept = th[a] == th[b]
-    if p.near:
-        sig = _sig_matrix(group, p)
-        todo = np.flatnonzero(~accept)
-        accept[todo] = (sig[a[todo]] == sig[b[todo]]).sum(axis=1) >= agreeing_values(p)
+    accept = _holds(a, b, group["text_hash"].to_numpy(), _sig_matrix(group, p) if p.near else None, p)
     return pa.table({"a": node[a[accept]], "b": node[b[accept]]}, schema=EDGE_SCHEMA)
+
+
+def verified_on_driver(shared: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
+    """Pass 2 without a shuffle, for few candidates: pass 1's shared key rows and the candidate
+    rows (with signatures) -> the same edges as `verified_edges` gives, each pair checked once."""
+    key, node = shared[C.DEDUP_KEY].to_numpy(), shared[C.DEDUP_NODE].to_numpy()
+    a, b = _stars(key, node)
+    pairs = np.unique(np.stack([node[a], node[b]], axis=1), axis=0).reshape(-1, 2)
+    cnode = cands[C.DEDUP_NODE].to_numpy()
+    order = np.argsort(cnode)
+    at_a = order[np.searchsorted(cnode[order], pairs[:, 0])]
+    at_b = order[np.searchsorted(cnode[order], pairs[:, 1])]
+    accept = _holds(at_a, at_b, cands["text_hash"].to_numpy(), _sig_matrix(cands, p) if p.near else None, p)
+    return pa.table({"a": pairs[accept, 0], "b": pairs[accept, 1]}, schema=EDGE_SCHEMA)
 
 
 def candidate_rows(sigs: pa.Table, nodes: np.ndarray) -> pa.Table:
@@ -258,6 +273,9 @@ def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Tab
 KEY_ROWS_PER_PARTITION = 250_000
 KEY_ROW_BYTES = 20  # dedup_key, dedup_node (uint64), dedup_part (int32)
 PASS2_BYTES_PER_PARTITION = 256 << 20
+# Candidates' signatures up to this size are checked on the driver (one collect, no second shuffle:
+# 1M items, 275k candidates, 140 MB); above it, in pass 2's shuffle. A bound, not a share of the data.
+DRIVER_CHECK_BYTES = 256 << 20
 MAP_TASKS_PER_CPU = 4
 
 
@@ -279,8 +297,7 @@ def _shuffle_map_batches(ds: ray.data.Dataset, key_bytes: int):
         ctx.shuffle_input_batch_bytes = before
 
 
-def keys_per_item(p: Params) -> int:
-    """Key rows `key_rows` writes per item: one per band, or the exact-text key alone."""
+def keys_per_item(p: Params) -> int:  # key rows `key_rows` writes per item
     return p.bands if p.near else 1
 
 
@@ -292,8 +309,7 @@ def shuffle_partitions(items: int, p: Params) -> int:
     return max(1, min(p.partitions, math.ceil(key_rows / KEY_ROWS_PER_PARTITION)))
 
 
-def target_count(batch: pa.Table) -> pa.Table:
-    """Signature rows -> one row: how many are targets (reads `dedup_target`)."""
+def target_count(batch: pa.Table) -> pa.Table:  # signature rows -> how many are targets
     return pa.table({"n": [pc.sum(batch[C.DEDUP_TARGET].cast(pa.int64())).as_py() or 0]})
 
 
@@ -324,15 +340,18 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     keys = np.unique(shared[C.DEDUP_KEY].to_numpy())
     nodes = np.unique(shared[C.DEDUP_NODE].to_numpy())
     pass2_bytes = shared.num_rows * (KEY_ROW_BYTES + 8 + (4 * p.num_perm if p.near else 0))
-    del shared
-    if len(keys):
+    on_driver = len(nodes) * (4 * p.num_perm if p.near else 8) <= DRIVER_CHECK_BYTES
+    if not len(keys):
+        edges = EDGE_SCHEMA.empty_table()
+    elif on_driver:  # few candidates: their signatures fit a fixed budget, no second shuffle
+        edges = verified_on_driver(shared, _collect(CANDIDATES(sigs, nodes=nodes)), p)
+    else:
         # pass 2 partitions by bytes: its rows carry signatures, and are few (items in a bucket)
         p2 = replace(p, partitions=max(1, min(p.partitions, math.ceil(pass2_bytes / PASS2_BYTES_PER_PARTITION))))
         verified = _by_part(CANDIDATE_KEYS(sigs, nodes=nodes, keys=keys, p=p2), p2.partitions, VERIFIED_EDGES, p=p2)
         with _shuffle_map_batches(verified, pass2_bytes):
             edges = _collect(verified, EDGE_SCHEMA)
-    else:
-        edges = EDGE_SCHEMA.empty_table()
+    del shared
     t_edges = time.perf_counter()
     in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
     cands = (_collect(CANDIDATES(sigs.select_columns(_NODE_COLUMNS), nodes=in_edges))
@@ -340,8 +359,9 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
     t_cands = time.perf_counter()
     marks = components(edges, cands, p.exact)  # no edges or no candidates: no marks
     log.info("dedup: %d items; signatures %.1fs; %d items in %d shared buckets from %d shuffle "
-             "partition(s) %.1fs; %d verified edges %.1fs; %d rows in them %.1fs; %d marked %.1fs",
+             "partition(s) %.1fs; %d verified edges (checked %s) %.1fs; %d rows in them %.1fs; %d marked %.1fs",
              n, t_sig - t0, len(nodes), len(keys), p.partitions, t_shared - t_sig, edges.num_rows,
+             "on the driver" if on_driver else "in the shuffle",
              t_edges - t_shared, cands.num_rows, t_cands - t_edges, marks.num_rows,
              time.perf_counter() - t_cands)
     return marks

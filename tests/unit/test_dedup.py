@@ -225,3 +225,6 @@ def test_buckets_checked_where_they_land_give_the_driver_side_edges(partitions):
     cpart = cand[C.DEDUP_PART].to_numpy()
     got = pa.concat_tables([D.verified_edges(cand.filter(pa.array(cpart == k)), p) for k in range(partitions)])
     assert set(zip(got["a"].to_numpy(), got["b"].to_numpy())) == want
+    # and the same edges, each once, where the candidates are few enough to check on the driver
+    on_driver = D.verified_on_driver(shared, D.candidate_rows(sigs, nodes), p)
+    assert sorted(zip(on_driver["a"].to_numpy(), on_driver["b"].to_numpy())) == sorted(want)
