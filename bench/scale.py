@@ -178,7 +178,7 @@ def start_ray(nodes: int, store_gib: float):
     per = max(1, cpus // nodes)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": per, "object_store_memory": store // nodes, "include_dashboard": False,
-        "port": _free_port()})
+        "gcs_server_port": _free_port()})
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=per, object_store_memory=store // nodes)
     cluster.wait_for_nodes()
