@@ -218,7 +218,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("evol_ray").setLevel(logging.INFO)  # dedup's phase times
     t = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"ray: started in {time.perf_counter() - t:.1f}s with {os.cpu_count()} CPUs", flush=True)
     blocks = args.blocks or max(2, n // 20_000)
     with PeakRSS() as mem:

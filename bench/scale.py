@@ -149,26 +149,36 @@ class Stages:
                  (commit, "write_dataset", "write", None),
                  (commit, "move_into", "move files", len),
                  (commit, "readable_parts", "list parts", len)]
-        if hasattr(round_mod, "done_ids"):
-            spots.append((round_mod, "done_ids", "resume ids", len))
-        if hasattr(round_mod, "resume_filter"):
-            spots.append((round_mod, "resume_filter", "resume ids", None))
         return [(m, n, self.wrap(m, n, label, rows_of)) for m, n, label, rows_of in spots]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_ray(nodes: int, store_gib: float):
     """One local node, or a local cluster of `nodes` raylets (ray.cluster_utils.Cluster), each with
-    its share of the CPUs and of the object store."""
+    its share of the CPUs and of the object store. Either is a Ray of its own: `address="local"`
+    never joins a Ray already running here, and the cluster gets its own temp dir and port, since
+    `Cluster` writes its address where a plain `ray.init()` elsewhere on the machine would find
+    and join it."""
     cpus = os.cpu_count() or 2
     store = int(store_gib * (1 << 30))
     if nodes <= 1:
-        ray.init(num_cpus=cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cpus, object_store_memory=store, include_dashboard=False,
+                 log_to_driver=False)
         return None
     from ray.cluster_utils import Cluster
 
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="er-", dir="/tmp")  # short: socket paths
     per = max(1, cpus // nodes)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": per, "object_store_memory": store // nodes, "include_dashboard": False})
+        "num_cpus": per, "object_store_memory": store // nodes, "include_dashboard": False,
+        "gcs_server_port": _free_port()})
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=per, object_store_memory=store // nodes)
     cluster.wait_for_nodes()
@@ -296,6 +306,7 @@ def main() -> int:
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+            shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
         if not args.work and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     growth = float("nan")

@@ -6,17 +6,18 @@ its MinHash estimate of Jaccard similarity, so a pair below `threshold` is never
 
 As Ray Data stages, on "items" (`id`, `round`, `instruction`, `response`, `dedup_target`):
   1. `signature_rows` (map_batches, the hot path): per item a node id (uint64 of the id), the
-     normalized-text hash, and the MinHash signature; materialized, since two stages read it;
+     normalized-text hash, and the MinHash signature; materialized, since later stages read it;
   2. `key_rows` (map_batches): one uint64 key per LSH band (or, without near dedup, the exact-text
      key), exploded to (`dedup_key`, `dedup_node`, `dedup_part`) rows;
-  3. groupby(`dedup_part`).map_groups(`bucket_edges`): Ray Data's hash shuffle brings every key to
-     one group; rows sharing a key become candidate edges (a vectorized sort, no per-row Python);
-  4. `candidate_rows` (map_batches): the signature rows of nodes in some edge;
-  5. on the driver (`resolve`): same text hash = exact duplicate; other edges are kept where the
-     signatures agree on at least `threshold` of their values; clusters are SciPy's connected
-     components over integer positions (a union-find); one kept row per cluster. Candidate pairs
-     are few (about bands x duplicates), so the driver holds only them and their rows'
-     signatures, never the whole dataset;
+  3. pass 1, groupby(`dedup_part`).map_groups(`shared_keys`): Ray Data's hash shuffle brings every
+     key to one group; the rows of keys that repeat (a vectorized sort, no per-row Python) are the
+     buckets to check and the items in them;
+  4. pass 2, each bucket's star of candidate edges (from its smallest node) checked (`_holds`):
+     on the driver if the candidates' signatures fit `DRIVER_CHECK_BYTES` (`verified_on_driver`),
+     else `candidate_key_rows` then groupby(`dedup_part`).map_groups(`verified_edges`);
+  5. on the driver (`checks.clusters.components`): the verified edges and a few signature-less
+     columns of their nodes; connected components (SciPy, a union-find), one kept row per
+     cluster. Driver memory grows with the duplicates, not the data (signatures: bounded);
   6. `mark` (map_batches): the rows to drop get status `eliminated`, reason `duplicate` (same
      normalized text as the kept row) or `near_duplicate`, and `duplicate_of` = the kept row's id.
 
@@ -40,14 +41,14 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.checks import text
+from evol_ray.checks.clusters import MARK_SCHEMA, components
 from evol_ray.checks.minhash import (EXACT_SALT, Params, agreeing_values, band_keys, mix64, node_ids,
                                      params_from, signatures)
 from evol_ray.stage import WHOLE_BLOCK, Stage
 
 log = logging.getLogger("evol_ray")
 
-# Rows per batch of every stage here: Ray Data's default (1024) lets per-batch costs dominate.
-BATCH_ROWS = 16384
+BATCH_ROWS = 16384  # rows per batch of every stage here: Ray Data's 1024 lets per-batch costs dominate
 
 __all__ = ["Params", "params_from", "dedup", "reference_items", "find_duplicates"]
 
@@ -107,15 +108,19 @@ def _sig_matrix(table: pa.Table, p: Params) -> np.ndarray:
     return col.flatten().to_numpy().reshape(-1, p.num_perm)
 
 
+def _item_keys(sigs: pa.Table, p: Params) -> np.ndarray:
+    """The keys of each signature row, shape (rows, keys_per_item(p))."""
+    if p.near:
+        return band_keys(_sig_matrix(sigs, p), p.bands, p.rows, p.seed)
+    return mix64(sigs["text_hash"].to_numpy() ^ EXACT_SALT)[:, None]
+
+
 def key_rows(sigs: pa.Table, p: Params) -> pa.Table:
     """Signature rows -> one row per (item, key): one key per LSH band for near dedup (exact
-    copies share every band, and `resolve` tells them apart by `text_hash`), else the exact-text
+    copies share every band, and the check tells them apart by `text_hash`), else the exact-text
     key alone. Writes `dedup_key`, `dedup_node`, `dedup_part`."""
     nodes = sigs[C.DEDUP_NODE].to_numpy()
-    if p.near:
-        keys = band_keys(_sig_matrix(sigs, p), p.bands, p.rows, p.seed)
-    else:
-        keys = mix64(sigs["text_hash"].to_numpy() ^ EXACT_SALT)[:, None]
+    keys = _item_keys(sigs, p)
     key = keys.ravel()
     return pa.table({
         C.DEDUP_KEY: key,
@@ -125,30 +130,95 @@ def key_rows(sigs: pa.Table, p: Params) -> pa.Table:
 
 
 EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
-MARK_SCHEMA = pa.schema([(C.ID, pa.string()), (C.REASON, pa.string()), (C.DUPLICATE_OF, pa.string())])
 
 
-def bucket_edges(group: pa.Table) -> pa.Table:
-    """All key rows of one shuffle partition -> candidate edges: within each run of equal
-    `dedup_key`, an edge from the run's smallest node to each other node (a star: enough for
-    connected components, and size-linear where a bucket is large)."""
-    key = group[C.DEDUP_KEY].to_numpy()
-    node = group[C.DEDUP_NODE].to_numpy()
-    # Most keys occur once. Keep only rows whose key repeats (a sort of the keys alone and a
-    # binary search), so the two-column sort below runs on the few shared buckets: 4x faster.
+SHARED_SCHEMA = pa.schema([(C.DEDUP_KEY, pa.uint64()), (C.DEDUP_NODE, pa.uint64())])
+
+
+def _repeated(key: np.ndarray) -> np.ndarray:
+    """Mask of the entries of `key` whose value occurs more than once. Most keys occur once: a
+    sort of the keys alone and a binary search, so later sorts run on the few shared buckets."""
     s = np.sort(key)
     shared = np.unique(s[1:][s[1:] == s[:-1]])
     if len(shared) == 0:
-        return EDGE_SCHEMA.empty_table()
-    sel = shared[np.minimum(np.searchsorted(shared, key), len(shared) - 1)] == key
-    key, node = key[sel], node[sel]
+        return np.zeros(len(key), bool)
+    return shared[np.minimum(np.searchsorted(shared, key), len(shared) - 1)] == key
+
+
+def _stars(key: np.ndarray, node: np.ndarray):
+    """Rows sharing a key -> (root, member) row positions: within each run of equal key, the run's
+    smallest node to each other node (a star: enough for connected components, and size-linear
+    where a bucket is large)."""
     order = np.lexsort((node, key))
     key, node = key[order], node[order]
     new_run = np.ones(len(key), bool)
     new_run[1:] = key[1:] != key[:-1]
     run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(key)), 0))
     take = ~new_run & (node != node[run_start])
-    return pa.table({"a": node[run_start][take], "b": node[take]}, schema=EDGE_SCHEMA)
+    return order[run_start[take]], order[take]
+
+
+def shared_keys(group: pa.Table) -> pa.Table:
+    """Pass 1, all key rows of one shuffle partition -> the rows of keys that repeat
+    (`dedup_key`, `dedup_node`): which buckets pass 2 checks, and which items are in one."""
+    sel = pa.array(_repeated(group[C.DEDUP_KEY].to_numpy()))
+    return group.select([C.DEDUP_KEY, C.DEDUP_NODE]).filter(sel)
+
+
+def candidate_key_rows(sigs: pa.Table, nodes: np.ndarray, keys: np.ndarray, p: Params) -> pa.Table:
+    """Pass 2, signature rows -> one row per (candidate item, shared key), carrying what the check
+    needs (`dedup_key`, `dedup_node`, `dedup_part`, `text_hash` and, for near dedup, `sig`), so
+    that each bucket is checked where it lands and no process holds every candidate's signature.
+    `nodes`, `keys`: sorted, unique (from pass 1)."""
+    sigs = candidate_rows(sigs, nodes)
+    k = _item_keys(sigs, p)
+    key = k.ravel()
+    hit = keys[np.minimum(np.searchsorted(keys, key), len(keys) - 1)] == key  # keys: not empty
+    row = np.repeat(np.arange(sigs.num_rows), k.shape[1])[hit]
+    key = key[hit]
+    cols = {C.DEDUP_KEY: key, C.DEDUP_NODE: sigs[C.DEDUP_NODE].to_numpy()[row],
+            C.DEDUP_PART: (key % np.uint64(p.partitions)).astype(np.int32),
+            "text_hash": sigs["text_hash"].to_numpy()[row]}
+    if p.near:
+        cols["sig"] = pa.FixedSizeListArray.from_arrays(pa.array(_sig_matrix(sigs, p)[row].ravel()), p.num_perm)
+    return pa.table(cols)
+
+
+def _holds(a: np.ndarray, b: np.ndarray, th: np.ndarray, sig: Optional[np.ndarray], p: Params) -> np.ndarray:
+    """Which pairs of row positions (a, b) are duplicates: the same `text_hash`, or (near dedup)
+    signatures agreeing on at least `threshold` of their values."""
+    accept = th[a] == th[b]
+    if p.near:
+        todo = np.flatnonzero(~accept)
+        for i in range(0, len(todo), 65536):  # chunks bound the memory of the comparison
+            idx = todo[i:i + 65536]
+            accept[idx] = (sig[a[idx]] == sig[b[idx]]).sum(axis=1) >= agreeing_values(p)
+    return accept
+
+
+def verified_edges(group: pa.Table, p: Params) -> pa.Table:
+    """Pass 2, the candidate key rows of one shuffle partition -> the candidate edges (`_stars`,
+    the same as pass 1's buckets give) that hold (`_holds`). A pair sharing several bands comes
+    out once per band; the driver collapses them."""
+    key = group[C.DEDUP_KEY].to_numpy()
+    node = group[C.DEDUP_NODE].to_numpy()
+    a, b = _stars(key, node)
+    accept = _holds(a, b, group["text_hash"].to_numpy(), _sig_matrix(group, p) if p.near else None, p)
+    return pa.table({"a": node[a[accept]], "b": node[b[accept]]}, schema=EDGE_SCHEMA)
+
+
+def verified_on_driver(shared: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
+    """Pass 2 without a shuffle, for few candidates: pass 1's shared key rows and the candidate
+    rows (with signatures) -> the same edges as `verified_edges` gives, each pair checked once."""
+    key, node = shared[C.DEDUP_KEY].to_numpy(), shared[C.DEDUP_NODE].to_numpy()
+    a, b = _stars(key, node)
+    pairs = np.unique(np.stack([node[a], node[b]], axis=1), axis=0).reshape(-1, 2)
+    cnode = cands[C.DEDUP_NODE].to_numpy()
+    order = np.argsort(cnode)
+    at_a = order[np.searchsorted(cnode[order], pairs[:, 0])]
+    at_b = order[np.searchsorted(cnode[order], pairs[:, 1])]
+    accept = _holds(at_a, at_b, cands["text_hash"].to_numpy(), _sig_matrix(cands, p) if p.near else None, p)
+    return pa.table({"a": pairs[accept, 0], "b": pairs[accept, 1]}, schema=EDGE_SCHEMA)
 
 
 def candidate_rows(sigs: pa.Table, nodes: np.ndarray) -> pa.Table:
@@ -159,65 +229,6 @@ def candidate_rows(sigs: pa.Table, nodes: np.ndarray) -> pa.Table:
         return sigs.slice(0, 0)
     at = np.minimum(np.searchsorted(nodes, x), len(nodes) - 1)
     return sigs.filter(pa.array(nodes[at] == x))
-
-
-def resolve(edges: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
-    """Driver side: candidate edges and candidate rows -> marks (`id`, `reason`, `duplicate_of`).
-
-    Duplicate edges collapse, near edges are kept only where the signatures agree on at least
-    `threshold` of their values, clusters are SciPy's connected components (a union-find over
-    integer positions), and the kept row of each cluster follows the rule in the module doc."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    empty = MARK_SCHEMA.empty_table()
-    if edges.num_rows == 0 or cands.num_rows == 0:
-        return empty
-    order = np.argsort(cands[C.DEDUP_NODE].to_numpy())
-    cands = cands.take(pa.array(order))
-    node = cands[C.DEDUP_NODE].to_numpy()
-    a = np.searchsorted(node, edges["a"].to_numpy())
-    b = np.searchsorted(node, edges["b"].to_numpy())
-    # collapse repeated edges (one per shared band)
-    o = np.lexsort((b, a))
-    a, b = a[o], b[o]
-    first = np.ones(len(a), bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b = a[first], b[first]
-    th = cands["text_hash"].to_numpy()
-    exact = th[a] == th[b]
-    accept = exact.copy()
-    if p.near:
-        sig = _sig_matrix(cands, p)
-        todo = np.flatnonzero(~exact)
-        need = agreeing_values(p)
-        for i in range(0, len(todo), 65536):  # chunks bound the driver's memory
-            idx = todo[i:i + 65536]
-            agree = (sig[a[idx]] == sig[b[idx]]).sum(axis=1)
-            accept[idx] = agree >= need
-    a, b = a[accept], b[accept]
-    n = len(node)
-    _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
-                                    directed=False)
-    rnd = cands[C.ROUND].to_numpy()
-    alen = cands["answer_len"].to_numpy()
-    ids = cands[C.ID].combine_chunks() if isinstance(cands[C.ID], pa.ChunkedArray) else cands[C.ID]
-    rank = np.empty(n, np.int64)
-    rank[pc.sort_indices(ids).to_numpy()] = np.arange(n)  # smallest id first
-    o = np.lexsort((rank, -alen, rnd, label))
-    is_first = np.ones(n, bool)
-    is_first[1:] = label[o][1:] != label[o][:-1]
-    rep_of_label = np.empty(label.max() + 1, np.int64)
-    rep_of_label[label[o][is_first]] = o[is_first]
-    rep = rep_of_label[label]
-    target = cands[C.DEDUP_TARGET].to_numpy(zero_copy_only=False)
-    marked = np.flatnonzero(target & (rep != np.arange(n)))
-    if len(marked) == 0:
-        return empty
-    same = pa.array((th[marked] == th[rep[marked]]) & p.exact)
-    return pa.table({C.ID: ids.take(pa.array(marked)).cast(pa.string()),
-                     C.REASON: pc.if_else(same, C.R_DUPLICATE, C.R_NEAR_DUPLICATE),
-                     C.DUPLICATE_OF: ids.take(pa.array(rep[marked])).cast(pa.string())})
 
 
 def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
@@ -244,8 +255,12 @@ ITEMS = Stage(to_items, BATCH_ROWS)
 SEED_ITEMS = Stage(seed_items, BATCH_ROWS)
 SIGNATURES = Stage(signature_rows, BATCH_ROWS)
 KEYS = Stage(key_rows, BATCH_ROWS)
-EDGES = Stage(bucket_edges, WHOLE_BLOCK)
+SHARED_KEYS = Stage(shared_keys, WHOLE_BLOCK)
+CANDIDATE_KEYS = Stage(candidate_key_rows, BATCH_ROWS)
+VERIFIED_EDGES = Stage(verified_edges, WHOLE_BLOCK)
 CANDIDATES = Stage(candidate_rows, BATCH_ROWS)
+# what `components` reads of a candidate row: everything but its signature
+_NODE_COLUMNS = [C.DEDUP_NODE, C.ID, C.ROUND, "answer_len", "text_hash", C.DEDUP_TARGET]
 MARK = Stage(mark, BATCH_ROWS)
 
 def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
@@ -257,6 +272,10 @@ def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Tab
 
 KEY_ROWS_PER_PARTITION = 250_000
 KEY_ROW_BYTES = 20  # dedup_key, dedup_node (uint64), dedup_part (int32)
+PASS2_BYTES_PER_PARTITION = 256 << 20
+# Candidates' signatures up to this size are checked on the driver (one collect, no second shuffle:
+# 1M items, 275k candidates, 140 MB); above it, in pass 2's shuffle. A bound, not a share of the data.
+DRIVER_CHECK_BYTES = 256 << 20
 MAP_TASKS_PER_CPU = 4
 
 
@@ -278,8 +297,7 @@ def _shuffle_map_batches(ds: ray.data.Dataset, key_bytes: int):
         ctx.shuffle_input_batch_bytes = before
 
 
-def keys_per_item(p: Params) -> int:
-    """Key rows `key_rows` writes per item: one per band, or the exact-text key alone."""
+def keys_per_item(p: Params) -> int:  # key rows `key_rows` writes per item
     return p.bands if p.near else 1
 
 
@@ -291,8 +309,7 @@ def shuffle_partitions(items: int, p: Params) -> int:
     return max(1, min(p.partitions, math.ceil(key_rows / KEY_ROWS_PER_PARTITION)))
 
 
-def target_count(batch: pa.Table) -> pa.Table:
-    """Signature rows -> one row: how many are targets (reads `dedup_target`)."""
+def target_count(batch: pa.Table) -> pa.Table:  # signature rows -> how many are targets
     return pa.table({"n": [pc.sum(batch[C.DEDUP_TARGET].cast(pa.int64())).as_py() or 0]})
 
 
@@ -317,25 +334,47 @@ def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
         log.info("dedup: %d items, none to check; signatures %.1fs", n, time.perf_counter() - t0)
         return MARK_SCHEMA.empty_table()
     p = replace(p, partitions=shuffle_partitions(n, p))
-    keys = KEYS(sigs, p=p)
-    if p.partitions == 1:
-        # Small data: every key row in one block. Ray's hash shuffle would start its aggregator
-        # actors for a single group (about 4 s on 2 cores, longer than the work).
-        grouped = EDGES(keys.repartition(1))
+    with _shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
+        shared = _collect(_by_part(KEYS(sigs, p=p), p.partitions, SHARED_KEYS), SHARED_SCHEMA)
+    t_shared = time.perf_counter()
+    keys = np.unique(shared[C.DEDUP_KEY].to_numpy())
+    nodes = np.unique(shared[C.DEDUP_NODE].to_numpy())
+    pass2_bytes = shared.num_rows * (KEY_ROW_BYTES + 8 + (4 * p.num_perm if p.near else 0))
+    on_driver = len(nodes) * (4 * p.num_perm if p.near else 8) <= DRIVER_CHECK_BYTES
+    if not len(keys):
+        edges = EDGE_SCHEMA.empty_table()
+    elif on_driver:  # few candidates: their signatures fit a fixed budget, no second shuffle
+        edges = verified_on_driver(shared, _collect(CANDIDATES(sigs, nodes=nodes)), p)
     else:
-        grouped = keys.groupby(C.DEDUP_PART, num_partitions=p.partitions).map_groups(
-            bucket_edges, batch_format="pyarrow")
-    with _shuffle_map_batches(grouped, n * keys_per_item(p) * KEY_ROW_BYTES):
-        edges = _collect(grouped, EDGE_SCHEMA)
+        # pass 2 partitions by bytes: its rows carry signatures, and are few (items in a bucket)
+        p2 = replace(p, partitions=max(1, min(p.partitions, math.ceil(pass2_bytes / PASS2_BYTES_PER_PARTITION))))
+        verified = _by_part(CANDIDATE_KEYS(sigs, nodes=nodes, keys=keys, p=p2), p2.partitions, VERIFIED_EDGES, p=p2)
+        with _shuffle_map_batches(verified, pass2_bytes):
+            edges = _collect(verified, EDGE_SCHEMA)
+    del shared
     t_edges = time.perf_counter()
-    nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-    cands = _collect(CANDIDATES(sigs, nodes=nodes)) if len(nodes) else pa.table({})
+    in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
+    cands = (_collect(CANDIDATES(sigs.select_columns(_NODE_COLUMNS), nodes=in_edges))
+             if len(in_edges) else pa.table({}))
     t_cands = time.perf_counter()
-    marks = resolve(edges, cands, p)  # no edges or no candidates: no marks
-    log.info("dedup: %d items; signatures %.1fs; %d candidate edges from %d shuffle partition(s) %.1fs; "
-             "%d candidate rows %.1fs; %d marked %.1fs", n, t_sig - t0, edges.num_rows, p.partitions,
-             t_edges - t_sig, cands.num_rows, t_cands - t_edges, marks.num_rows, time.perf_counter() - t_cands)
+    marks = components(edges, cands, p.exact)  # no edges or no candidates: no marks
+    log.info("dedup: %d items; signatures %.1fs; %d items in %d shared buckets from %d shuffle "
+             "partition(s) %.1fs; %d verified edges (checked %s) %.1fs; %d rows in them %.1fs; %d marked %.1fs",
+             n, t_sig - t0, len(nodes), len(keys), p.partitions, t_shared - t_sig, edges.num_rows,
+             "on the driver" if on_driver else "in the shuffle",
+             t_edges - t_shared, cands.num_rows, t_cands - t_edges, marks.num_rows,
+             time.perf_counter() - t_cands)
     return marks
+
+
+def _by_part(rows: ray.data.Dataset, partitions: int, stage: Stage, **kwargs) -> ray.data.Dataset:
+    """`stage` on all rows of each `dedup_part`: Ray Data's hash shuffle, or, for small data,
+    every row in one block (the hash shuffle would start its aggregator actors for a single
+    group: about 4 s on 2 cores, longer than the work)."""
+    if partitions == 1:
+        return stage(rows.repartition(1), **kwargs)
+    return rows.groupby(C.DEDUP_PART, num_partitions=partitions).map_groups(
+        stage.fn, batch_format="pyarrow", fn_kwargs=kwargs or None)
 
 
 def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset] = None,

@@ -11,6 +11,9 @@ kernels, so a batch of a million rows costs no Python loop.
 
 from __future__ import annotations
 
+import re
+import string
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,8 +49,23 @@ def words(normalized: pa.Array) -> pa.ListArray:
     return lists
 
 
+# Printable ASCII and the four whitespace characters `normalize`'s regex folds: on such text the
+# Arrow path is lowercasing, each punctuation or symbol run (in ASCII: `string.punctuation`) and
+# each whitespace run made one space, and a split. Anything else (other control characters, whose
+# handling differs between RE2's \s and Python's split, or non-ASCII, which needs NFKC) goes the
+# Arrow way.
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e\t\n\r\f]")
+_TO_SPACE = str.maketrans({c: " " for c in string.punctuation + "\t\n\r\f"})
+
+
 def words_of(text: str | None) -> list[str]:
-    """`words(normalize(...))` of one string (the elimination rules, tests)."""
+    """`words(normalize(...))` of one string (the elimination rules, tests). The rules call it
+    several times per row, so plain ASCII takes a Python path with the same result (about 3 us
+    for an 80-character text, against about 1 ms for Arrow kernels on an array of one)."""
+    if text is None:
+        return []
+    if not _NOT_PLAIN.search(text):
+        return text.lower().translate(_TO_SPACE).split()
     return words(normalize(pa.array([text], pa.string())))[0].as_py()
 
 

@@ -10,18 +10,21 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from evol_ray import columns as C
 from evol_ray import config as config_mod
-from evol_ray.checks import where
+from evol_ray.checks import text, where
 from evol_ray.config import Config
 from evol_ray.engine.base import EngineUnavailable
 from evol_ray.engine.meter import start_engine_stats
@@ -42,48 +45,101 @@ class RunError(RuntimeError):
     committed names the round and where it was left)."""
 
 
-def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
-    """Counts of a round's written files: read back from storage, never by re-running the stage."""
-    status, reason, op, op_kept = Counter(), Counter(), Counter(), Counter()
-    prompt_tokens = generated_tokens = 0
-    engine_seconds = 0.0
-    rows = 0
-    for t in layout.read_tables(loc, files, _COUNTED):
-        rows += t.num_rows
-        d = t.to_pydict()
-        status.update(d[C.STATUS])
-        reason.update(r for r in d[C.REASON] if r)
-        op.update(o for o in d[C.OP] if o)
-        op_kept.update(o for o, s in zip(d[C.OP], d[C.STATUS]) if o and s == C.KEPT)
-        prompt_tokens += sum(x or 0 for x in d[C.PROMPT_TOKENS])
-        generated_tokens += sum(x or 0 for x in d[C.GENERATED_TOKENS])
-        engine_seconds += sum(x or 0.0 for x in d[C.ENGINE_SECONDS])
+COUNT_THREADS = 8
+
+
+def _value_counts(values) -> Counter:
+    """`Counter` of an Arrow column's values, nulls and empty strings left out."""
+    vc = pc.value_counts(values)
+    return Counter({v: n for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()) if v})
+
+
+def _file_counts(t: pa.Table) -> Dict[str, object]:
+    """One file's partial counts (`count_files`), by Arrow kernels: no per-row Python."""
+    vc = pc.value_counts(t[C.STATUS])
+    kept_ops = t[C.OP].filter(pc.fill_null(pc.equal(t[C.STATUS], C.KEPT), False))
     return {
-        "rows": rows,
-        "status_counts": dict(sorted(status.items())),
-        "reason_counts": dict(sorted(reason.items())),
-        "op_counts": dict(sorted(op.items())),
-        "op_kept_counts": dict(sorted(op_kept.items())),
-        "prompt_tokens": prompt_tokens,
-        "generated_tokens": generated_tokens,
-        "row_engine_seconds": engine_seconds,
+        "rows": t.num_rows,
+        "status_counts": Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))),
+        "reason_counts": _value_counts(t[C.REASON]),
+        "op_counts": _value_counts(t[C.OP]),
+        "op_kept_counts": _value_counts(kept_ops),
+        "prompt_tokens": pc.sum(t[C.PROMPT_TOKENS]).as_py() or 0,
+        "generated_tokens": pc.sum(t[C.GENERATED_TOKENS]).as_py() or 0,
+        "row_engine_seconds": pc.sum(t[C.ENGINE_SECONDS]).as_py() or 0.0,
     }
 
 
-def done_ids(loc: Location, files: List[str]) -> pa.Array:
-    """Pool ids that already have an attempt in `files` (the `parent_id` column)."""
-    ids = [t.column(C.PARENT_ID).combine_chunks() for t in layout.read_tables(loc, files, [C.PARENT_ID])]
-    return pa.concat_arrays(ids).unique() if ids else pa.array([], pa.string())
+def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
+    """Counts of a round's written files: read back from storage, never by re-running the stage.
+    Each file is counted on its own (a few threads; Arrow reads and kernels release the GIL) and
+    the partial counts are added, so what is held is a few files' counted columns at a time."""
+    total: Dict[str, object] = {"rows": 0, "status_counts": Counter(), "reason_counts": Counter(),
+                                "op_counts": Counter(), "op_kept_counts": Counter(), "prompt_tokens": 0,
+                                "generated_tokens": 0, "row_engine_seconds": 0.0}
+
+    def one(path: str) -> Dict[str, object]:
+        return _file_counts(next(layout.read_tables(loc, [path], _COUNTED)))
+
+    with ThreadPoolExecutor(max(1, min(COUNT_THREADS, len(files)))) as threads:
+        for part in threads.map(one, files):  # in file order: the same sums on every run
+            for k, v in part.items():
+                total[k] += v
+    return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in total.items()}
 
 
-def without_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
-    """Pool rows whose id is not in `ids` (reads `id`)."""
-    if len(ids) == 0:
-        return batch
-    return batch.filter(pc.invert(pc.is_in(batch[C.ID], value_set=ids)))
+# Resume: pool rows that already have an attempt are left out by an anti-join in Ray Data (a hash
+# shuffle of the pool rows and the attempted ids by a hash of the id), so no node holds every
+# attempted id. Ray's own `Dataset.join(join_type="left_anti")` needs polars, which nothing else
+# here does; the shuffle is the one dedup uses.
+RESUME_ROWS_PER_PARTITION = 250_000
+RESUME_MAX_PARTITIONS = 64
+_DONE, _PART = "_resume_done", "_resume_part"
 
 
-WITHOUT_IDS = Stage(without_ids, WHOLE_BLOCK)
+def resume_partitions(rows: int) -> int:
+    """Shuffle partitions of the resume anti-join for `rows` rows (pool + attempts)."""
+    return max(1, min(RESUME_MAX_PARTITIONS, math.ceil(rows / RESUME_ROWS_PER_PARTITION)))
+
+
+def _part_of(ids, partitions: int) -> pa.Array:
+    return pa.array((text.hash64(ids) % np.uint64(partitions)).astype(np.int32))
+
+
+def tag_pool(batch: pa.Table, partitions: int) -> pa.Table:
+    """Pool rows -> the same with their shuffle partition and `_resume_done` false (reads `id`)."""
+    return (batch.append_column(_DONE, pa.array(np.zeros(batch.num_rows, bool)))
+            .append_column(_PART, _part_of(batch[C.ID], partitions)))
+
+
+def tag_attempted(batch: pa.Table, partitions: int) -> pa.Table:
+    """Attempt rows -> the pool id each was made from (`parent_id`, as `id`), its shuffle
+    partition and `_resume_done` true."""
+    ids = batch[C.PARENT_ID]
+    return pa.table({C.ID: ids, _DONE: pa.array(np.ones(batch.num_rows, bool)),
+                     _PART: _part_of(ids, partitions)})
+
+
+def drop_attempted(group: pa.Table) -> pa.Table:
+    """One shuffle partition of tagged pool rows and attempted ids -> its pool rows without an
+    attempt, untagged. (Ray fills the pool's columns with nulls on the attempted-id rows.)"""
+    done = pc.fill_null(group[_DONE], False)
+    attempted = group[C.ID].filter(done)
+    keep = pc.invert(done)
+    if len(attempted):
+        keep = pc.and_(keep, pc.invert(pc.is_in(group[C.ID], value_set=attempted.combine_chunks())))
+    return group.filter(keep).drop_columns([_DONE, _PART])
+
+
+TAG_POOL = Stage(tag_pool, WHOLE_BLOCK)
+TAG_ATTEMPTED = Stage(tag_attempted, WHOLE_BLOCK)
+
+
+def without_attempted(pool: ray.data.Dataset, attempts: ray.data.Dataset, partitions: int) -> ray.data.Dataset:
+    """`pool` rows whose id is not the `parent_id` of any row of `attempts`."""
+    tagged = TAG_POOL(pool, partitions=partitions).union(
+        TAG_ATTEMPTED(attempts.select_columns([C.PARENT_ID]), partitions=partitions))
+    return tagged.groupby(_PART, num_partitions=partitions).map_groups(drop_attempted, batch_format="pyarrow")
 
 
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, engines,
@@ -100,20 +156,27 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     attempts_dir = rdir.join(layout.ATTEMPTS)
     commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
     started = time.monotonic()
-    resumed_ids = done_ids(attempts_dir, commit.readable_parts(attempts_dir))
-    if len(resumed_ids):
-        log.info("round %d: resuming, %d rows already have a result", round_no, len(resumed_ids))
+    done_parts = commit.readable_parts(attempts_dir)
+    resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
+    if resumed:
+        log.info("round %d: resuming, %d rows already have a result", round_no, resumed)
+    attempted = read_files(attempts_dir, done_parts) if resumed else None
+    partitions = resume_partitions(resumed + (expected_rows or resumed))
+
+    def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
+        return ds if attempted is None else without_attempted(ds, attempted, partitions)
+
     on = (f"{cfg.engine.replicas} engine(s) ({device})" if cfg.engine.backend == "vllm"
              else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
     log.info("round %d: engine phase: %s rows to evolve on %s%s", round_no,
-             "?" if expected_rows is None else expected_rows - len(resumed_ids), on,
-             f", {len(resumed_ids)} resumed" if len(resumed_ids) else "")
+             "?" if expected_rows is None else expected_rows - resumed, on,
+             f", {resumed} resumed" if resumed else "")
     stats = start_engine_stats(round_no)
     try:
         engines.round_begin()
-        attempts = evolve_stage.evolve(WITHOUT_IDS(pool, ids=resumed_ids), cfg, round_no, engines, stats)
+        attempts = evolve_stage.evolve(todo(pool), cfg, round_no, engines, stats)
         if repeats is not None:
-            attempts = attempts.union(REPEAT_ATTEMPTS(WITHOUT_IDS(repeats, ids=resumed_ids)))
+            attempts = attempts.union(REPEAT_ATTEMPTS(todo(repeats)))
         try:
             attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
                                    max_rows_per_file=cfg.output.rows_per_file)
@@ -147,7 +210,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         "config_hash": config_mod.config_hash(cfg),
         "rows_in": counts["rows"],
         "rows_kept": counts["status_counts"].get(C.KEPT, 0),
-        "rows_resumed": len(resumed_ids),
+        "rows_resumed": resumed,
         **{k: v for k, v in counts.items() if k != "rows"},
         "wall_seconds": round(time.monotonic() - started, 3),
         # engine phase: from the round's start (actors launched, engines starting) to the last

@@ -1,5 +1,7 @@
 """Dedup stages as pure functions (no Ray): planted exact and near duplicates, the kept-row rule."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -27,9 +29,11 @@ def items(texts, rounds=None, answers=None, ids=None, target=None):
 def find(table, p=P):
     """find_duplicates without Ray: every stage on one batch, all keys in one group."""
     sigs = D.signature_rows(table, p)
-    edges = D.bucket_edges(D.key_rows(sigs, p))
-    nodes = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-    marks = D.resolve(edges, D.candidate_rows(sigs, nodes), p)
+    shared = D.shared_keys(D.key_rows(sigs, p))
+    keys, nodes = (np.unique(shared[c].to_numpy()) for c in (C.DEDUP_KEY, C.DEDUP_NODE))
+    edges = D.verified_edges(D.candidate_key_rows(sigs, nodes, keys, p), p)
+    in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
+    marks = D.components(edges, D.candidate_rows(sigs, in_edges), p.exact)
     return {r[C.ID]: (r[C.REASON], r[C.DUPLICATE_OF]) for r in marks.to_pylist()}
 
 
@@ -187,3 +191,40 @@ def test_shuffle_partitions_follow_the_data_up_to_the_configured_most():
     assert D.shuffle_partitions(10_000_000, P) == P.partitions
     exact_only = D.Params(near=False, partitions=64)
     assert D.shuffle_partitions(300_000, exact_only) == 2
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_buckets_checked_where_they_land_give_the_driver_side_edges(partitions):
+    """Pass 2 (candidate key rows, each shuffle partition checked on its own) keeps exactly the
+    edges that checking pass 1's buckets on one machine with every signature keeps."""
+    texts, _ = planted(3, 60)
+    texts += [texts[0].upper(), texts[5] + " extra words here", texts[9]]
+    rng = np.random.default_rng(4)
+    for k in (3, 4, 5) * 6:  # k spread words replaced: word 3-gram Jaccard about 0.7, 0.6, 0.55
+        base = [f"u{x}" for x in rng.choice(200_000, 50, replace=False)]
+        texts += [" ".join(base), " ".join(f"v{i}" if i in range(5, 50, 45 // k)[:k] else w
+                                           for i, w in enumerate(base))]
+    p = replace(P, partitions=partitions, bands=32, rows=4)  # loose bands: candidates that fail the check
+    sigs = D.signature_rows(items(texts), p)
+    rows = D.key_rows(sigs, p)
+    # one machine: star edges of every shared bucket, checked with every signature at hand
+    key, node = rows[C.DEDUP_KEY].to_numpy(), rows[C.DEDUP_NODE].to_numpy()
+    sel = D._repeated(key)
+    a, b = D._stars(key[sel], node[sel])
+    a, b = node[sel][a], node[sel][b]
+    pos = {n: i for i, n in enumerate(sigs[C.DEDUP_NODE].to_numpy())}
+    sig, th = D._sig_matrix(sigs, p), sigs["text_hash"].to_numpy()
+    want = {(x, y) for x, y in zip(a, b) if th[pos[x]] == th[pos[y]]
+            or (sig[pos[x]] == sig[pos[y]]).sum() >= M.agreeing_values(p)}
+    assert 20 < len(want) < len(set(zip(a, b)))  # near and exact copies kept, some candidates not
+    # the stages: pass 1 per partition, pass 2 per partition
+    part = rows[C.DEDUP_PART].to_numpy()
+    shared = pa.concat_tables([D.shared_keys(rows.filter(pa.array(part == k))) for k in range(partitions)])
+    keys, nodes = (np.unique(shared[c].to_numpy()) for c in (C.DEDUP_KEY, C.DEDUP_NODE))
+    cand = D.candidate_key_rows(sigs, nodes, keys, p)
+    cpart = cand[C.DEDUP_PART].to_numpy()
+    got = pa.concat_tables([D.verified_edges(cand.filter(pa.array(cpart == k)), p) for k in range(partitions)])
+    assert set(zip(got["a"].to_numpy(), got["b"].to_numpy())) == want
+    # and the same edges, each once, where the candidates are few enough to check on the driver
+    on_driver = D.verified_on_driver(shared, D.candidate_rows(sigs, nodes), p)
+    assert sorted(zip(on_driver["a"].to_numpy(), on_driver["b"].to_numpy())) == sorted(want)
