@@ -232,7 +232,7 @@ def main() -> int:
         if server is not None:
             if server.poll() is not None:  # it died under the bench
                 print(f"vllm serve exited with code {server.returncode}; its log: {server.log}", file=sys.stderr)
-            server.kill()
+            _kill_group(server)
 
 
 def start_server(args, model: str, work: Path):
@@ -254,8 +254,10 @@ def start_server(args, model: str, work: Path):
     if args.eager:
         cmd.append("--enforce-eager")
     log = Path(tempfile.gettempdir()) / f"evol-ray-bench-serve-{port}.log"  # kept after the bench
+    # its own session: the bench kills the whole group, engine process included (killing the API
+    # server alone leaves its EngineCore running, holding memory and a KV cache)
     proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
     end = time.monotonic() + 600
     while time.monotonic() < end:
@@ -266,8 +268,18 @@ def start_server(args, model: str, work: Path):
             return proc
         except OSError:
             time.sleep(1)
-    proc.kill()
+    _kill_group(proc)
     raise SystemExit("vllm serve did not start in 600 s")
+
+
+def _kill_group(proc) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def measure(args, cfg, model: str) -> int:
