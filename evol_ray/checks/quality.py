@@ -17,6 +17,7 @@ Reads `status`, `instruction`, `response`; writes `status`, `reason`.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Callable, Dict, List
 
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from evol_ray import columns as C
 from evol_ray.checks import text
+from evol_ray.checks.minhash import mix64, shingle_hashes
 from evol_ray.stage import Stage
 
 # control characters but tab, newline and the CR of a CRLF line end; a lone CR is one too
@@ -38,9 +40,33 @@ def _text(col) -> pa.Array:
     return pc.fill_null(col, "")
 
 
-def non_printable(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
-    return _np(pc.or_(pc.match_substring_regex(ins, _NON_PRINTABLE),
-                      pc.match_substring_regex(ans, _NON_PRINTABLE)))
+class Texts:
+    """The instructions and answers a rule reads, and their `text.normalize`d forms, each made
+    once per batch however many rules read it."""
+
+    def __init__(self, ins: pa.Array, ans: pa.Array) -> None:
+        self.ins, self.ans = ins, ans
+
+    @functools.cached_property
+    def ins_norm(self) -> pa.Array:
+        return text.normalize(self.ins)
+
+    @functools.cached_property
+    def ans_norm(self) -> pa.Array:
+        return text.normalize(self.ans)
+
+    def take(self, positions: np.ndarray) -> "Texts":
+        """The same for the rows at `positions`, with what was already normalized."""
+        out = Texts(self.ins.take(positions), self.ans.take(positions))
+        for name in ("ins_norm", "ans_norm"):
+            if name in self.__dict__:
+                out.__dict__[name] = self.__dict__[name].take(positions)
+        return out
+
+
+def non_printable(t: Texts, q) -> np.ndarray:
+    return _np(pc.or_(pc.match_substring_regex(t.ins, _NON_PRINTABLE),
+                      pc.match_substring_regex(t.ans, _NON_PRINTABLE)))
 
 
 def _outside(arr: pa.Array, lo: int, hi: int) -> np.ndarray:
@@ -48,17 +74,17 @@ def _outside(arr: pa.Array, lo: int, hi: int) -> np.ndarray:
     return (n < lo) | (n > hi)
 
 
-def instruction_length(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
-    return _outside(ins, q.instruction_length.min_chars, q.instruction_length.max_chars)
+def instruction_length(t: Texts, q) -> np.ndarray:
+    return _outside(t.ins, q.instruction_length.min_chars, q.instruction_length.max_chars)
 
 
-def answer_length(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
-    return _outside(ans, q.answer_length.min_chars, q.answer_length.max_chars)
+def answer_length(t: Texts, q) -> np.ndarray:
+    return _outside(t.ans, q.answer_length.min_chars, q.answer_length.max_chars)
 
 
-def refusal(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
-    padded = pc.binary_join_element_wise(" ", text.normalize(ans), " ", "")
-    hit = np.zeros(len(ans), bool)
+def refusal(t: Texts, q) -> np.ndarray:
+    padded = pc.binary_join_element_wise(" ", t.ans_norm, " ", "")
+    hit = np.zeros(len(t.ans), bool)
     for phrase in q.refusal.phrases:
         norm = text.normalize_one(phrase)
         if norm:
@@ -66,21 +92,39 @@ def refusal(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
     return hit
 
 
-def unbalanced_code_fence(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
+def unbalanced_code_fence(t: Texts, q) -> np.ndarray:
     odd = lambda a: pc.count_substring(a, FENCE).to_numpy(zero_copy_only=False) % 2 == 1  # noqa: E731
-    return odd(ins) | odd(ans)
+    return odd(t.ins) | odd(t.ans)
 
 
-def answer_repeats_instruction(ins: pa.Array, ans: pa.Array, q) -> np.ndarray:
-    # Python per row: it runs on rows the engine just produced, thousands per second is plenty.
-    n = q.answer_repeats_instruction.ngram
-    out = np.zeros(len(ans), bool)
-    for i, (iw, aw) in enumerate(zip(text.words(text.normalize(ins)).to_pylist(),
-                                     text.words(text.normalize(ans)).to_pylist())):
-        grams = text.ngrams(aw, n)
-        if grams:
-            out[i] = len(grams & text.ngrams(iw, n)) / len(grams) >= q.answer_repeats_instruction.max_overlap
-    return out
+def answer_repeats_instruction(t: Texts, q) -> np.ndarray:
+    # Vectorized over the batch: each text's word n-grams as `minhash.shingle_hashes` (one uint64
+    # per n-gram; a text of fewer than n words is one n-gram of all of them), each keyed with its
+    # row, so one sort finds a row's distinct answer n-grams and a binary search those that the
+    # same row's instruction has too. (A Python loop of sets per row cost 130 us a row, the
+    # largest CPU cost of a round's commit.)
+    n, rows = q.answer_repeats_instruction.ngram, len(t.ans)
+    # a text without words has no n-gram: its placeholder shingle must match nothing, so each
+    # row's is its own and the answer's differs from the instruction's
+    blank = np.arange(rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    a_key, a_row = _row_keys(*shingle_hashes(t.ans_norm, n, blank))
+    i_key, _ = _row_keys(*shingle_hashes(t.ins_norm, n, blank + np.uint64(1)))
+    hit = i_key[np.minimum(np.searchsorted(i_key, a_key), len(i_key) - 1)] == a_key
+    shared = np.bincount(a_row[hit], minlength=rows)
+    grams = np.bincount(a_row, minlength=rows)  # a wordless answer: its placeholder, never shared
+    return shared / grams >= q.answer_repeats_instruction.max_overlap
+
+
+def _row_keys(flat: np.ndarray, offsets: np.ndarray) -> tuple:
+    """Shingle hashes and row offsets -> (sorted distinct keys of (row, shingle), the row of each).
+    A key is the shingle hash mixed with its row's: as collision-free as the 64-bit hashes."""
+    row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    key = mix64(flat ^ mix64(row.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+    o = np.argsort(key)
+    key, row = key[o], row[o]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    return key[first], row[first]
 
 
 def _np(mask) -> np.ndarray:
@@ -120,14 +164,17 @@ def check(batch: pa.Table, q) -> pa.Table:
     if batch.num_rows == 0:
         return batch
     kept = _np(pc.equal(batch[C.STATUS], C.KEPT))
-    ins, ans = _text(batch[C.INSTRUCTION]), _text(batch[C.RESPONSE])
+    texts = Texts(_text(batch[C.INSTRUCTION]), _text(batch[C.RESPONSE]))
+    at = np.arange(batch.num_rows)  # the batch rows `texts` holds
     reason = np.full(batch.num_rows, None, dtype=object)
     open_ = kept.copy()
     for name in enabled_rules(q):
         if not open_.any():
             break
         idx = np.flatnonzero(open_)
-        failed = RULES[name](ins.take(idx), ans.take(idx), q)
+        if len(idx) < len(at):  # each rule sees only the rows still open
+            texts, at = texts.take(np.searchsorted(at, idx)), idx
+        failed = RULES[name](texts, q)
         reason[idx[failed]] = name
         open_[idx[failed]] = False
     hit = pa.array(kept & ~open_)

@@ -92,3 +92,51 @@ BASE = ["input.path=s.json", "output.path=o", "model.source=m"]
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(BASE + [override])
+
+
+def _repeats_row_by_row(ins, ans, ngram, max_overlap):
+    """The rule's definition, one row at a time with Python sets of word n-grams."""
+    from evol_ray.checks import text
+
+    words = lambda xs: text.words(text.normalize(pa.array(xs))).to_pylist()  # noqa: E731
+    out = []
+    for iw, aw in zip(words(ins), words(ans)):
+        grams = text.ngrams(aw, ngram)
+        out.append(bool(grams) and len(grams & text.ngrams(iw, ngram)) / len(grams) >= max_overlap)
+    return out
+
+
+@pytest.mark.parametrize("ngram, max_overlap", [(1, 0.5), (2, 0.7), (3, 0.8), (3, 1.0)])
+def test_answer_repeats_instruction_matches_its_definition_row_by_row(ngram, max_overlap):
+    """The vectorized rule (n-gram hashes keyed by row, one sort) gives what Python sets of n-grams
+    give, row by row: repeated n-grams counted once, texts shorter than n words, empty texts,
+    non-ASCII words, answers that are part of, all of, or more than their instruction."""
+    import random
+    from types import SimpleNamespace
+
+    rng = random.Random(7)
+    vocab = ["a", "b", "c", "the", "x", "Y", "!", "é", "Straße", "ß", "  ", "\t"]
+    ins, ans = [], []
+    for _ in range(3000):
+        i = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12)))
+        a = rng.choice([i, i[: len(i) // 2], i + " z q", "",
+                        " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12)))])
+        ins.append(i)
+        ans.append(a)
+    q = SimpleNamespace(answer_repeats_instruction=SimpleNamespace(ngram=ngram, max_overlap=max_overlap))
+    got = quality.answer_repeats_instruction(quality.Texts(pa.array(ins), pa.array(ans)), q).tolist()
+    want = _repeats_row_by_row(ins, ans, ngram, max_overlap)
+    assert got == want
+    assert 0 < sum(want) < len(want)  # both outcomes occur
+
+
+def test_rules_after_the_first_see_only_the_rows_still_open():
+    """A row failing an early rule is not judged again; later rules still judge the others right
+    (the normalized texts carried over from one rule to the next stay aligned with their rows)."""
+    pairs = [(GOOD_Q, "I'm sorry, but I can't help with that request today."),
+             (GOOD_Q, GOOD_A),
+             ("Why?", GOOD_A),
+             (GOOD_Q, "Explain how photosynthesis turns light into chemical energy!"),
+             (GOOD_Q, "As an AI language model, I have no opinion. " + GOOD_A)]
+    assert run(pairs) == [(C.ELIMINATED, C.R_REFUSAL), (C.KEPT, None), (C.ELIMINATED, C.R_INSTRUCTION_LENGTH),
+                          (C.ELIMINATED, C.R_REPEATS_INSTRUCTION), (C.ELIMINATED, C.R_REFUSAL)]
