@@ -4,10 +4,12 @@ Exact: the xxh3-64 hash of the `evol_ray.checks.text.normalize`d instruction. Ne
 signatures and LSH banding from `evol_ray.checks.minhash`, then every candidate pair is confirmed on
 its MinHash estimate of Jaccard similarity, so a pair below `threshold` is never flagged.
 
-As Ray Data stages, on "items" (`id`, `round`, `instruction`, `response`, `dedup_target`):
+As Ray Data stages, on "items" (`id`, `round`, `instruction`, `response`, `dedup_target`), made
+from each source's rows (`to_items`: a round's kept rows; `seed_items`) in the same call:
   1. `signature_rows` (map_batches, the hot path): per item a node id (uint64 of the id), the
      normalized-text hash, and the MinHash signature; materialized, since later stages read it;
-  2. `key_rows` (map_batches): one uint64 key per LSH band (or, without near dedup, the exact-text
+  2. `key_rows` (map_batches; it and the passes below are pure functions in
+     `evol_ray.checks.buckets`): one uint64 key per LSH band (or, without near dedup, the exact-text
      key), exploded to (`dedup_key`, `dedup_node`, `dedup_part`) rows;
   3. pass 1, groupby(`dedup_part`).map_groups(`shared_keys`): Ray Data's hash shuffle brings every
      key to one group; the rows of keys that repeat (a vectorized sort, no per-row Python) are the
@@ -41,24 +43,28 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.checks import text
+from evol_ray.checks.buckets import (EDGE_SCHEMA, SHARED_SCHEMA, candidate_key_rows, candidate_rows,
+                                     key_rows, shared_keys, verified_edges, verified_on_driver)
 from evol_ray.checks.clusters import MARK_SCHEMA, components
-from evol_ray.checks.minhash import (EXACT_SALT, Params, agreeing_values, band_keys, mix64, node_ids,
-                                     params_from, signatures)
-from evol_ray.stage import WHOLE_BLOCK, Stage
+from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
+from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
 log = logging.getLogger("evol_ray")
 
 BATCH_ROWS = 16384  # rows per batch of every stage here: Ray Data's 1024 lets per-batch costs dominate
 
-__all__ = ["Params", "params_from", "dedup", "reference_items", "find_duplicates"]
+__all__ = ["Params", "params_from", "dedup", "reference_signatures", "find_duplicates"]
 
 # --- stages -------------------------------------------------------------------------------------
 
-def to_items(batch: pa.Table, target: bool) -> pa.Table:
+def to_items(batch: pa.Table, target: bool, only_round: Optional[int] = None) -> pa.Table:
     """Round attempts (or final rows) -> items: only `kept` rows (or all, for final rows without a
-    status). Reads `id`, `round`, `instruction`, `response`, `status`; writes the items columns."""
+    status), and only those of round `only_round` where given. Reads `id`, `round`, `instruction`,
+    `response`, `status`; writes the items columns."""
     if C.STATUS in batch.column_names:
         batch = batch.filter(pc.equal(batch[C.STATUS], C.KEPT))
+    if only_round is not None:
+        batch = batch.filter(pc.equal(batch[C.ROUND], only_round))
     return pa.table({
         C.ID: batch[C.ID],
         C.ROUND: batch[C.ROUND].cast(pa.int32()),
@@ -102,133 +108,14 @@ def signature_rows(batch: pa.Table, p: Params) -> pa.Table:
     return pa.table(cols)
 
 
-def _sig_matrix(table: pa.Table, p: Params) -> np.ndarray:
-    col = table["sig"]
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return col.flatten().to_numpy().reshape(-1, p.num_perm)
+def round_signature_rows(batch: pa.Table, p: Params, target: bool, only_round: Optional[int] = None) -> pa.Table:
+    """Round attempts (or final rows) -> signature rows of their items (`to_items`), in one call."""
+    return signature_rows(to_items(batch, target, only_round), p)
 
 
-def _item_keys(sigs: pa.Table, p: Params) -> np.ndarray:
-    """The keys of each signature row, shape (rows, keys_per_item(p))."""
-    if p.near:
-        return band_keys(_sig_matrix(sigs, p), p.bands, p.rows, p.seed)
-    return mix64(sigs["text_hash"].to_numpy() ^ EXACT_SALT)[:, None]
-
-
-def key_rows(sigs: pa.Table, p: Params) -> pa.Table:
-    """Signature rows -> one row per (item, key): one key per LSH band for near dedup (exact
-    copies share every band, and the check tells them apart by `text_hash`), else the exact-text
-    key alone. Writes `dedup_key`, `dedup_node`, `dedup_part`."""
-    nodes = sigs[C.DEDUP_NODE].to_numpy()
-    keys = _item_keys(sigs, p)
-    key = keys.ravel()
-    return pa.table({
-        C.DEDUP_KEY: key,
-        C.DEDUP_NODE: np.repeat(nodes, keys.shape[1]),
-        C.DEDUP_PART: (key % np.uint64(p.partitions)).astype(np.int32),
-    })
-
-
-EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
-
-
-SHARED_SCHEMA = pa.schema([(C.DEDUP_KEY, pa.uint64()), (C.DEDUP_NODE, pa.uint64())])
-
-
-def _repeated(key: np.ndarray) -> np.ndarray:
-    """Mask of the entries of `key` whose value occurs more than once. Most keys occur once: a
-    sort of the keys alone and a binary search, so later sorts run on the few shared buckets."""
-    s = np.sort(key)
-    shared = np.unique(s[1:][s[1:] == s[:-1]])
-    if len(shared) == 0:
-        return np.zeros(len(key), bool)
-    return shared[np.minimum(np.searchsorted(shared, key), len(shared) - 1)] == key
-
-
-def _stars(key: np.ndarray, node: np.ndarray):
-    """Rows sharing a key -> (root, member) row positions: within each run of equal key, the run's
-    smallest node to each other node (a star: enough for connected components, and size-linear
-    where a bucket is large)."""
-    order = np.lexsort((node, key))
-    key, node = key[order], node[order]
-    new_run = np.ones(len(key), bool)
-    new_run[1:] = key[1:] != key[:-1]
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(key)), 0))
-    take = ~new_run & (node != node[run_start])
-    return order[run_start[take]], order[take]
-
-
-def shared_keys(group: pa.Table) -> pa.Table:
-    """Pass 1, all key rows of one shuffle partition -> the rows of keys that repeat
-    (`dedup_key`, `dedup_node`): which buckets pass 2 checks, and which items are in one."""
-    sel = pa.array(_repeated(group[C.DEDUP_KEY].to_numpy()))
-    return group.select([C.DEDUP_KEY, C.DEDUP_NODE]).filter(sel)
-
-
-def candidate_key_rows(sigs: pa.Table, nodes: np.ndarray, keys: np.ndarray, p: Params) -> pa.Table:
-    """Pass 2, signature rows -> one row per (candidate item, shared key), carrying what the check
-    needs (`dedup_key`, `dedup_node`, `dedup_part`, `text_hash` and, for near dedup, `sig`), so
-    that each bucket is checked where it lands and no process holds every candidate's signature.
-    `nodes`, `keys`: sorted, unique (from pass 1)."""
-    sigs = candidate_rows(sigs, nodes)
-    k = _item_keys(sigs, p)
-    key = k.ravel()
-    hit = keys[np.minimum(np.searchsorted(keys, key), len(keys) - 1)] == key  # keys: not empty
-    row = np.repeat(np.arange(sigs.num_rows), k.shape[1])[hit]
-    key = key[hit]
-    cols = {C.DEDUP_KEY: key, C.DEDUP_NODE: sigs[C.DEDUP_NODE].to_numpy()[row],
-            C.DEDUP_PART: (key % np.uint64(p.partitions)).astype(np.int32),
-            "text_hash": sigs["text_hash"].to_numpy()[row]}
-    if p.near:
-        cols["sig"] = pa.FixedSizeListArray.from_arrays(pa.array(_sig_matrix(sigs, p)[row].ravel()), p.num_perm)
-    return pa.table(cols)
-
-
-def _holds(a: np.ndarray, b: np.ndarray, th: np.ndarray, sig: Optional[np.ndarray], p: Params) -> np.ndarray:
-    """Which pairs of row positions (a, b) are duplicates: the same `text_hash`, or (near dedup)
-    signatures agreeing on at least `threshold` of their values."""
-    accept = th[a] == th[b]
-    if p.near:
-        todo = np.flatnonzero(~accept)
-        for i in range(0, len(todo), 65536):  # chunks bound the memory of the comparison
-            idx = todo[i:i + 65536]
-            accept[idx] = (sig[a[idx]] == sig[b[idx]]).sum(axis=1) >= agreeing_values(p)
-    return accept
-
-
-def verified_edges(group: pa.Table, p: Params) -> pa.Table:
-    """Pass 2, the candidate key rows of one shuffle partition -> the candidate edges (`_stars`,
-    the same as pass 1's buckets give) that hold (`_holds`). A pair sharing several bands comes
-    out once per band; the driver collapses them."""
-    key = group[C.DEDUP_KEY].to_numpy()
-    node = group[C.DEDUP_NODE].to_numpy()
-    a, b = _stars(key, node)
-    accept = _holds(a, b, group["text_hash"].to_numpy(), _sig_matrix(group, p) if p.near else None, p)
-    return pa.table({"a": node[a[accept]], "b": node[b[accept]]}, schema=EDGE_SCHEMA)
-
-
-def verified_on_driver(shared: pa.Table, cands: pa.Table, p: Params) -> pa.Table:
-    """Pass 2 without a shuffle, for few candidates: pass 1's shared key rows and the candidate
-    rows (with signatures) -> the same edges as `verified_edges` gives, each pair checked once."""
-    key, node = shared[C.DEDUP_KEY].to_numpy(), shared[C.DEDUP_NODE].to_numpy()
-    a, b = _stars(key, node)
-    pairs = np.unique(np.stack([node[a], node[b]], axis=1), axis=0).reshape(-1, 2)
-    cnode = cands[C.DEDUP_NODE].to_numpy()
-    order = np.argsort(cnode)
-    at_a = order[np.searchsorted(cnode[order], pairs[:, 0])]
-    at_b = order[np.searchsorted(cnode[order], pairs[:, 1])]
-    accept = _holds(at_a, at_b, cands["text_hash"].to_numpy(), _sig_matrix(cands, p) if p.near else None, p)
-    return pa.table({"a": pairs[accept, 0], "b": pairs[accept, 1]}, schema=EDGE_SCHEMA)
-
-
-def candidate_rows(sigs: pa.Table, nodes: np.ndarray) -> pa.Table:
-    """Signature rows -> those in some candidate edge (`nodes`: sorted, unique). A binary search
-    per row: `np.isin` re-sorts `nodes` on every batch (90 ms vs 2.5 ms per batch at 1M rows)."""
-    x = sigs[C.DEDUP_NODE].to_numpy()
-    if len(nodes) == 0:
-        return sigs.slice(0, 0)
-    at = np.minimum(np.searchsorted(nodes, x), len(nodes) - 1)
-    return sigs.filter(pa.array(nodes[at] == x))
+def seed_signature_rows(batch: pa.Table, p: Params) -> pa.Table:
+    """Seed pool rows -> signature rows of their items (`seed_items`), in one call."""
+    return signature_rows(seed_items(batch), p)
 
 
 def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
@@ -251,9 +138,8 @@ def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
 
 # --- wiring ------------------------------------------------------------------------------------
 
-ITEMS = Stage(to_items, BATCH_ROWS)
-SEED_ITEMS = Stage(seed_items, BATCH_ROWS)
-SIGNATURES = Stage(signature_rows, BATCH_ROWS)
+ROUND_SIGNATURES = Stage(round_signature_rows, BATCH_ROWS)
+SEED_SIGNATURES = Stage(seed_signature_rows, BATCH_ROWS)
 KEYS = Stage(key_rows, BATCH_ROWS)
 SHARED_KEYS = Stage(shared_keys, WHOLE_BLOCK)
 CANDIDATE_KEYS = Stage(candidate_key_rows, BATCH_ROWS)
@@ -321,11 +207,11 @@ def _targets(sigs: ray.data.Dataset) -> int:
     return sum(_collect(TARGET_COUNT(sigs))["n"].to_pylist())
 
 
-def find_duplicates(items: ray.data.Dataset, p: Params) -> pa.Table:
-    """Items dataset -> marks (`id`, `reason`, `duplicate_of`) for the target rows to drop.
-    Logs each phase's seconds and sizes (logger `evol_ray`, INFO)."""
+def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
+    """Signature rows (`signature_rows` of the items) -> marks (`id`, `reason`, `duplicate_of`) for
+    the target rows to drop. Logs each phase's seconds and sizes (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
-    sigs = SIGNATURES(items, p=p).materialize()
+    sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
     n = sigs.count()
     t_sig = time.perf_counter()
     # Nothing that could be marked (no kept row this round): no shuffle at all. (Ray's hash shuffle
@@ -378,23 +264,27 @@ def _by_part(rows: ray.data.Dataset, partitions: int, stage: Stage, **kwargs) ->
 
 
 def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset] = None,
-          target: bool = True) -> ray.data.Dataset:
+          target: bool = True, only_round: Optional[int] = None) -> ray.data.Dataset:
     """Round attempts (or final rows) -> the same rows, duplicates among their `kept` rows, and of
-    `reference` items (seeds, earlier rounds), eliminated with a reason and `duplicate_of`."""
+    `reference` (signature rows of the seeds and earlier rounds, `reference_signatures`),
+    eliminated with a reason and `duplicate_of`. `only_round`: only that round's rows are
+    compared (and can be marked)."""
     ds = ds.materialize()  # read twice below (items, then marking): upstream stages run once
-    items = ITEMS(ds, target=target)
+    sigs = ROUND_SIGNATURES(ds, p=p, target=target, only_round=only_round)
     if reference is not None:
-        items = items.union(reference)
-    marks = find_duplicates(items, p)  # materializes the items' signatures, read by two stages
+        sigs = sigs.union(reference)
+    marks = find_duplicates(sigs, p)  # materializes the signatures, read by two stages
     return MARK(ds, marks=marks)
 
 
-def reference_items(seeds: Optional[ray.data.Dataset], earlier: List[ray.data.Dataset]) -> Optional[ray.data.Dataset]:
-    """Seeds (pool rows) and earlier rounds' attempts -> the items a round is compared against."""
+def reference_signatures(seeds: Optional[ray.data.Dataset], earlier: List[ray.data.Dataset],
+                         p: Params) -> Optional[ray.data.Dataset]:
+    """Seeds (pool rows) and earlier rounds' attempts -> signature rows of the items a round is
+    compared against (never marked)."""
     parts = []
     if seeds is not None:
-        parts.append(SEED_ITEMS(seeds))
-    parts += [ITEMS(d, target=False) for d in earlier]
+        parts.append(SEED_SIGNATURES(seeds, p=p))
+    parts += [ROUND_SIGNATURES(d, p=p, target=False) for d in earlier]
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

@@ -21,8 +21,9 @@ from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.checks.text import hash64, normalize
 from evol_ray.config import Config, InputConfig
+from evol_ray.io.datasets import BLOCK_ROWS
 from evol_ray.io.storage import Location, describe_error, locate
-from evol_ray.stage import WHOLE_BLOCK, Stage
+from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
 _EXT = {".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -257,7 +258,11 @@ TO_POOL = Stage(to_pool, WHOLE_BLOCK)
 
 SEED_PART = "seed_part"  # shuffle partition of `seed_key`, between `with_part` and `mark_repeats`
 SEEDS_PER_PARTITION = 500_000
-SEED_BLOCK_BATCHES = 4  # engine batches per block of the round-1 pool (the unit of writes and resume)
+# Rows per block of the seeds as the run holds them: dedup and the final set read them whole every
+# round, so blocks are large (one batch of dedup's stages); the engine stage cuts its own input
+# into small blocks (`evolve.stage.ENGINE_BLOCK_BATCHES`). 256-row blocks here made every later
+# pass over 1M seeds schedule 3,900 tasks.
+SEED_BLOCK_ROWS = BLOCK_ROWS
 
 
 def with_part(batch: pa.Table, parts: int) -> pa.Table:
@@ -300,20 +305,19 @@ def mark_repeats(batch: pa.Table, content_ids: bool) -> pa.Table:
 MARK_REPEATS = Stage(mark_repeats, WHOLE_BLOCK)
 
 
-def unique_seeds(ds, rows: int, ic: InputConfig, block_rows: int):
+def unique_seeds(ds, rows: int, ic: InputConfig):
     """Pool rows with `seed_key` (`to_pool`) -> seed rows with unique ids and repeats marked
     (`mark_repeats`): Ray Data's hash shuffle brings every row of a key into one group, about
     SEEDS_PER_PARTITION rows per partition; a small input is one block (no shuffle actors).
-    The result is cut into blocks of `block_rows` again: a round writes its attempts block by
-    block, so a crash loses at most the blocks in flight, never the whole input."""
+    The result is cut into blocks of SEED_BLOCK_ROWS rows, so later passes run in parallel."""
     parts = max(1, -(-rows // SEEDS_PER_PARTITION))
     content_ids = not ic.id_column
     if parts == 1:
         marked = MARK_REPEATS(ds.repartition(1), content_ids=content_ids)
     else:
-        marked = WITH_PART(ds, parts=parts).groupby(SEED_PART, num_partitions=parts).map_groups(
+        marked = without_empty_blocks(WITH_PART(ds, parts=parts)).groupby(SEED_PART, num_partitions=parts).map_groups(
             mark_repeats, fn_kwargs={"content_ids": content_ids}, batch_format="pyarrow")
-    return marked.repartition(target_num_rows_per_block=block_rows)
+    return marked.repartition(target_num_rows_per_block=SEED_BLOCK_ROWS)
 
 
 def first_repeated_ids(ds, limit: int = 3) -> List[Tuple[str, int]]:
@@ -384,8 +388,7 @@ def load_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     starts, when `input.id_column` gives two rows one id."""
     raw = read_seeds(cfg, urls, fmt, cols).materialize()
     rows = raw.count()
-    block_rows = cfg.engine.batch_size * SEED_BLOCK_BATCHES
-    seeds = unique_seeds(raw, rows, cfg.input, block_rows).materialize()
+    seeds = unique_seeds(raw, rows, cfg.input).materialize()
     if cfg.input.id_column and rows:
         repeated = first_repeated_ids(seeds)
         if repeated:

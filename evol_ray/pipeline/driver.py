@@ -90,8 +90,10 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
 def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     """The rounds, the final set and the scores, on `engines`."""
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
-    seeds = seeds_mod.ONLY_UNIQUE(all_seeds)  # what is evolved, deduped against and kept as seeds
-    repeats = seeds_mod.ONLY_REPEATS(all_seeds)
+    # what is evolved, deduped against and kept as seeds: read by every round and the final set
+    seeds = seeds_mod.ONLY_UNIQUE(all_seeds).materialize()
+    repeats = seeds_mod.ONLY_REPEATS(all_seeds).materialize()
+    del all_seeds  # the object store keeps one copy of the seeds
     found, about = None, {}
     if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
         found = method.find_method(cfg, out, seeds, engines)

@@ -33,7 +33,7 @@ from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files, read_round
 from evol_ray.io.storage import Location, remove
 from evol_ray.pipeline.pool import NEXT_POOL, REPEAT_ATTEMPTS
-from evol_ray.stage import WHOLE_BLOCK, Stage
+from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
 log = logging.getLogger("evol_ray")
 
@@ -137,8 +137,8 @@ TAG_ATTEMPTED = Stage(tag_attempted, WHOLE_BLOCK)
 
 def without_attempted(pool: ray.data.Dataset, attempts: ray.data.Dataset, partitions: int) -> ray.data.Dataset:
     """`pool` rows whose id is not the `parent_id` of any row of `attempts`."""
-    tagged = TAG_POOL(pool, partitions=partitions).union(
-        TAG_ATTEMPTED(attempts.select_columns([C.PARENT_ID]), partitions=partitions))
+    tagged = without_empty_blocks(TAG_POOL(pool, partitions=partitions).union(
+        TAG_ATTEMPTED(attempts.select_columns([C.PARENT_ID]), partitions=partitions)))
     return tagged.groupby(_PART, num_partitions=partitions).map_groups(drop_attempted, batch_format="pyarrow")
 
 
@@ -160,7 +160,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
     if resumed:
         log.info("round %d: resuming, %d rows already have a result", round_no, resumed)
-    attempted = read_files(attempts_dir, done_parts) if resumed else None
+    attempted = read_files(attempts_dir, done_parts, resumed) if resumed else None
     partitions = resume_partitions(resumed + (expected_rows or resumed))
 
     def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
@@ -191,20 +191,20 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     engine_done = time.monotonic()
 
     parts = commit.readable_parts(attempts_dir)
-    counts = count_files(attempts_dir, parts)
+    n_attempts = layout.row_count(attempts_dir, parts)  # footers only: the counts come from the round's files
     log.info("round %d: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase: "
              "quality and dedup checks", round_no, engine_done - started, engine_figures.get("startup_s", 0.0),
-             counts["rows"])
-    if expected_rows is not None and counts["rows"] != expected_rows:
-        raise RunError(f"round {round_no}: {counts['rows']} attempts for {expected_rows} input rows; "
+             n_attempts)
+    if expected_rows is not None and n_attempts != expected_rows:
+        raise RunError(f"round {round_no}: {n_attempts} attempts for {expected_rows} input rows; "
                        f"the round is left uncommitted in {attempts_dir.url}")
     earlier = [read_round(out, m) for m in manifests]
-    checked = where.round_checks(read_files(attempts_dir, parts), cfg, seeds, earlier)
+    checked = where.round_checks(read_files(attempts_dir, parts, n_attempts), cfg, seeds, earlier)
     if checked is None:  # no CPU check configured: the attempts are the round
         files = commit.move_into(parts, rdir)
     else:
         files = commit.write_dataset(checked, rdir, cfg.output.rows_per_file)
-        counts = count_files(rdir, files)
+    counts = count_files(rdir, files)
     manifest = commit.commit(rdir, {
         "round": round_no,
         "config_hash": config_mod.config_hash(cfg),

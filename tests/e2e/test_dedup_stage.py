@@ -109,3 +109,80 @@ def test_round_with_nothing_kept_passes_the_checks_unchanged(checked, ray_local)
     assert sorted(r[C.ID] for r in out) == sorted(table[C.ID].to_pylist())
     assert {r[C.STATUS] for r in out} == {C.ELIMINATED}
     assert all(r[C.DUPLICATE_OF] is None for r in out)
+
+
+def _final_table(rows):
+    """Final rows from (id, round, instruction, response)."""
+    return pa.table({
+        C.ID: [r[0] for r in rows], C.PARENT_ID: [None if r[1] == 0 else "p" for r in rows],
+        C.ROOT_ID: [r[0] for r in rows], C.ROUND: pa.array([r[1] for r in rows], pa.int32()),
+        C.OP: [None if r[1] == 0 else "deepen" for r in rows],
+        C.INSTRUCTION: [r[2] for r in rows], C.RESPONSE: [r[3] for r in rows]})
+
+
+@pytest.mark.parametrize("in_rounds", [True, False])
+def test_final_dedup_compares_only_the_seeds_after_deduped_rounds(ray_local, in_rounds):
+    """After rounds that deduped their kept rows, only the seeds can still duplicate each other:
+    the final dedup compares them alone. Without in-round dedup, it compares every final row."""
+    cfg = load_config(["input.path=s.json", "output.path=o", "model.source=m",
+                       f"dedup.in_rounds={str(in_rounds).lower()}"])
+    t = "Write a haiku about autumn leaves falling on a quiet lake at dusk"
+    u = "Summarize the causes of the French revolution for a class of twelve year olds"
+    final = ray.data.from_arrow(_final_table([
+        ("s1", 0, t, "x"), ("s2", 0, t.upper() + "!", "xx"), ("s3", 0, "Name three rivers in Europe.", "x"),
+        ("r1", 1, u, "y"), ("r2", 1, u + " please", "y")]))  # r1/r2: what in-round dedup leaves out
+    out = {r[C.ID]: (r[C.STATUS], r[C.REASON], r[C.DUPLICATE_OF]) for r in cleanup.final_checks(final, cfg).take_all()}
+    assert out["s1"] == (C.ELIMINATED, C.R_DUPLICATE, "s2")  # the longer answer is kept
+    assert out["s2"][0] == out["s3"][0] == out["r1"][0] == C.KEPT
+    assert out["r2"] == ((C.KEPT, None, None) if in_rounds else (C.ELIMINATED, C.R_NEAR_DUPLICATE, "r1"))
+
+
+def test_final_dedup_of_the_seeds_alone_marks_what_comparing_every_row_marks(checked, ray_local):
+    """On a final set whose round rows passed in-round dedup (the fixture's round 2 against round 1
+    and the seeds), comparing the seeds alone marks exactly what comparing every row marks."""
+    cfg, rows, _ = checked
+    seeds = [(f"s{i}", 0, f"Seed question {i}: how do tides and the moon relate, step {i}?", "a") for i in range(40)]
+    seeds += [("s40", 0, "SEED question 3: how do tides and the moon relate, step 3?", "ab"),
+              ("s41", 0, "Seed question 7: how do tides and the moon relate, step 7? Please", "a")]
+    kept = [(r[C.ID], r[C.ROUND], r[C.INSTRUCTION], r[C.RESPONSE]) for r in rows.values() if r[C.STATUS] == C.KEPT]
+    kept += [(f"r1-{i}", 1, sentence(i), f"Answer number {i} with detail.") for i in range(60)]
+    final = ray.data.from_arrow(_final_table(seeds + kept))
+
+    def marks(in_rounds):
+        c = load_config(["input.path=s.json", "output.path=o", "model.source=m",
+                         f"dedup.in_rounds={str(in_rounds).lower()}"])
+        return sorted((r[C.ID], r[C.REASON], r[C.DUPLICATE_OF])
+                      for r in cleanup.final_checks(final, c).take_all() if r[C.STATUS] != C.KEPT)
+
+    assert marks(True) == marks(False) == [("s3", C.R_DUPLICATE, "s40"), ("s7", C.R_NEAR_DUPLICATE, "s41")]
+
+
+def test_empty_signature_blocks_do_not_break_the_shuffle(ray_local, monkeypatch):
+    """Signature blocks with no row (the final set's round blocks, where only the seeds are
+    compared; a round block with no kept row): Ray Data maps a bundle of empty blocks to one
+    empty block without columns, and its hash shuffle's reduce then failed ("Schema at index N
+    was different"; the bench at 20k rows). Here every block is its own bundle and its own
+    shuffle map task, the way large runs split; the copy in another block is still found."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def one_block_per_map_task(ds, key_bytes):
+        ctx = ds.context
+        before, ctx.shuffle_input_batch_bytes = ctx.shuffle_input_batch_bytes, 1
+        try:
+            yield
+        finally:
+            ctx.shuffle_input_batch_bytes = before
+
+    monkeypatch.setattr(dedup_mod, "_shuffle_map_batches", one_block_per_map_task)
+    monkeypatch.setattr(dedup_mod, "KEYS", dedup_mod.Stage(dedup_mod.key_rows, 5))  # a bundle per block
+    monkeypatch.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 50)
+    p = dedup_mod.params_from(load_config(["input.path=s.json", "output.path=o", "model.source=m"]).dedup, 0)
+    texts = [sentence(i) for i in range(20)] + [sentence(3).upper()]
+    sigs = dedup_mod.signature_rows(pa.table({
+        C.ID: [f"s{i}" for i in range(21)], C.ROUND: pa.array([0] * 21, pa.int32()), C.INSTRUCTION: texts,
+        C.RESPONSE: ["a"] * 20 + ["aa"], C.DEDUP_TARGET: [True] * 21}), p)
+    empty = sigs.slice(0, 0)
+    blocks = [empty, sigs.slice(0, 10), empty, empty, sigs.slice(10), empty, empty]
+    marks = dedup_mod.find_duplicates(ray.data.from_arrow(blocks), p)
+    assert marks.to_pylist() == [{C.ID: "s3", C.REASON: C.R_DUPLICATE, C.DUPLICATE_OF: "s20"}]

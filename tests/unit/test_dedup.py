@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from evol_ray import columns as C
+from evol_ray.checks import buckets as B
 from evol_ray.checks import dedup as D
 from evol_ray.checks import minhash as M
 from evol_ray.checks import text
@@ -209,11 +210,11 @@ def test_buckets_checked_where_they_land_give_the_driver_side_edges(partitions):
     rows = D.key_rows(sigs, p)
     # one machine: star edges of every shared bucket, checked with every signature at hand
     key, node = rows[C.DEDUP_KEY].to_numpy(), rows[C.DEDUP_NODE].to_numpy()
-    sel = D._repeated(key)
-    a, b = D._stars(key[sel], node[sel])
+    sel = B._repeated(key)
+    a, b = B._stars(key[sel], node[sel])
     a, b = node[sel][a], node[sel][b]
     pos = {n: i for i, n in enumerate(sigs[C.DEDUP_NODE].to_numpy())}
-    sig, th = D._sig_matrix(sigs, p), sigs["text_hash"].to_numpy()
+    sig, th = B._sig_matrix(sigs, p), sigs["text_hash"].to_numpy()
     want = {(x, y) for x, y in zip(a, b) if th[pos[x]] == th[pos[y]]
             or (sig[pos[x]] == sig[pos[y]]).sum() >= M.agreeing_values(p)}
     assert 20 < len(want) < len(set(zip(a, b)))  # near and exact copies kept, some candidates not
