@@ -63,6 +63,7 @@ class Sampler:
 
     def __init__(self) -> None:
         self.samples: List[tuple] = []  # (t, rss, store_used, spilled)
+        self.load: List[float] = []  # the 1-minute load average, every 0.5 s
         self._stop = threading.Event()
         self._state = None
         self._store = (0, 0)
@@ -82,6 +83,7 @@ class Sampler:
             if now - last >= 0.5:
                 with contextlib.suppress(Exception):
                     self._store = self._store_stats()
+                self.load.append(os.getloadavg()[0])
                 last = now
             self.samples.append((now, me.memory_info().rss, *self._store))
             self._stop.wait(0.05)
@@ -235,7 +237,7 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
     factory = functools.partial(synthetic.SyntheticGenerator, seed=args.seed, clusters=max(10, n // 200))
     stages = Stages(sampler)
     originals = stages.install()
-    t0 = time.perf_counter()
+    t0, load_at = time.perf_counter(), len(sampler.load)
     try:
         summary = driver.run(cfg, generator_factory=factory)
     finally:
@@ -243,8 +245,10 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
             setattr(module, name, fn)
     secs = time.perf_counter() - t0
     peak = sampler.window(t0, time.perf_counter())["rss_mb"]
+    load = sorted(sampler.load[load_at:]) or [float("nan")]
     print(f"\n== {label}: {n} seeds, {args.rounds} round(s), {secs:.1f} s, {n / secs:,.0f} seed rows/s, "
-          f"driver peak RSS {peak:.0f} MB", flush=True)
+          f"driver peak RSS {peak:.0f} MB, load (1 min) {load[0]:.1f}-{load[-1]:.1f}, median "
+          f"{load[len(load) // 2]:.1f} on {os.cpu_count()} cores, engine.batch_size {args.batch_size}", flush=True)
     print(f"{'stage':<20}{'round':>6}{'seconds':>9}{'rows':>10}{'rows/s':>11}{'rss_mb':>8}{'store_mb':>9}{'spill_mb':>9}")
     for s in sorted(stages.rows, key=lambda s: (s["t0"], s["depth"])):
         w = sampler.window(s["t0"], s["t1"])
@@ -281,7 +285,9 @@ def main() -> int:
     ap.add_argument("--object-store-gib", type=float, default=4.0)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--cpus-per-replica", type=float, default=0.5)
-    ap.add_argument("--batch-size", type=int, default=64, help="engine.batch_size")
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="engine.batch_size (the default config has 64, sized for real engines: with a zero-cost "
+                         "generator a batch takes milliseconds and Ray Data's per-task cost doubles the engine phase)")
     ap.add_argument("--exact-share", type=float, default=0.03)
     ap.add_argument("--near-share", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
