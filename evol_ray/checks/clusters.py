@@ -1,5 +1,6 @@
-"""Clusters of verified duplicate pairs, and the one row each cluster keeps: the driver-side step
-of `evol_ray.checks.dedup` (its module doc has the whole method). Pure NumPy and SciPy, no Ray.
+"""Clusters of verified duplicate pairs, and the one row each cluster keeps: the last step of
+`evol_ray.checks.dedup` (its module doc has the whole method), run in one process. Pure NumPy and
+SciPy, no Ray.
 """
 
 from __future__ import annotations
@@ -9,13 +10,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
+from evol_ray.checks.buckets import EDGE_SCHEMA, candidate_rows, verified_here
+from evol_ray.checks.minhash import Params
 
 MARK_SCHEMA = pa.schema([(C.ID, pa.string()), (C.REASON, pa.string()), (C.DUPLICATE_OF, pa.string())])
+# what `components` reads of a candidate row: everything but its signature
+NODE_COLUMNS = [C.DEDUP_NODE, C.ID, C.ROUND, "answer_len", "text_hash", C.DEDUP_TARGET]
+
+
+def pair_marks(a: np.ndarray, b: np.ndarray, cands: pa.Table, p: Params, checked: bool = False) -> pa.Table:
+    """Candidate pairs (a[i], b[i]) and the rows of their nodes -> marks: the pairs checked on
+    their signatures (`verified_here`; `checked`: they are verified edges already, and `cands`
+    need no signature), then `components` of the edges that hold."""
+    edges = pa.table({"a": a, "b": b}, schema=EDGE_SCHEMA) if checked else verified_here(a, b, cands, p)
+    in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
+    return components(edges, candidate_rows(cands.select(NODE_COLUMNS), in_edges), p.exact)
 
 
 def components(edges: pa.Table, cands: pa.Table, exact: bool = True) -> pa.Table:
-    """Driver side: verified edges (`verified_edges`) and the rows of their nodes (no signature
-    needed) -> marks (`id`, `reason`, `duplicate_of`).
+    """Verified edges and the rows of their nodes (no signature needed) -> marks (`id`, `reason`,
+    `duplicate_of`).
 
     Repeated edges collapse, clusters are SciPy's connected components (a union-find over integer
     positions), and the kept row of each cluster follows the rule in the module doc; a dropped

@@ -11,15 +11,17 @@ from each source's rows (`to_items`: a round's kept rows; `seed_items`) in the s
   2. `key_rows` (map_batches; it and the passes below are pure functions in
      `evol_ray.checks.buckets`): one uint64 key per LSH band (or, without near dedup, the exact-text
      key), exploded to (`dedup_key`, `dedup_node`, `dedup_part`) rows;
-  3. pass 1, groupby(`dedup_part`).map_groups(`shared_keys`): Ray Data's hash shuffle brings every
-     key to one group; the rows of keys that repeat (a vectorized sort, no per-row Python) are the
-     buckets to check and the items in them;
-  4. pass 2, each bucket's star of candidate edges (from its smallest node) checked (`_holds`):
-     on the driver if the candidates' signatures fit `DRIVER_CHECK_BYTES` (`verified_on_driver`),
-     else `candidate_key_rows` then groupby(`dedup_part`).map_groups(`verified_edges`);
-  5. on the driver (`checks.clusters.components`): the verified edges and a few signature-less
-     columns of their nodes; connected components (SciPy, a union-find), one kept row per
-     cluster. Driver memory grows with the duplicates, not the data (signatures: bounded);
+  3. pass 1, groupby(`dedup_part`).map_groups(`bucket_pairs`): Ray Data's hash shuffle brings
+     every key to one group; each key that repeats (a vectorized sort, no per-row Python) is a
+     bucket, and its star of candidate pairs (its smallest node to each other) is what is checked;
+  4. pass 2, each pair checked on the two signatures, and 5. the clusters
+     (`checks.clusters.pair_marks`: connected components of the edges that hold, SciPy's
+     union-find, one kept row per cluster): in one Ray task while the candidates' signatures
+     fit CHECK_BYTES, else pass 2 as two hash joins by node with the candidates' signature rows
+     (`pair_rows` + `signature_side` -> `with_root_signature`, then -> `verified_pairs`) and the
+     clusters in one task. The driver holds 8 bytes per candidate node (to pick their rows) and
+     the marks, never a signature, a bucket or an edge; small data (LOCAL_BYTES) runs every pass
+     in the driver's process instead;
   6. `mark` (map_batches): the rows to drop get status `eliminated`, reason `duplicate` (same
      normalized text as the kept row) or `near_duplicate`, and `duplicate_of` = the kept row's id.
 
@@ -43,9 +45,9 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.checks import text
-from evol_ray.checks.buckets import (EDGE_SCHEMA, SHARED_SCHEMA, candidate_key_rows, candidate_rows,
-                                     key_rows, shared_keys, verified_edges, verified_on_driver)
-from evol_ray.checks.clusters import MARK_SCHEMA, components
+from evol_ray.checks.buckets import (OTHER, bucket_pairs, candidate_rows, key_rows, pair_nodes, pair_rows,
+                                     signature_side, star_pairs, verified_pairs, with_root_signature)
+from evol_ray.checks.clusters import MARK_SCHEMA, NODE_COLUMNS, pair_marks
 from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
 from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
@@ -141,12 +143,12 @@ def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
 ROUND_SIGNATURES = Stage(round_signature_rows, BATCH_ROWS)
 SEED_SIGNATURES = Stage(seed_signature_rows, BATCH_ROWS)
 KEYS = Stage(key_rows, BATCH_ROWS)
-SHARED_KEYS = Stage(shared_keys, WHOLE_BLOCK)
-CANDIDATE_KEYS = Stage(candidate_key_rows, BATCH_ROWS)
-VERIFIED_EDGES = Stage(verified_edges, WHOLE_BLOCK)
+BUCKET_PAIRS = Stage(bucket_pairs, WHOLE_BLOCK)
+PAIR_ROWS = Stage(pair_rows, BATCH_ROWS)
+SIGNATURE_SIDE = Stage(signature_side, BATCH_ROWS)
+WITH_ROOT_SIGNATURE = Stage(with_root_signature, WHOLE_BLOCK)
+VERIFIED_PAIRS = Stage(verified_pairs, WHOLE_BLOCK)
 CANDIDATES = Stage(candidate_rows, BATCH_ROWS)
-# what `components` reads of a candidate row: everything but its signature
-_NODE_COLUMNS = [C.DEDUP_NODE, C.ID, C.ROUND, "answer_len", "text_hash", C.DEDUP_TARGET]
 MARK = Stage(mark, BATCH_ROWS)
 
 def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
@@ -158,10 +160,13 @@ def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Tab
 
 KEY_ROWS_PER_PARTITION = 250_000
 KEY_ROW_BYTES = 20  # dedup_key, dedup_node (uint64), dedup_part (int32)
-PASS2_BYTES_PER_PARTITION = 256 << 20
-# Candidates' signatures up to this size are checked on the driver (one collect, no second shuffle:
-# 1M items, 275k candidates, 140 MB); above it, in pass 2's shuffle. A bound, not a share of the data.
-DRIVER_CHECK_BYTES = 256 << 20
+PASS2_BYTES_PER_PARTITION = 128 << 20  # pass 2's join rows carry signatures: partitions by bytes
+# Signature rows up to this size (about 110k items) are deduped in one process on the driver: a
+# 1k-row round then costs three Ray Data passes instead of seven, and no shuffle.
+LOCAL_BYTES = 64 << 20
+# Candidates' signature rows up to this size are checked, and their clusters found, in one Ray task
+# (1M items: 275k candidates, 160 MB; about 2x faster than the joins); beyond it, in two joins.
+CHECK_BYTES = 256 << 20
 MAP_TASKS_PER_CPU = 4
 
 
@@ -209,57 +214,104 @@ def _targets(sigs: ray.data.Dataset) -> int:
 
 def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
     """Signature rows (`signature_rows` of the items) -> marks (`id`, `reason`, `duplicate_of`) for
-    the target rows to drop. Logs each phase's seconds and sizes (logger `evol_ray`, INFO)."""
+    the target rows to drop. Three ways, by size, each with the same functions and marks:
+
+      * signature rows that fit LOCAL_BYTES: collected once, every pass in this process (a
+        shuffle's start-up and more Ray Data passes would cost more than the work);
+      * else pass 1 in Ray Data; then, while the candidates' signatures fit CHECK_BYTES, pass 2
+        and the clusters in one Ray task (`_marks_task`), off the driver;
+      * beyond that, pass 2 as two joins in Ray Data, the clusters in one task.
+
+    The driver holds 8 bytes per candidate node and the marks. Logs each phase's seconds and
+    sizes (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
     sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
     n = sigs.count()
+    local = _collect(sigs) if 0 < sigs.size_bytes() <= LOCAL_BYTES else None
     t_sig = time.perf_counter()
     # Nothing that could be marked (no kept row this round): no shuffle at all. (Ray's hash shuffle
     # also cannot sort a schema-less empty input.)
-    if n == 0 or not _targets(sigs):
+    if n == 0 or not (pc.any(local[C.DEDUP_TARGET]).as_py() if local is not None else _targets(sigs)):
         log.info("dedup: %d items, none to check; signatures %.1fs", n, time.perf_counter() - t0)
         return MARK_SCHEMA.empty_table()
-    p = replace(p, partitions=shuffle_partitions(n, p))
-    with _shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
-        shared = _collect(_by_part(KEYS(sigs, p=p), p.partitions, SHARED_KEYS), SHARED_SCHEMA)
-    t_shared = time.perf_counter()
-    keys = np.unique(shared[C.DEDUP_KEY].to_numpy())
-    nodes = np.unique(shared[C.DEDUP_NODE].to_numpy())
-    pass2_bytes = shared.num_rows * (KEY_ROW_BYTES + 8 + (4 * p.num_perm if p.near else 0))
-    on_driver = len(nodes) * (4 * p.num_perm if p.near else 8) <= DRIVER_CHECK_BYTES
-    if not len(keys):
-        edges = EDGE_SCHEMA.empty_table()
-    elif on_driver:  # few candidates: their signatures fit a fixed budget, no second shuffle
-        edges = verified_on_driver(shared, _collect(CANDIDATES(sigs, nodes=nodes)), p)
+    if local is not None:
+        keyed = key_rows(local, p)
+        a, b = star_pairs(keyed[C.DEDUP_KEY].to_numpy(), keyed[C.DEDUP_NODE].to_numpy())
+        nodes = np.unique(np.concatenate([a, b]))
+        t_pairs = time.perf_counter()
+        marks, where = pair_marks(a, b, candidate_rows(local, nodes), p), "in this process"
     else:
-        # pass 2 partitions by bytes: its rows carry signatures, and are few (items in a bucket)
-        p2 = replace(p, partitions=max(1, min(p.partitions, math.ceil(pass2_bytes / PASS2_BYTES_PER_PARTITION))))
-        verified = _by_part(CANDIDATE_KEYS(sigs, nodes=nodes, keys=keys, p=p2), p2.partitions, VERIFIED_EDGES, p=p2)
-        with _shuffle_map_batches(verified, pass2_bytes):
-            edges = _collect(verified, EDGE_SCHEMA)
-    del shared
-    t_edges = time.perf_counter()
-    in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-    cands = (_collect(CANDIDATES(sigs.select_columns(_NODE_COLUMNS), nodes=in_edges))
-             if len(in_edges) else pa.table({}))
-    t_cands = time.perf_counter()
-    marks = components(edges, cands, p.exact)  # no edges or no candidates: no marks
-    log.info("dedup: %d items; signatures %.1fs; %d items in %d shared buckets from %d shuffle "
-             "partition(s) %.1fs; %d verified edges (checked %s) %.1fs; %d rows in them %.1fs; %d marked %.1fs",
-             n, t_sig - t0, len(nodes), len(keys), p.partitions, t_shared - t_sig, edges.num_rows,
-             "on the driver" if on_driver else "in the shuffle",
-             t_edges - t_shared, cands.num_rows, t_cands - t_edges, marks.num_rows,
-             time.perf_counter() - t_cands)
+        p = replace(p, partitions=shuffle_partitions(n, p))
+        with _shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
+            pairs = without_empty_blocks(_by_part(KEYS(sigs, p=p), p.partitions, BUCKET_PAIRS))
+        nodes = ray.get(_nodes_task.remote(pairs.to_arrow_refs()))
+        t_pairs = time.perf_counter()
+        if not len(nodes):
+            marks, where = MARK_SCHEMA.empty_table(), "-"
+        elif len(nodes) * _sig_row_bytes(p) <= CHECK_BYTES:
+            cands = CANDIDATES(sigs, nodes=nodes).materialize()
+            marks, where = _marks(pairs, cands, p, checked=False), "in one task"
+        else:
+            edges = _verified_in_joins(sigs, pairs, nodes, p)
+            cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes=nodes).materialize()
+            marks, where = _marks(edges, cands, p, checked=True), "in two joins"
+    log.info("dedup: %d items; signatures %.1fs; pass 1 %s: %d items in candidate pairs %.1fs; pass 2 "
+             "and clusters %s: %d marked %.1fs", n, t_sig - t0,
+             "in this process" if local is not None else f"on {p.partitions} shuffle partition(s)",
+             len(nodes), t_pairs - t_sig, where, marks.num_rows, time.perf_counter() - t_pairs)
     return marks
 
 
-def _by_part(rows: ray.data.Dataset, partitions: int, stage: Stage, **kwargs) -> ray.data.Dataset:
+def _sig_row_bytes(p: Params) -> int:
+    return 64 + (4 * p.num_perm if p.near else 0)
+
+
+def _tables(refs: list) -> Optional[pa.Table]:
+    """The blocks behind `refs` as one table, or None when they hold no row."""
+    tables = [t for t in ray.get(refs) if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
+
+
+@ray.remote(num_cpus=1)
+def _nodes_task(pair_refs: list) -> np.ndarray:
+    """The nodes in the candidate pairs (sorted, unique), from their blocks: one task, since the
+    work is tiny (a Ray Data pass over pass 1's partitions cost 2.5 s at 1M items)."""
+    pairs = _tables(pair_refs)
+    return pair_nodes(pairs)[C.DEDUP_NODE].to_numpy() if pairs is not None else np.zeros(0, np.uint64)
+
+
+@ray.remote(num_cpus=1)
+def _marks_task(pair_refs: list, cand_refs: list, p: Params, checked: bool) -> pa.Table:
+    """Pass 2 and the clusters in one worker (`clusters.pair_marks`), from the blocks of the
+    candidate pairs (or verified edges) and of the candidates' rows."""
+    pairs, cands = _tables(pair_refs), _tables(cand_refs)
+    a, b = (pairs[C.DEDUP_NODE], pairs[OTHER]) if not checked else (pairs["a"], pairs["b"])
+    return pair_marks(a.to_numpy(), b.to_numpy(), cands, p, checked)
+
+
+def _marks(pairs: ray.data.Dataset, cands: ray.data.Dataset, p: Params, checked: bool) -> pa.Table:
+    return ray.get(_marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, checked))
+
+
+def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, nodes: np.ndarray, p: Params) -> ray.data.Dataset:
+    """Pass 2 in Ray Data: candidate pairs joined with their nodes' signature rows on the root,
+    then on the member (`evol_ray.checks.buckets`); returns the edges that hold, materialized."""
+    join_bytes = 2 * len(nodes) * _sig_row_bytes(p) + pairs.size_bytes()
+    jp = max(1, min(p.partitions, math.ceil(join_bytes / PASS2_BYTES_PER_PARTITION)))
+    side = without_empty_blocks(SIGNATURE_SIDE(sigs, nodes=nodes, p=p, partitions=jp))
+    with _shuffle_map_batches(side, join_bytes):
+        carried = _by_part(PAIR_ROWS(pairs, p=p, partitions=jp).union(side), jp, WITH_ROOT_SIGNATURE,
+                           p=p, partitions=jp)
+        return _by_part(carried.union(side), jp, VERIFIED_PAIRS, p=p).materialize()
+
+
+def _by_part(rows: ray.data.Dataset, parts: int, stage: Stage, **kwargs) -> ray.data.Dataset:
     """`stage` on all rows of each `dedup_part`: Ray Data's hash shuffle, or, for small data,
     every row in one block (the hash shuffle would start its aggregator actors for a single
     group: about 4 s on 2 cores, longer than the work)."""
-    if partitions == 1:
+    if parts == 1:
         return stage(rows.repartition(1), **kwargs)
-    return rows.groupby(C.DEDUP_PART, num_partitions=partitions).map_groups(
+    return rows.groupby(C.DEDUP_PART, num_partitions=parts).map_groups(
         stage.fn, batch_format="pyarrow", fn_kwargs=kwargs or None)
 
 

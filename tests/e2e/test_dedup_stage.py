@@ -28,13 +28,19 @@ def attempts(n, round_no, text_of):
     return pa.Table.from_pylist(rows, schema=C.ROUND_SCHEMA)
 
 
-@pytest.fixture(scope="module", params=["one_block", "hash_shuffle"])
+@pytest.fixture(scope="module", params=["one_process", "one_task", "joins"])
 def checked(request, ray_local, tmp_path_factory):
-    """Small data groups its band keys in one block; `hash_shuffle` makes the same data take Ray
-    Data's hash shuffle over several partitions, the path of big rounds."""
+    """Small data is deduped in one process on the driver; `one_task` makes the same data take
+    Ray Data's hash shuffle over several partitions, then pass 2 and the clusters in one Ray
+    task (big rounds); `joins` does pass 2 in two hash joins (rounds whose candidates' signatures
+    pass CHECK_BYTES)."""
     with pytest.MonkeyPatch.context() as mp:
-        if request.param == "hash_shuffle":
+        if request.param != "one_process":
+            mp.setattr(dedup_mod, "LOCAL_BYTES", 0)
             mp.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 200)
+        if request.param == "joins":
+            mp.setattr(dedup_mod, "CHECK_BYTES", 0)
+            mp.setattr(dedup_mod, "PASS2_BYTES_PER_PARTITION", 4096)
         yield _checked(tmp_path_factory)
 
 
@@ -177,6 +183,7 @@ def test_empty_signature_blocks_do_not_break_the_shuffle(ray_local, monkeypatch)
     monkeypatch.setattr(dedup_mod, "_shuffle_map_batches", one_block_per_map_task)
     monkeypatch.setattr(dedup_mod, "KEYS", dedup_mod.Stage(dedup_mod.key_rows, 5))  # a bundle per block
     monkeypatch.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 50)
+    monkeypatch.setattr(dedup_mod, "LOCAL_BYTES", 0)
     p = dedup_mod.params_from(load_config(["input.path=s.json", "output.path=o", "model.source=m"]).dedup, 0)
     texts = [sentence(i) for i in range(20)] + [sentence(3).upper()]
     sigs = dedup_mod.signature_rows(pa.table({
@@ -186,3 +193,13 @@ def test_empty_signature_blocks_do_not_break_the_shuffle(ray_local, monkeypatch)
     blocks = [empty, sigs.slice(0, 10), empty, empty, sigs.slice(10), empty, empty]
     marks = dedup_mod.find_duplicates(ray.data.from_arrow(blocks), p)
     assert marks.to_pylist() == [{C.ID: "s3", C.REASON: C.R_DUPLICATE, C.DUPLICATE_OF: "s20"}]
+
+
+def test_no_shared_bucket_in_the_shuffle_path_marks_nothing(ray_local, monkeypatch):
+    """Rows that resemble nothing, on the shuffle path: pass 1 gives no candidate pair at all, and
+    no later step runs on the empty pairs."""
+    monkeypatch.setattr(dedup_mod, "LOCAL_BYTES", 0)
+    monkeypatch.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 50)
+    cfg = load_config(["input.path=s.json", "output.path=o", "model.source=m"])
+    out = cleanup.round_checks(ray.data.from_arrow(attempts(30, 1, sentence)), cfg, None, []).take_all()
+    assert len(out) == 30 and all(r[C.STATUS] == C.KEPT and r[C.DUPLICATE_OF] is None for r in out)

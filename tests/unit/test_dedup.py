@@ -8,6 +8,7 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray.checks import buckets as B
+from evol_ray.checks import clusters as CL
 from evol_ray.checks import dedup as D
 from evol_ray.checks import minhash as M
 from evol_ray.checks import text
@@ -27,14 +28,31 @@ def items(texts, rounds=None, answers=None, ids=None, target=None):
     })
 
 
+def by_part(table, fn, parts, **kw):
+    """`fn` on each of the `parts` shuffle partitions of `table` (its `dedup_part`), as Ray Data's
+    hash shuffle groups them, concatenated."""
+    part = table[C.DEDUP_PART].to_numpy()
+    return pa.concat_tables([fn(table.filter(pa.array(part == k)), **kw) for k in range(parts)])
+
+
+def pass2_joins(sigs, pairs, nodes, p, jp):
+    """Pass 2 as the Ray Data path runs it, in one process: the two joins on `jp` partitions."""
+    side = B.signature_side(sigs, nodes, p, jp)
+    carried = by_part(pa.concat_tables([B.pair_rows(pairs, p, jp), side]), B.with_root_signature, jp,
+                      p=p, partitions=jp)
+    return by_part(pa.concat_tables([carried, side]), B.verified_pairs, jp, p=p)
+
+
 def find(table, p=P):
-    """find_duplicates without Ray: every stage on one batch, all keys in one group."""
+    """find_duplicates without Ray: the distributed path's functions, each shuffle partition on
+    its own (two partitions for pass 1, three for the joins)."""
+    p = replace(p, partitions=2)
     sigs = D.signature_rows(table, p)
-    shared = D.shared_keys(D.key_rows(sigs, p))
-    keys, nodes = (np.unique(shared[c].to_numpy()) for c in (C.DEDUP_KEY, C.DEDUP_NODE))
-    edges = D.verified_edges(D.candidate_key_rows(sigs, nodes, keys, p), p)
-    in_edges = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]))
-    marks = D.components(edges, D.candidate_rows(sigs, in_edges), p.exact)
+    pairs = by_part(D.key_rows(sigs, p), B.bucket_pairs, 2)
+    nodes = np.unique(B.pair_nodes(pairs)[C.DEDUP_NODE].to_numpy())
+    edges = pass2_joins(sigs, pairs, nodes, p, 3)
+    marks = CL.pair_marks(edges["a"].to_numpy(), edges["b"].to_numpy(), D.candidate_rows(sigs, nodes), p,
+                          checked=True)
     return {r[C.ID]: (r[C.REASON], r[C.DUPLICATE_OF]) for r in marks.to_pylist()}
 
 
@@ -194,10 +212,11 @@ def test_shuffle_partitions_follow_the_data_up_to_the_configured_most():
     assert D.shuffle_partitions(300_000, exact_only) == 2
 
 
-@pytest.mark.parametrize("partitions", [1, 4])
-def test_buckets_checked_where_they_land_give_the_driver_side_edges(partitions):
-    """Pass 2 (candidate key rows, each shuffle partition checked on its own) keeps exactly the
-    edges that checking pass 1's buckets on one machine with every signature keeps."""
+@pytest.mark.parametrize("partitions, join_partitions", [(1, 1), (4, 3)])
+def test_pairs_checked_in_two_joins_give_the_one_process_edges(partitions, join_partitions):
+    """Pass 1 per shuffle partition, then pass 2 as two joins per partition (root, then member),
+    keeps exactly the edges that checking every bucket's star in one process with every signature
+    at hand keeps, each once; and so does the one-process path of small rounds."""
     texts, _ = planted(3, 60)
     texts += [texts[0].upper(), texts[5] + " extra words here", texts[9]]
     rng = np.random.default_rng(4)
@@ -218,14 +237,13 @@ def test_buckets_checked_where_they_land_give_the_driver_side_edges(partitions):
     want = {(x, y) for x, y in zip(a, b) if th[pos[x]] == th[pos[y]]
             or (sig[pos[x]] == sig[pos[y]]).sum() >= M.agreeing_values(p)}
     assert 20 < len(want) < len(set(zip(a, b)))  # near and exact copies kept, some candidates not
-    # the stages: pass 1 per partition, pass 2 per partition
-    part = rows[C.DEDUP_PART].to_numpy()
-    shared = pa.concat_tables([D.shared_keys(rows.filter(pa.array(part == k))) for k in range(partitions)])
-    keys, nodes = (np.unique(shared[c].to_numpy()) for c in (C.DEDUP_KEY, C.DEDUP_NODE))
-    cand = D.candidate_key_rows(sigs, nodes, keys, p)
-    cpart = cand[C.DEDUP_PART].to_numpy()
-    got = pa.concat_tables([D.verified_edges(cand.filter(pa.array(cpart == k)), p) for k in range(partitions)])
-    assert set(zip(got["a"].to_numpy(), got["b"].to_numpy())) == want
-    # and the same edges, each once, where the candidates are few enough to check on the driver
-    on_driver = D.verified_on_driver(shared, D.candidate_rows(sigs, nodes), p)
-    assert sorted(zip(on_driver["a"].to_numpy(), on_driver["b"].to_numpy())) == sorted(want)
+    # the stages: pass 1 per partition (a pair in several partitions comes out of each), pass 2's joins
+    pairs = by_part(rows, B.bucket_pairs, partitions)
+    assert len(set(zip(pairs[C.DEDUP_NODE].to_numpy(), pairs[B.OTHER].to_numpy()))) == len(set(zip(a, b)))
+    nodes = np.unique(B.pair_nodes(pairs)[C.DEDUP_NODE].to_numpy())
+    got = pass2_joins(sigs, pairs, nodes, p, join_partitions)
+    assert sorted(zip(got["a"].to_numpy(), got["b"].to_numpy())) == sorted(want)  # each edge once
+    # one process (small rounds): the same edges
+    a, b = B.star_pairs(key, node)
+    here = B.verified_here(a, b, D.candidate_rows(sigs, nodes), p)
+    assert sorted(zip(here["a"].to_numpy(), here["b"].to_numpy())) == sorted(want)
