@@ -146,7 +146,7 @@ class Stages:
         spots = [(seeds_mod, "load_seeds", "seeds", lambda out: out[1]),
                  (driver, "run_round", "round", lambda m: m["rows_in"]),
                  (driver, "write_final", "final", lambda m: m["rows"]),
-                 (round_mod, "count_files", "count files", lambda c: c["rows"]),
+                 (round_mod, "count_in_ray", "count files", lambda c: c["rows"]),
                  (where, "round_checks", "quality+dedup", None),
                  (commit, "write_dataset", "write", None),
                  (commit, "move_into", "move files", len),

@@ -161,9 +161,10 @@ def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Tab
 KEY_ROWS_PER_PARTITION = 250_000
 KEY_ROW_BYTES = 20  # dedup_key, dedup_node (uint64), dedup_part (int32)
 PASS2_BYTES_PER_PARTITION = 128 << 20  # pass 2's join rows carry signatures: partitions by bytes
-# Signature rows up to this size (about 110k items) are deduped in one process on the driver: a
-# 1k-row round then costs three Ray Data passes instead of seven, and no shuffle.
-LOCAL_BYTES = 64 << 20
+# Signature rows up to this size (about 28k items) are deduped in one process on the driver: a
+# 1k-row round then costs three Ray Data passes instead of seven, and no shuffle. Kept small, so
+# the driver's memory for it (with the band keys and sorts, about 4x) stays near 60 MB.
+LOCAL_BYTES = 16 << 20
 # Candidates' signature rows up to this size are checked, and their clusters found, in one Ray task
 # (1M items: 275k candidates, 160 MB; about 2x faster than the joins); beyond it, in two joins.
 CHECK_BYTES = 256 << 20

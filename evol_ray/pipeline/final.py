@@ -20,6 +20,7 @@ from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_round
 from evol_ray.io.storage import Location
 from evol_ray.pipeline.pool import FINAL_ROWS, SEED_ROWS
+from evol_ray.pipeline.round import value_counts
 
 
 def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset) -> dict:
@@ -34,8 +35,8 @@ def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.da
     if checked is not None:
         gone = final.join(layout.REMOVED)
         removed_files = commit.write_dataset(where.REMOVED_ROWS(checked), gone, cfg.output.rows_per_file)
-        for t in layout.read_tables(final, removed_files, [C.REASON]):
-            removed.update(t.column(C.REASON).to_pylist())
+        for t in layout.read_tables(final, removed_files, [C.REASON]):  # Arrow counts, file by file
+            removed.update(value_counts(t.column(C.REASON)))
         ds = FINAL_ROWS(checked)
     files = commit.write_dataset(ds, final, cfg.output.rows_per_file)
     return commit.commit(final, {

@@ -203,3 +203,20 @@ def test_no_shared_bucket_in_the_shuffle_path_marks_nothing(ray_local, monkeypat
     cfg = load_config(["input.path=s.json", "output.path=o", "model.source=m"])
     out = cleanup.round_checks(ray.data.from_arrow(attempts(30, 1, sentence)), cfg, None, []).take_all()
     assert len(out) == 30 and all(r[C.STATUS] == C.KEPT and r[C.DUPLICATE_OF] is None for r in out)
+
+
+def test_round_counts_in_ray_tasks_are_the_in_process_counts(checked, ray_local, tmp_path, monkeypatch):
+    """A round's counts made in Ray tasks (a few files each, added in file order) are what counting
+    every file in one process gives."""
+    from evol_ray.pipeline import round as round_mod
+
+    import pyarrow.parquet as pq
+
+    rows, files = list(checked[1].values()), []
+    for i in range(5):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(pa.Table.from_pylist(rows[i * 16:(i + 1) * 16], schema=C.ROUND_SCHEMA), files[-1])
+    monkeypatch.setattr(round_mod, "COUNT_FILES_PER_TASK", 2)
+    loc = locate(str(tmp_path), checked[0].storage)
+    assert round_mod.count_in_ray(loc, files) == count_files(loc, files)
+    assert count_files(loc, files)["rows"] == 80
