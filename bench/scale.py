@@ -10,7 +10,8 @@ quality and dedup against earlier rounds and seeds, next pool, final set) on Ray
 `SyntheticGenerator` in the engine actors instead of vLLM. What it costs per row is then what the
 pipeline costs around the model.
 
-Printed per stage and per round: seconds, rows/s, driver peak RSS, object store peak (all nodes)
+Printed per stage and per round: seconds, rows/s, driver peak RSS and its private part (USS: RSS
+less the shared pages, such as the object store's the driver has read), object store peak (all nodes)
 and bytes spilled during the stage; then the invariants (every row accounted for in every round,
 final = kept, the planted duplicates found; a broken one exits 1); the last line is
 `rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g>`, where growth
@@ -62,7 +63,8 @@ class Sampler:
     """Samples the driver's RSS every 50 ms and the object store (used, spilled) every 0.5 s."""
 
     def __init__(self) -> None:
-        self.samples: List[tuple] = []  # (t, rss, store_used, spilled)
+        self.samples: List[tuple] = []  # (t, rss, store_used, spilled, uss)
+        self._uss, self._last_full = 0, 0.0
         self.load: List[float] = []  # the 1-minute load average, every 0.5 s
         self._stop = threading.Event()
         self._state = None
@@ -85,7 +87,11 @@ class Sampler:
                     self._store = self._store_stats()
                 self.load.append(os.getloadavg()[0])
                 last = now
-            self.samples.append((now, me.memory_info().rss, *self._store))
+            if now - self._last_full >= 1.0:  # private memory: smaps is slower to read, once a second
+                with contextlib.suppress(Exception):
+                    self._uss = me.memory_full_info().uss
+                self._last_full = now
+            self.samples.append((now, me.memory_info().rss, *self._store, self._uss))
             self._stop.wait(0.05)
 
     def start(self) -> "Sampler":
@@ -102,7 +108,7 @@ class Sampler:
         before = [s for s in self.samples if s[0] < t0]
         spilled0 = before[-1][3] if before else 0
         return {"rss_mb": max(s[1] for s in inside) / MB, "store_mb": max(s[2] for s in inside) / MB,
-                "spilled_mb": (inside[-1][3] - spilled0) / MB}
+                "spilled_mb": (inside[-1][3] - spilled0) / MB, "uss_mb": max(s[4] for s in inside) / MB}
 
 
 class Stages:
@@ -244,17 +250,19 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
         for module, name, fn in originals:
             setattr(module, name, fn)
     secs = time.perf_counter() - t0
-    peak = sampler.window(t0, time.perf_counter())["rss_mb"]
+    whole = sampler.window(t0, time.perf_counter())
+    peak = whole["rss_mb"]
     load = sorted(sampler.load[load_at:]) or [float("nan")]
     print(f"\n== {label}: {n} seeds, {args.rounds} round(s), {secs:.1f} s, {n / secs:,.0f} seed rows/s, "
-          f"driver peak RSS {peak:.0f} MB, load (1 min) {load[0]:.1f}-{load[-1]:.1f}, median "
+          f"driver peak RSS {peak:.0f} MB (private {whole['uss_mb']:.0f} MB), load (1 min) {load[0]:.1f}-{load[-1]:.1f}, median "
           f"{load[len(load) // 2]:.1f} on {os.cpu_count()} cores, engine.batch_size {args.batch_size}", flush=True)
-    print(f"{'stage':<20}{'round':>6}{'seconds':>9}{'rows':>10}{'rows/s':>11}{'rss_mb':>8}{'store_mb':>9}{'spill_mb':>9}")
+    print(f"{'stage':<20}{'round':>6}{'seconds':>9}{'rows':>10}{'rows/s':>11}{'rss_mb':>8}{'uss_mb':>8}"
+          f"{'store_mb':>9}{'spill_mb':>9}")
     for s in sorted(stages.rows, key=lambda s: (s["t0"], s["depth"])):
         w = sampler.window(s["t0"], s["t1"])
         rate = f"{s['rows'] / s['seconds']:,.0f}" if s["rows"] and s["seconds"] > 0 else "-"
         print(f"{'  ' * min(s['depth'], 2) + s['stage']:<20}{s['round']:>6}{s['seconds']:>9.2f}"
-              f"{s['rows'] if s['rows'] is not None else '-':>10}{rate:>11}{w['rss_mb']:>8.0f}"
+              f"{s['rows'] if s['rows'] is not None else '-':>10}{rate:>11}{w['rss_mb']:>8.0f}{w['uss_mb']:>8.0f}"
               f"{w['store_mb']:>9.0f}{w['spilled_mb']:>9.0f}")
     bad = check(cfg, n, planted, summary["rounds"], summary["final"])
     print(f"planted: {planted['exact']} exact and {planted['near']} near duplicate seeds; found "

@@ -47,7 +47,9 @@ from evol_ray import columns as C
 from evol_ray.checks import text
 from evol_ray.checks.buckets import (OTHER, bucket_pairs, candidate_rows, key_rows, pair_nodes, pair_rows,
                                      signature_side, star_pairs, verified_pairs, with_root_signature)
-from evol_ray.checks.clusters import MARK_SCHEMA, NODE_COLUMNS, pair_marks
+from evol_ray.checks.clusters import (MARK_SCHEMA, NODE_COLUMNS, changed_count, cluster_marks, edge_rows,
+                                      first_proposals, node_join_rows, pair_marks, propose, take_min,
+                                      with_labels)
 from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
 from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
@@ -149,6 +151,14 @@ SIGNATURE_SIDE = Stage(signature_side, BATCH_ROWS)
 WITH_ROOT_SIGNATURE = Stage(with_root_signature, WHOLE_BLOCK)
 VERIFIED_PAIRS = Stage(verified_pairs, WHOLE_BLOCK)
 CANDIDATES = Stage(candidate_rows, BATCH_ROWS)
+EDGE_ROWS = Stage(edge_rows, BATCH_ROWS)
+FIRST_PROPOSALS = Stage(first_proposals, BATCH_ROWS)
+TAKE_MIN = Stage(take_min, WHOLE_BLOCK)
+PROPOSE = Stage(propose, WHOLE_BLOCK)
+CHANGED_COUNT = Stage(changed_count, WHOLE_BLOCK)
+NODE_JOIN_ROWS = Stage(node_join_rows, BATCH_ROWS)
+WITH_LABELS = Stage(with_labels, WHOLE_BLOCK)
+CLUSTER_MARKS = Stage(cluster_marks, WHOLE_BLOCK)
 MARK = Stage(mark, BATCH_ROWS)
 
 def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
@@ -254,8 +264,8 @@ def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
             marks, where = _marks(pairs, cands, p, checked=False), "in one task"
         else:
             edges = _verified_in_joins(sigs, pairs, nodes, p)
-            cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes=nodes).materialize()
-            marks, where = _marks(edges, cands, p, checked=True), "in two joins"
+            cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes=nodes)
+            marks, where = _clusters_in_ray(edges, cands, p), "in two joins and label propagation"
     log.info("dedup: %d items; signatures %.1fs; pass 1 %s: %d items in candidate pairs %.1fs; pass 2 "
              "and clusters %s: %d marked %.1fs", n, t_sig - t0,
              "in this process" if local is not None else f"on {p.partitions} shuffle partition(s)",
@@ -292,6 +302,27 @@ def _marks_task(pair_refs: list, cand_refs: list, p: Params, checked: bool) -> p
 
 def _marks(pairs: ray.data.Dataset, cands: ray.data.Dataset, p: Params, checked: bool) -> pa.Table:
     return ray.get(_marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, checked))
+
+
+def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params) -> pa.Table:
+    """The clusters in Ray Data (`evol_ray.checks.clusters`): each node's label is the least node
+    it is connected to, by min-label propagation (a node offers its label to its neighbours and
+    takes the least offered) until no label goes down; then node rows and labels joined on the
+    node, and each label's kept row chosen where its rows land. Returns the marks."""
+    edges = without_empty_blocks(edges)
+    jp = max(1, min(p.partitions, math.ceil(edges.count() * 64 / PASS2_BYTES_PER_PARTITION)))
+    both_ways = without_empty_blocks(EDGE_ROWS(edges, partitions=jp))
+    labels = _by_part(FIRST_PROPOSALS(edges, partitions=jp), jp, TAKE_MIN, partitions=jp).materialize()
+    steps = 1
+    while sum(_collect(CHANGED_COUNT(labels))["n"].to_pylist()):
+        proposals = _by_part(both_ways.union(labels), jp, PROPOSE, partitions=jp)
+        labels = _by_part(proposals, jp, TAKE_MIN, partitions=jp).materialize()
+        steps += 1
+    rows = NODE_JOIN_ROWS(without_empty_blocks(cands), partitions=jp).union(NODE_JOIN_ROWS(labels, partitions=jp))
+    marks = _collect(_by_part(_by_part(rows, jp, WITH_LABELS, partitions=jp), jp, CLUSTER_MARKS, exact=p.exact),
+                     MARK_SCHEMA)
+    log.info("dedup: clusters of %d edges in %d label step(s) on %d partition(s)", edges.count(), steps, jp)
+    return marks
 
 
 def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, nodes: np.ndarray, p: Params) -> ray.data.Dataset:

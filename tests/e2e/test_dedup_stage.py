@@ -40,7 +40,7 @@ def checked(request, ray_local, tmp_path_factory):
             mp.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 200)
         if request.param == "joins":
             mp.setattr(dedup_mod, "CHECK_BYTES", 0)
-            mp.setattr(dedup_mod, "PASS2_BYTES_PER_PARTITION", 4096)
+            mp.setattr(dedup_mod, "PASS2_BYTES_PER_PARTITION", 512)  # several partitions in every join
         yield _checked(tmp_path_factory)
 
 

@@ -247,3 +247,44 @@ def test_pairs_checked_in_two_joins_give_the_one_process_edges(partitions, join_
     a, b = B.star_pairs(key, node)
     here = B.verified_here(a, b, D.candidate_rows(sigs, nodes), p)
     assert sorted(zip(here["a"].to_numpy(), here["b"].to_numpy())) == sorted(want)
+
+
+@pytest.mark.parametrize("seed, parts", [(0, 1), (1, 3), (2, 5)])
+def test_label_propagation_in_partitions_gives_the_union_find_marks(seed, parts):
+    """The clusters as Ray Data runs them beyond CHECK_BYTES (min-label propagation, each step two
+    shuffles, then the kept row of each label where its rows land), in one process partition by
+    partition: the same marks as SciPy's union-find on the same edges. Chains (long paths) and
+    stars, repeated and reversed edges, and candidate rows in no edge."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    nodes = rng.choice(np.arange(1, 10**9, dtype=np.uint64), n, replace=False)
+    a, b = [], []
+    for start in range(0, 120, 12):  # chains of 12: labels travel 11 steps
+        a += list(nodes[start:start + 11])
+        b += list(nodes[start + 1:start + 12])
+    for _ in range(150):  # random edges among the rest, some repeated and reversed
+        x, y = rng.choice(nodes[120:280], 2, replace=False)
+        a.append(x)
+        b.append(y)
+    a.append(b[-1])
+    b.append(a[-2])
+    edges = pa.table({"a": np.array(a, np.uint64), "b": np.array(b, np.uint64)})
+    cands = pa.table({C.DEDUP_NODE: nodes, C.ID: [f"id{i:04d}" for i in rng.permutation(n)],
+                      C.ROUND: pa.array(rng.integers(0, 3, n), pa.int32()),
+                      "answer_len": pa.array(rng.integers(0, 5, n), pa.int32()),
+                      "text_hash": rng.integers(0, 3, n).astype(np.uint64),
+                      C.DEDUP_TARGET: rng.random(n) < 0.8})
+    want = CL.components(edges, cands, exact=True)
+
+    labels = by_part(CL.first_proposals(edges, parts), CL.take_min, parts, partitions=parts)
+    both_ways = CL.edge_rows(edges, parts)
+    steps = 1
+    while sum(CL.changed_count(labels)["n"].to_pylist()):
+        proposals = by_part(pa.concat_tables([both_ways, labels]), CL.propose, parts, partitions=parts)
+        labels = by_part(proposals, CL.take_min, parts, partitions=parts)
+        steps += 1
+    assert steps >= 11  # the chains took their steps
+    rows = pa.concat_tables([CL.node_join_rows(cands, parts), CL.node_join_rows(labels, parts)])
+    got = by_part(by_part(rows, CL.with_labels, parts, partitions=parts), CL.cluster_marks, parts, exact=True)
+    key = lambda t: sorted(zip(*(t[c].to_pylist() for c in (C.ID, C.REASON, C.DUPLICATE_OF))))  # noqa: E731
+    assert key(got) == key(want) and len(key(want)) > 100
