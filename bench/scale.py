@@ -1,7 +1,7 @@
 """Scale: the whole pipeline on synthetic seeds, with a zero-cost generator behind the engine seam.
 
     python bench/scale.py --rows 100000                      # one node, 2 rounds
-    python bench/scale.py --rows 1000000 --rounds 2 --growth # and N/10 first, for `growth`
+    python bench/scale.py --rows 1000000 --rounds 2 --growth # a warm-up, N/10, then N: `growth`
     python bench/scale.py --rows 20000 --nodes 2             # a local two-node Ray cluster
 
 Seeds (`bench/synthetic.py`: a planted share of exact and near duplicates) go through the real
@@ -16,7 +16,10 @@ and bytes spilled during the stage; then the invariants (every row accounted for
 final = kept, the planted duplicates found; a broken one exits 1); the last line is
 `rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g>`, where growth
 is (seconds per row at N) / (seconds per row at N/10), both measured here when `--growth` is given
-(else `growth=nan`). Driver RSS is this process's alone (psutil); the object store figures are
+(else `growth=nan`). With `--growth` a warm-up run (N/100 rows, at least 1,000) goes first and is
+not compared: the first run in a process pays Ray's worker start-up and the driver's one-time
+memory (library pages, code paths reached once), so a cold N/10 run would make growth, and its
+RSS the baseline for the RSS at N, look better than they are. Driver RSS is this process's alone (psutil); the object store figures are
 Ray's own (`get_memory_info_reply`, what `ray memory --stats-only` prints).
 """
 
@@ -104,8 +107,10 @@ class Sampler:
         self._t.join()
 
     def window(self, t0: float, t1: float) -> Dict[str, float]:
-        inside = [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
         before = [s for s in self.samples if s[0] < t0]
+        # a stage shorter than the sampling interval: the samples on either side of it
+        inside = ([s for s in self.samples if t0 <= s[0] <= t1]
+                  or before[-1:] + [s for s in self.samples if s[0] > t1][:1])
         spilled0 = before[-1][3] if before else 0
         return {"rss_mb": max(s[1] for s in inside) / MB, "store_mb": max(s[2] for s in inside) / MB,
                 "spilled_mb": (inside[-1][3] - spilled0) / MB, "uss_mb": max(s[4] for s in inside) / MB}
@@ -273,7 +278,7 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
               + ", ".join(f"{k} {v}" for k, v in m["reason_counts"].items()))
     print(f"final: {summary['final']['rows']} rows, removed {summary['final']['removed_counts']}")
     print("invariants: " + ("ok" if not bad else "BROKEN: " + "; ".join(bad)), flush=True)
-    if args.json:
+    if args.json and label != "warm-up":
         with open(args.json if label == "N" else args.json + ".small", "w") as f:
             json.dump({"rows": n, "seconds": secs, "driver_peak_rss_mb": peak, "planted": planted,
                        "stages": stages.rows, "rounds": summary["rounds"], "final": summary["final"],
@@ -313,6 +318,8 @@ def main() -> int:
           f"{args.object_store_gib:g} GiB, started in {time.perf_counter() - t:.1f} s", flush=True)
     sampler = Sampler().start()
     try:
+        if args.growth:  # not compared: see the module docstring
+            run_once(max(1000, args.rows // 100), args, work, sampler, "warm-up")
         small = run_once(max(1, args.rows // 10), args, work, sampler, "N/10") if args.growth else None
         big = run_once(args.rows, args, work, sampler, "N")
     finally:
@@ -326,6 +333,8 @@ def main() -> int:
     growth = float("nan")
     if small:
         growth = (big["seconds"] / args.rows) / (small["seconds"] / max(1, args.rows // 10))
+        print(f"driver peak RSS at N/10 {small['peak']:.0f} MB, at N {big['peak']:.0f} MB: "
+              f"{big['peak'] / small['peak']:.2f}x")
     print(f"rows={args.rows} rounds={args.rounds} seconds={big['seconds']:.1f} "
           f"rows_per_s={args.rows / big['seconds']:.0f} driver_peak_rss_mb={big['peak']:.0f} growth={growth:.2f}")
     return 1 if big["bad"] or (small and small["bad"]) else 0
