@@ -19,9 +19,10 @@ from each source's rows (`to_items`: a round's kept rows; `seed_items`) in the s
      union-find, one kept row per cluster): in one Ray task while the candidates' signatures
      fit CHECK_BYTES, else pass 2 as two hash joins by node with the candidates' signature rows
      (`pair_rows` + `signature_side` -> `with_root_signature`, then -> `verified_pairs`) and the
-     clusters in one task. The driver holds 8 bytes per candidate node (to pick their rows) and
-     the marks, never a signature, a bucket or an edge; small data (LOCAL_BYTES) runs every pass
-     in the driver's process instead;
+     clusters by label propagation (`checks.clusters`). The driver holds 8 bytes per candidate
+     node (to pick their rows), never a signature, a bucket, an edge or a mark (the marks go to
+     `mark` through the object store); small data (LOCAL_BYTES) runs every pass in the driver's
+     process instead;
   6. `mark` (map_batches): the rows to drop get status `eliminated`, reason `duplicate` (same
      normalized text as the kept row) or `near_duplicate`, and `duplicate_of` = the kept row's id.
 
@@ -36,7 +37,7 @@ import logging
 import math
 import time
 from dataclasses import replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -140,6 +141,12 @@ def mark(batch: pa.Table, marks: pa.Table) -> pa.Table:
     return out
 
 
+def mark_from_store(batch: pa.Table, marks_ref: ray.ObjectRef) -> pa.Table:
+    """`mark`, with the marks read from the object store in the worker (zero-copy): the driver
+    hands on a reference, never the marks themselves."""
+    return mark(batch, ray.get(marks_ref))
+
+
 # --- wiring ------------------------------------------------------------------------------------
 
 ROUND_SIGNATURES = Stage(round_signature_rows, BATCH_ROWS)
@@ -159,7 +166,7 @@ CHANGED_COUNT = Stage(changed_count, WHOLE_BLOCK)
 NODE_JOIN_ROWS = Stage(node_join_rows, BATCH_ROWS)
 WITH_LABELS = Stage(with_labels, WHOLE_BLOCK)
 CLUSTER_MARKS = Stage(cluster_marks, WHOLE_BLOCK)
-MARK = Stage(mark, BATCH_ROWS)
+MARK = Stage(mark_from_store, BATCH_ROWS)
 
 def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
     tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=WHOLE_BLOCK) if t.num_rows]
@@ -225,16 +232,23 @@ def _targets(sigs: ray.data.Dataset) -> int:
 
 def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
     """Signature rows (`signature_rows` of the items) -> marks (`id`, `reason`, `duplicate_of`) for
-    the target rows to drop. Three ways, by size, each with the same functions and marks:
+    the target rows to drop (`_find_marks`, fetched)."""
+    return ray.get(_find_marks(sigs, p)[1])
+
+
+def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
+    """Signature rows -> (how many marks, a reference to the marks table in the object store).
+    Three ways, by size, each with the same functions and marks:
 
       * signature rows that fit LOCAL_BYTES: collected once, every pass in this process (a
         shuffle's start-up and more Ray Data passes would cost more than the work);
       * else pass 1 in Ray Data; then, while the candidates' signatures fit CHECK_BYTES, pass 2
         and the clusters in one Ray task (`_marks_task`), off the driver;
-      * beyond that, pass 2 as two joins in Ray Data, the clusters in one task.
+      * beyond that, pass 2 as two joins in Ray Data, the clusters by label propagation.
 
-    The driver holds 8 bytes per candidate node and the marks. Logs each phase's seconds and
-    sizes (logger `evol_ray`, INFO)."""
+    The driver holds 8 bytes per candidate node; the marks stay in the object store, made there
+    by a task, except on the one-process path (small data). Logs each phase's seconds and sizes
+    (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
     sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
     n = sigs.count()
@@ -244,13 +258,14 @@ def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
     # also cannot sort a schema-less empty input.)
     if n == 0 or not (pc.any(local[C.DEDUP_TARGET]).as_py() if local is not None else _targets(sigs)):
         log.info("dedup: %d items, none to check; signatures %.1fs", n, time.perf_counter() - t0)
-        return MARK_SCHEMA.empty_table()
+        return 0, ray.put(MARK_SCHEMA.empty_table())
     if local is not None:
         keyed = key_rows(local, p)
         a, b = star_pairs(keyed[C.DEDUP_KEY].to_numpy(), keyed[C.DEDUP_NODE].to_numpy())
         nodes = np.unique(np.concatenate([a, b]))
         t_pairs = time.perf_counter()
-        marks, where = pair_marks(a, b, candidate_rows(local, nodes), p), "in this process"
+        marks = pair_marks(a, b, candidate_rows(local, nodes), p)
+        n_marks, marks, where = marks.num_rows, ray.put(marks), "in this process"
     else:
         p = replace(p, partitions=shuffle_partitions(n, p))
         with _shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
@@ -258,19 +273,21 @@ def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
         nodes = ray.get(_nodes_task.remote(pairs.to_arrow_refs()))
         t_pairs = time.perf_counter()
         if not len(nodes):
-            marks, where = MARK_SCHEMA.empty_table(), "-"
+            n_marks, marks, where = 0, ray.put(MARK_SCHEMA.empty_table()), "-"
         elif len(nodes) * _sig_row_bytes(p) <= CHECK_BYTES:
             cands = CANDIDATES(sigs, nodes=nodes).materialize()
-            marks, where = _marks(pairs, cands, p, checked=False), "in one task"
+            n_marks, marks = _marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, False)
+            n_marks, where = ray.get(n_marks), "in one task"
         else:
             edges = _verified_in_joins(sigs, pairs, nodes, p)
             cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes=nodes)
-            marks, where = _clusters_in_ray(edges, cands, p), "in two joins and label propagation"
+            n_marks, marks = _clusters_in_ray(edges, cands, p)
+            where = "in two joins and label propagation"
     log.info("dedup: %d items; signatures %.1fs; pass 1 %s: %d items in candidate pairs %.1fs; pass 2 "
              "and clusters %s: %d marked %.1fs", n, t_sig - t0,
              "in this process" if local is not None else f"on {p.partitions} shuffle partition(s)",
-             len(nodes), t_pairs - t_sig, where, marks.num_rows, time.perf_counter() - t_pairs)
-    return marks
+             len(nodes), t_pairs - t_sig, where, n_marks, time.perf_counter() - t_pairs)
+    return n_marks, marks
 
 
 def _sig_row_bytes(p: Params) -> int:
@@ -291,24 +308,30 @@ def _nodes_task(pair_refs: list) -> np.ndarray:
     return pair_nodes(pairs)[C.DEDUP_NODE].to_numpy() if pairs is not None else np.zeros(0, np.uint64)
 
 
-@ray.remote(num_cpus=1)
-def _marks_task(pair_refs: list, cand_refs: list, p: Params, checked: bool) -> pa.Table:
+@ray.remote(num_cpus=1, num_returns=2)
+def _marks_task(pair_refs: list, cand_refs: list, p: Params, checked: bool) -> Tuple[int, pa.Table]:
     """Pass 2 and the clusters in one worker (`clusters.pair_marks`), from the blocks of the
-    candidate pairs (or verified edges) and of the candidates' rows."""
+    candidate pairs (or verified edges) and of the candidates' rows: (how many marks, marks)."""
     pairs, cands = _tables(pair_refs), _tables(cand_refs)
     a, b = (pairs[C.DEDUP_NODE], pairs[OTHER]) if not checked else (pairs["a"], pairs["b"])
-    return pair_marks(a.to_numpy(), b.to_numpy(), cands, p, checked)
+    marks = pair_marks(a.to_numpy(), b.to_numpy(), cands, p, checked)
+    return marks.num_rows, marks
 
 
-def _marks(pairs: ray.data.Dataset, cands: ray.data.Dataset, p: Params, checked: bool) -> pa.Table:
-    return ray.get(_marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, checked))
+@ray.remote(num_cpus=1, num_returns=2)
+def _concat_task(refs: list) -> Tuple[int, pa.Table]:
+    """Blocks of marks -> (how many, one table): made in a worker, so the driver never holds them."""
+    marks = _tables(refs)
+    marks = marks if marks is not None else MARK_SCHEMA.empty_table()
+    return marks.num_rows, marks
 
 
-def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params) -> pa.Table:
+def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
     """The clusters in Ray Data (`evol_ray.checks.clusters`): each node's label is the least node
     it is connected to, by min-label propagation (a node offers its label to its neighbours and
     takes the least offered) until no label goes down; then node rows and labels joined on the
-    node, and each label's kept row chosen where its rows land. Returns the marks."""
+    node, and each label's kept row chosen where its rows land. Returns (how many marks, a
+    reference to them)."""
     edges = without_empty_blocks(edges)
     jp = max(1, min(p.partitions, math.ceil(edges.count() * 64 / PASS2_BYTES_PER_PARTITION)))
     both_ways = without_empty_blocks(EDGE_ROWS(edges, partitions=jp))
@@ -319,10 +342,10 @@ def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params
         labels = _by_part(proposals, jp, TAKE_MIN, partitions=jp).materialize()
         steps += 1
     rows = NODE_JOIN_ROWS(without_empty_blocks(cands), partitions=jp).union(NODE_JOIN_ROWS(labels, partitions=jp))
-    marks = _collect(_by_part(_by_part(rows, jp, WITH_LABELS, partitions=jp), jp, CLUSTER_MARKS, exact=p.exact),
-                     MARK_SCHEMA)
+    marks = _by_part(_by_part(rows, jp, WITH_LABELS, partitions=jp), jp, CLUSTER_MARKS, exact=p.exact)
+    n_marks, marks = _concat_task.remote(marks.materialize().to_arrow_refs())
     log.info("dedup: clusters of %d edges in %d label step(s) on %d partition(s)", edges.count(), steps, jp)
-    return marks
+    return ray.get(n_marks), marks
 
 
 def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, nodes: np.ndarray, p: Params) -> ray.data.Dataset:
@@ -357,8 +380,8 @@ def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset]
     sigs = ROUND_SIGNATURES(ds, p=p, target=target, only_round=only_round)
     if reference is not None:
         sigs = sigs.union(reference)
-    marks = find_duplicates(sigs, p)  # materializes the signatures, read by two stages
-    return MARK(ds, marks=marks)
+    _, marks = _find_marks(sigs, p)  # materializes the signatures, read by two stages
+    return MARK(ds, marks_ref=marks)
 
 
 def reference_signatures(seeds: Optional[ray.data.Dataset], earlier: List[ray.data.Dataset],
