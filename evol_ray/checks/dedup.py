@@ -275,7 +275,7 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
         if not len(nodes):
             n_marks, marks, where = 0, ray.put(MARK_SCHEMA.empty_table()), "-"
         elif len(nodes) * _sig_row_bytes(p) <= CHECK_BYTES:
-            cands = CANDIDATES(sigs, nodes=nodes).materialize()
+            cands = CANDIDATES(sigs, nodes=nodes)
             n_marks, marks = _marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, False)
             n_marks, where = ray.get(n_marks), "in one task"
         else:
@@ -343,7 +343,7 @@ def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params
         steps += 1
     rows = NODE_JOIN_ROWS(without_empty_blocks(cands), partitions=jp).union(NODE_JOIN_ROWS(labels, partitions=jp))
     marks = _by_part(_by_part(rows, jp, WITH_LABELS, partitions=jp), jp, CLUSTER_MARKS, exact=p.exact)
-    n_marks, marks = _concat_task.remote(marks.materialize().to_arrow_refs())
+    n_marks, marks = _concat_task.remote(marks.to_arrow_refs())
     log.info("dedup: clusters of %d edges in %d label step(s) on %d partition(s)", edges.count(), steps, jp)
     return ray.get(n_marks), marks
 
