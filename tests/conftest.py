@@ -60,6 +60,22 @@ def tiny_overrides(model_dir, seeds, out, rounds=2):
     ]
 
 
+def parquet_rows(folder) -> int:
+    """Rows in the Parquet files of `folder` that have a footer. A file still being written, or cut
+    short by a kill, has none yet (pyarrow: OSError or ArrowInvalid) and counts 0: the run's resume
+    skips it the same way (`commit.readable_parts`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 0
+    for f in folder.glob("*.parquet") if folder.exists() else ():
+        try:
+            n += pq.read_metadata(f).num_rows
+        except (OSError, pa.ArrowInvalid):
+            pass
+    return n
+
+
 def _free_port() -> int:
     import socket
 

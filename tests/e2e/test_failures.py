@@ -21,7 +21,7 @@ from evol_ray.config import load_config
 from evol_ray.pipeline.driver import run
 from evol_ray.engine.meter import STATS_ACTOR_PREFIX, summarize_engines
 from evol_ray.io.storage import locate
-from tests.conftest import tiny_overrides
+from tests.conftest import parquet_rows, tiny_overrides
 
 pytestmark = pytest.mark.e2e
 
@@ -43,16 +43,6 @@ def slow_round(model, seeds, out):
         "engine.batch_size=2", "engine.batches_in_flight=1", "evolution.answer_sampling.max_tokens=384",
         "elimination.judge=false",
     ]
-
-
-def parquet_rows(folder: Path) -> int:
-    n = 0
-    for f in folder.glob("*.parquet"):
-        try:
-            n += pq.read_metadata(f).num_rows
-        except Exception:
-            pass  # cut short by the kill: the rerun removes it
-    return n
 
 
 def wait_for(predicate, timeout=300, step=0.05):

@@ -19,7 +19,7 @@ import pytest
 from evol_ray import columns as C
 from evol_ray.config import ConfigError, load_config
 from evol_ray.pipeline.driver import RunError, run
-from tests.conftest import _free_port
+from tests.conftest import _free_port, parquet_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -195,26 +195,17 @@ def test_server_killed_mid_round_stops_the_round_and_a_rerun_completes(server, k
     t.start()
     attempts = out / "round_1" / "_attempts"
 
-    def written():
-        n = 0
-        for p in attempts.glob("*.parquet") if attempts.exists() else ():
-            try:
-                n += pq.read_metadata(p).num_rows
-            except OSError:  # a file still being written
-                pass
-        return n
-
     end = time.monotonic() + 400
-    while written() < 4 and time.monotonic() < end and t.is_alive():
+    while parquet_rows(attempts) < 4 and time.monotonic() < end and t.is_alive():
         time.sleep(0.5)
-    assert 4 <= written() < 16, f"the kill was not mid-round ({written()} of 16 written)"
+    assert 4 <= parquet_rows(attempts) < 16, f"the kill was not mid-round ({parquet_rows(attempts)} of 16 written)"
     server.kill()
     t.join(timeout=300)
     assert not t.is_alive(), "the run neither waited the server out nor stopped"
     err = result["out"]
     assert isinstance(err, RunError), err
     assert "round 1" in str(err) and server.url in str(err) and KEY not in str(err)
-    kept_before = written()
+    kept_before = parquet_rows(attempts)
     assert not (out / "round_1" / "manifest.json").exists()
 
     server.start()
