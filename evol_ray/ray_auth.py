@@ -12,7 +12,6 @@ The token itself is never logged or put in a message: only where it came from.
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -5,7 +5,6 @@ a bad file never costs what a run already produced."""
 
 import json
 import re
-from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest

@@ -4,7 +4,6 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from evol_ray.config import StorageConfig
 from evol_ray.io import commit, layout
