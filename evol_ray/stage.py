@@ -5,10 +5,12 @@ callable class), plus the settings Ray Data needs to run it: batch size and reso
 keeps the two together, in the spirit of Ray Data LLM's `StatefulStage`, so that the function's
 module states its batch size once and the wiring reads `STAGE(ds, key=value)`. Batches are always
 Arrow tables. Nothing here is a framework: `Stage.__call__` is one `map_batches` call.
+`without_empty_blocks` and `shuffle_map_batches` fit a dataset to Ray Data's hash shuffle.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -55,3 +57,24 @@ def without_empty_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
     if len(rows) == len(entries) or not rows:  # nothing to drop, or nothing left (no shuffle then)
         return ds
     return ray.data.from_arrow_refs(rows)
+
+
+MAP_TASKS_PER_CPU = 4
+
+
+@contextlib.contextmanager
+def shuffle_map_batches(ds: ray.data.Dataset, key_bytes: int):
+    """While `ds` runs: its shuffle's map tasks each take about key_bytes / (MAP_TASKS_PER_CPU x
+    cluster CPUs), at least 16 MiB, at most Ray's own setting. Ray Data coalesces a node's input
+    blocks into one map task up to `shuffle_input_batch_bytes` (1 GiB), so below that the whole
+    map side ran as one serial task after the last key block (1M items: 3 s of 14 s saved). The
+    setting lives on the context `ds` shares with the datasets it derives from, so it is restored."""
+    ctx = ds.context
+    before = ctx.shuffle_input_batch_bytes
+    cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
+    want = int(key_bytes / (MAP_TASKS_PER_CPU * cpus))
+    ctx.shuffle_input_batch_bytes = max(16 << 20, min(before, want)) if before > 0 else before
+    try:
+        yield
+    finally:
+        ctx.shuffle_input_batch_bytes = before

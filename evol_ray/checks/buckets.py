@@ -134,10 +134,9 @@ def pair_rows(pairs: pa.Table, p: Params, partitions: int) -> pa.Table:
                      C.DEDUP_PART: part_of(a, partitions)})
 
 
-def signature_side(sigs: pa.Table, nodes: np.ndarray, p: Params, partitions: int) -> pa.Table:
-    """Signature rows -> those of candidate `nodes` (sorted, unique), in the join rows' shape:
+def signature_side(sigs: pa.Table, p: Params, partitions: int) -> pa.Table:
+    """The candidates' signature rows (`candidate_rows`) -> the same in the join rows' shape:
     (`dedup_node`, `dedup_other` null, `text_hash`, `sig`, `dedup_part`)."""
-    sigs = candidate_rows(sigs, nodes)
     node = sigs[C.DEDUP_NODE].to_numpy()
     cols = {C.DEDUP_NODE: node, OTHER: pa.nulls(len(node), pa.uint64()), "text_hash": sigs["text_hash"]}
     if p.near:

@@ -19,10 +19,10 @@ from each source's rows (`to_items`: a round's kept rows; `seed_items`) in the s
      union-find, one kept row per cluster): in one Ray task while the candidates' signatures
      fit CHECK_BYTES, else pass 2 as two hash joins by node with the candidates' signature rows
      (`pair_rows` + `signature_side` -> `with_root_signature`, then -> `verified_pairs`) and the
-     clusters by label propagation (`checks.clusters`). The driver holds 8 bytes per candidate
-     node (to pick their rows), never a signature, a bucket, an edge or a mark (the marks go to
-     `mark` through the object store); small data (LOCAL_BYTES) runs every pass in the driver's
-     process instead;
+     clusters by label propagation (`checks.clusters`). The driver holds no per-item data: the
+     candidate nodes (which pick the candidates' rows) and the marks go from the task that makes
+     them to the stages that read them through the object store; small data (LOCAL_BYTES) runs
+     every pass in the driver's process instead;
   6. `mark` (map_batches): the rows to drop get status `eliminated`, reason `duplicate` (same
      normalized text as the kept row) or `near_duplicate`, and `duplicate_of` = the kept row's id.
 
@@ -32,7 +32,6 @@ whose `dedup_target` is false (seeds, earlier rounds) are compared against but n
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -52,7 +51,7 @@ from evol_ray.checks.clusters import (MARK_SCHEMA, NODE_COLUMNS, changed_count, 
                                       first_proposals, node_join_rows, pair_marks, propose, take_min,
                                       with_labels)
 from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
-from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
+from evol_ray.stage import WHOLE_BLOCK, Stage, shuffle_map_batches, without_empty_blocks
 
 log = logging.getLogger("evol_ray")
 
@@ -147,6 +146,12 @@ def mark_from_store(batch: pa.Table, marks_ref: ray.ObjectRef) -> pa.Table:
     return mark(batch, ray.get(marks_ref))
 
 
+def candidates_from_store(sigs: pa.Table, nodes_ref: ray.ObjectRef) -> pa.Table:
+    """`candidate_rows`, with the candidate nodes read from the object store in the worker, as
+    the marks are (`mark_from_store`)."""
+    return candidate_rows(sigs, ray.get(nodes_ref))
+
+
 # --- wiring ------------------------------------------------------------------------------------
 
 ROUND_SIGNATURES = Stage(round_signature_rows, BATCH_ROWS)
@@ -157,7 +162,7 @@ PAIR_ROWS = Stage(pair_rows, BATCH_ROWS)
 SIGNATURE_SIDE = Stage(signature_side, BATCH_ROWS)
 WITH_ROOT_SIGNATURE = Stage(with_root_signature, WHOLE_BLOCK)
 VERIFIED_PAIRS = Stage(verified_pairs, WHOLE_BLOCK)
-CANDIDATES = Stage(candidate_rows, BATCH_ROWS)
+CANDIDATES = Stage(candidates_from_store, BATCH_ROWS)
 EDGE_ROWS = Stage(edge_rows, BATCH_ROWS)
 FIRST_PROPOSALS = Stage(first_proposals, BATCH_ROWS)
 TAKE_MIN = Stage(take_min, WHOLE_BLOCK)
@@ -185,27 +190,6 @@ LOCAL_BYTES = 16 << 20
 # Candidates' signature rows up to this size are checked, and their clusters found, in one Ray task
 # (1M items: 275k candidates, 160 MB; about 2x faster than the joins); beyond it, in two joins.
 CHECK_BYTES = 256 << 20
-MAP_TASKS_PER_CPU = 4
-
-
-@contextlib.contextmanager
-def _shuffle_map_batches(ds: ray.data.Dataset, key_bytes: int):
-    """While `ds` runs: its shuffle's map tasks each take about key_bytes / (MAP_TASKS_PER_CPU x
-    cluster CPUs), at least 16 MiB, at most Ray's own setting. Ray Data coalesces a node's input
-    blocks into one map task up to `shuffle_input_batch_bytes` (1 GiB), so below that the whole
-    map side ran as one serial task after the last key block (1M items: 3 s of 14 s saved). The
-    setting lives on the context `ds` shares with the datasets it derives from, so it is restored."""
-    ctx = ds.context
-    before = ctx.shuffle_input_batch_bytes
-    cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
-    want = int(key_bytes / (MAP_TASKS_PER_CPU * cpus))
-    ctx.shuffle_input_batch_bytes = max(16 << 20, min(before, want)) if before > 0 else before
-    try:
-        yield
-    finally:
-        ctx.shuffle_input_batch_bytes = before
-
-
 def keys_per_item(p: Params) -> int:  # key rows `key_rows` writes per item
     return p.bands if p.near else 1
 
@@ -246,8 +230,8 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
         and the clusters in one Ray task (`_marks_task`), off the driver;
       * beyond that, pass 2 as two joins in Ray Data, the clusters by label propagation.
 
-    The driver holds 8 bytes per candidate node; the marks stay in the object store, made there
-    by a task, except on the one-process path (small data). Logs each phase's seconds and sizes
+    The candidate nodes and the marks stay in the object store, made there by a task, except on
+    the one-process path (small data): the driver holds no per-item data. Logs each phase's seconds and sizes
     (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
     sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
@@ -263,30 +247,30 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
         keyed = key_rows(local, p)
         a, b = star_pairs(keyed[C.DEDUP_KEY].to_numpy(), keyed[C.DEDUP_NODE].to_numpy())
         nodes = np.unique(np.concatenate([a, b]))
-        t_pairs = time.perf_counter()
+        n_nodes, t_pairs = len(nodes), time.perf_counter()
         marks = pair_marks(a, b, candidate_rows(local, nodes), p)
         n_marks, marks, where = marks.num_rows, ray.put(marks), "in this process"
     else:
         p = replace(p, partitions=shuffle_partitions(n, p))
-        with _shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
+        with shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
             pairs = without_empty_blocks(_by_part(KEYS(sigs, p=p), p.partitions, BUCKET_PAIRS))
-        nodes = ray.get(_nodes_task.remote(pairs.to_arrow_refs()))
-        t_pairs = time.perf_counter()
-        if not len(nodes):
+        n_nodes, nodes = _nodes_task.remote(pairs.to_arrow_refs())
+        n_nodes, t_pairs = ray.get(n_nodes), time.perf_counter()
+        if not n_nodes:
             n_marks, marks, where = 0, ray.put(MARK_SCHEMA.empty_table()), "-"
-        elif len(nodes) * _sig_row_bytes(p) <= CHECK_BYTES:
-            cands = CANDIDATES(sigs, nodes=nodes)
+        elif n_nodes * _sig_row_bytes(p) <= CHECK_BYTES:
+            cands = CANDIDATES(sigs, nodes_ref=nodes)
             n_marks, marks = _marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, False)
             n_marks, where = ray.get(n_marks), "in one task"
         else:
-            edges = _verified_in_joins(sigs, pairs, nodes, p)
-            cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes=nodes)
+            edges = _verified_in_joins(sigs, pairs, n_nodes, nodes, p)
+            cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes_ref=nodes)
             n_marks, marks = _clusters_in_ray(edges, cands, p)
             where = "in two joins and label propagation"
     log.info("dedup: %d items; signatures %.1fs; pass 1 %s: %d items in candidate pairs %.1fs; pass 2 "
              "and clusters %s: %d marked %.1fs", n, t_sig - t0,
              "in this process" if local is not None else f"on {p.partitions} shuffle partition(s)",
-             len(nodes), t_pairs - t_sig, where, n_marks, time.perf_counter() - t_pairs)
+             n_nodes, t_pairs - t_sig, where, n_marks, time.perf_counter() - t_pairs)
     return n_marks, marks
 
 
@@ -300,12 +284,14 @@ def _tables(refs: list) -> Optional[pa.Table]:
     return pa.concat_tables(tables) if tables else None
 
 
-@ray.remote(num_cpus=1)
-def _nodes_task(pair_refs: list) -> np.ndarray:
-    """The nodes in the candidate pairs (sorted, unique), from their blocks: one task, since the
-    work is tiny (a Ray Data pass over pass 1's partitions cost 2.5 s at 1M items)."""
+@ray.remote(num_cpus=1, num_returns=2)
+def _nodes_task(pair_refs: list) -> Tuple[int, np.ndarray]:
+    """The nodes in the candidate pairs (sorted, unique), from their blocks: (how many, nodes).
+    One task, since the work is tiny (a Ray Data pass over pass 1's partitions cost 2.5 s at 1M
+    items); the nodes stay in the object store for the stages that read them."""
     pairs = _tables(pair_refs)
-    return pair_nodes(pairs)[C.DEDUP_NODE].to_numpy() if pairs is not None else np.zeros(0, np.uint64)
+    nodes = pair_nodes(pairs)[C.DEDUP_NODE].to_numpy() if pairs is not None else np.zeros(0, np.uint64)
+    return len(nodes), nodes
 
 
 @ray.remote(num_cpus=1, num_returns=2)
@@ -348,13 +334,14 @@ def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params
     return ray.get(n_marks), marks
 
 
-def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, nodes: np.ndarray, p: Params) -> ray.data.Dataset:
+def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, n_nodes: int, nodes: ray.ObjectRef,
+                       p: Params) -> ray.data.Dataset:
     """Pass 2 in Ray Data: candidate pairs joined with their nodes' signature rows on the root,
     then on the member (`evol_ray.checks.buckets`); returns the edges that hold, materialized."""
-    join_bytes = 2 * len(nodes) * _sig_row_bytes(p) + pairs.size_bytes()
+    join_bytes = 2 * n_nodes * _sig_row_bytes(p) + pairs.size_bytes()
     jp = max(1, min(p.partitions, math.ceil(join_bytes / PASS2_BYTES_PER_PARTITION)))
-    side = without_empty_blocks(SIGNATURE_SIDE(sigs, nodes=nodes, p=p, partitions=jp))
-    with _shuffle_map_batches(side, join_bytes):
+    side = without_empty_blocks(SIGNATURE_SIDE(CANDIDATES(sigs, nodes_ref=nodes), p=p, partitions=jp))
+    with shuffle_map_batches(side, join_bytes):
         carried = _by_part(PAIR_ROWS(pairs, p=p, partitions=jp).union(side), jp, WITH_ROOT_SIGNATURE,
                            p=p, partitions=jp)
         return _by_part(carried.union(side), jp, VERIFIED_PAIRS, p=p).materialize()

@@ -180,7 +180,7 @@ def test_empty_signature_blocks_do_not_break_the_shuffle(ray_local, monkeypatch)
         finally:
             ctx.shuffle_input_batch_bytes = before
 
-    monkeypatch.setattr(dedup_mod, "_shuffle_map_batches", one_block_per_map_task)
+    monkeypatch.setattr(dedup_mod, "shuffle_map_batches", one_block_per_map_task)
     monkeypatch.setattr(dedup_mod, "KEYS", dedup_mod.Stage(dedup_mod.key_rows, 5))  # a bundle per block
     monkeypatch.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 50)
     monkeypatch.setattr(dedup_mod, "LOCAL_BYTES", 0)

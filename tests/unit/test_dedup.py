@@ -37,7 +37,7 @@ def by_part(table, fn, parts, **kw):
 
 def pass2_joins(sigs, pairs, nodes, p, jp):
     """Pass 2 as the Ray Data path runs it, in one process: the two joins on `jp` partitions."""
-    side = B.signature_side(sigs, nodes, p, jp)
+    side = B.signature_side(D.candidate_rows(sigs, nodes), p, jp)
     carried = by_part(pa.concat_tables([B.pair_rows(pairs, p, jp), side]), B.with_root_signature, jp,
                       p=p, partitions=jp)
     return by_part(pa.concat_tables([carried, side]), B.verified_pairs, jp, p=p)
