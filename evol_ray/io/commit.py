@@ -18,10 +18,11 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evol_ray.io import layout
-from evol_ray.io.storage import Location, list_files, remove, write_json
+from evol_ray.io.storage import Location, describe_error, list_files, remove, write_json
 
 log = logging.getLogger("evol_ray")
 
@@ -91,15 +92,23 @@ def commit(dest: Location, manifest: dict, files: Sequence[str]) -> dict:
 
 
 def readable_parts(loc: Location) -> List[str]:
-    """Parquet files under `loc` whose footer reads; a file cut short by a crash is removed (its
-    rows were never counted, so they are simply produced again)."""
+    """Parquet files under `loc` whose footer reads. A file whose bytes are not a whole Parquet
+    file (pyarrow's ArrowInvalid: too short, or no footer magic, which is what a write cut short
+    by a crash leaves) is removed: its rows were never counted, so they are produced again. Any
+    other error (the store not answering past its retries, access denied) is raised as an
+    OSError naming the file, and nothing is removed: a good file is never deleted because the
+    store was away for a moment."""
     good = []
     for path in list_files(loc):
         try:
             with loc.fs.open(path, "rb") as f:
                 pq.read_metadata(f)
-            good.append(path)
-        except Exception:
+        except pa.ArrowInvalid:
             log.warning("removing unreadable partial file %s", loc.url_of(path))
             loc.fs.rm(path)
+            continue
+        except Exception as e:
+            raise OSError(f"cannot read the footer of {describe_error(e, loc.url_of(path))} "
+                          "(the file is kept)") from None
+        good.append(path)
     return good

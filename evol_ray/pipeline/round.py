@@ -188,7 +188,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     attempts_dir = rdir.join(layout.ATTEMPTS)
     commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
     started = time.monotonic()
-    done_parts = commit.readable_parts(attempts_dir)
+    done_parts = _readable_parts(attempts_dir, round_no)
     resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
     if resumed:
         log.info("round %d: resuming, %d rows already have a result", round_no, resumed)
@@ -222,7 +222,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         ray.kill(stats)
     engine_done = time.monotonic()
 
-    parts = commit.readable_parts(attempts_dir)
+    parts = _readable_parts(attempts_dir, round_no)
     n_attempts = layout.row_count(attempts_dir, parts)  # footers only: the counts come from the round's files
     log.info("round %d: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase: "
              "quality and dedup checks", round_no, engine_done - started, engine_figures.get("startup_s", 0.0),
@@ -257,6 +257,14 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     log.info("round %d: committed in %s: in %d, kept %d; %s", round_no, rdir.url, manifest["rows_in"],
              manifest["rows_kept"], ", ".join(f"{k} {v}" for k, v in manifest["reason_counts"].items()) or "nothing dropped")
     return manifest
+
+
+def _readable_parts(attempts_dir: Location, round_no: int) -> List[str]:
+    try:
+        return commit.readable_parts(attempts_dir)
+    except OSError as e:
+        raise RunError(f"round {round_no}: {e}; the rows already evolved are kept in "
+                       f"{attempts_dir.url}; run again to resume") from None
 
 
 def _engine_unavailable(e: BaseException) -> Optional[str]:

@@ -4,6 +4,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from evol_ray.config import StorageConfig
 from evol_ray.io import commit, layout
@@ -83,6 +84,26 @@ def test_readable_parts_removes_a_file_cut_short(tmp_path):
     good = commit.readable_parts(locate(str(tmp_path), StorageConfig()))
     assert [p.rsplit("/", 1)[1] for p in good] == ["good.parquet"]
     assert not (tmp_path / "cut.parquet").exists()
+
+
+def test_readable_parts_keeps_a_file_the_store_fails_to_serve(tmp_path):
+    """A read that fails for another reason than the bytes (the store away past its retries) is
+    not a partial file: the run stops, naming the file, and the file stays for the rerun."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    class StoreAway(LocalFileSystem):
+        def _open(self, path, *args, **kwargs):
+            if path.endswith("b.parquet"):
+                raise ConnectionResetError("Connection reset by peer")
+            return super()._open(path, *args, **kwargs)
+
+    for name in ("a.parquet", "b.parquet"):
+        pq.write_table(pa.table({"x": [1]}), str(tmp_path / name))
+    loc = locate(str(tmp_path), StorageConfig())
+    loc.fs = StoreAway(skip_instance_cache=True)
+    with pytest.raises(OSError, match=r"b\.parquet: ConnectionResetError: Connection reset by peer"):
+        commit.readable_parts(loc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]
 
 
 def test_move_into_moves_every_file(tmp_path):
