@@ -19,8 +19,9 @@ is (seconds per row at N) / (seconds per row at N/10), both measured here when `
 (else `growth=nan`). With `--growth` a warm-up run (N/100 rows, at least 1,000) goes first and is
 not compared: the first run in a process pays Ray's worker start-up and the driver's one-time
 memory (library pages, code paths reached once), so a cold N/10 run would make growth, and its
-RSS the baseline for the RSS at N, look better than they are. Driver RSS is this process's alone (psutil); the object store figures are
-Ray's own (`get_memory_info_reply`, what `ray memory --stats-only` prints).
+RSS the baseline for the RSS at N, look better than they are. Driver RSS is this process's alone
+(psutil); the object store figures are Ray's own (`get_memory_info_reply`, what
+`ray memory --stats-only` prints).
 """
 
 from __future__ import annotations

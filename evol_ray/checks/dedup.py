@@ -231,8 +231,8 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
       * beyond that, pass 2 as two joins in Ray Data, the clusters by label propagation.
 
     The candidate nodes and the marks stay in the object store, made there by a task, except on
-    the one-process path (small data): the driver holds no per-item data. Logs each phase's seconds and sizes
-    (logger `evol_ray`, INFO)."""
+    the one-process path (small data): the driver holds no per-item data. Logs each phase's
+    seconds and sizes (logger `evol_ray`, INFO)."""
     t0 = time.perf_counter()
     sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
     n = sigs.count()

@@ -198,7 +198,8 @@ def test_server_killed_mid_round_stops_the_round_and_a_rerun_completes(server, k
     end = time.monotonic() + 400
     while parquet_rows(attempts) < 4 and time.monotonic() < end and t.is_alive():
         time.sleep(0.5)
-    assert 4 <= parquet_rows(attempts) < 16, f"the kill was not mid-round ({parquet_rows(attempts)} of 16 written)"
+    written = parquet_rows(attempts)
+    assert 4 <= written < 16, f"the kill was not mid-round ({written} of 16 written)"
     server.kill()
     t.join(timeout=300)
     assert not t.is_alive(), "the run neither waited the server out nor stopped"
