@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from evol_ray.config import ConfigError, load_config, to_yaml
+from evol_ray.figures import shown
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -111,7 +112,7 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
 
             out, cfg = open_run(url, overrides)
             m = score_run(cfg, out, force=True)
-            means = ", ".join(f"round {r}: {d['mean']:.2f}" if d["mean"] is not None else f"round {r}: -"
+            means = ", ".join(f"round {r}: {shown(d['mean'])}"
                               for r, d in m["by_round"].items())
             print(f"evol-ray score: {m['rows']} instructions rated by {m['model']} into "
                   f"{out.join(SCORES).url}; mean difficulty {means}")
@@ -186,7 +187,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"evol-ray: output in {summary['output']}"]
     if (m := summary.get("method")) is not None:
         lines.append(f"auto evol: {len(m['by_step']) - 1} step(s) on {m['dev_size']} dev seeds; dev-set failure rate "
-                     f"{m['initial_failure_rate']:.0%} initial -> {m['chosen']['failure_rate']:.0%} chosen (step "
+                     f"{shown(m['initial_failure_rate'], '.0%')} initial -> {shown(m['chosen']['failure_rate'], '.0%')} chosen (step "
                      f"{m['chosen']['origin'][0]}, candidate {m['chosen']['origin'][1]}; optimistic: the set chose "
                      f"it) in {summary['output']}/method")
     for m in summary["rounds"]:

@@ -46,3 +46,49 @@ class ScriptedGenerator:
         if self.fail_on == step:
             raise RuntimeError(f"engine failed during {step}")
         return Completion(text, prompt_tokens=len(prompt.split()), generated_tokens=len(text.split()))
+
+
+def proposal_for(seed, run_seed, proposals):
+    """The optimizer's reply for the request `seed`: its k-th candidate of any step gets
+    `proposals[k - 1]` (Auto Evol seeds each candidate's request by step and candidate)."""
+    from evol_ray import identity
+
+    for t in range(1, 10):
+        for k, text in enumerate(proposals, 1):
+            if seed == identity.request_seed(run_seed, f"auto-step-{t}", 0, f"candidate-{k}"):
+                return text
+    raise AssertionError("an optimizer request with an unexpected seed")
+
+
+class AutoScripted:
+    """A picklable scripted engine for Auto Evol through real Ray (`driver.run(generator_factory=
+    functools.partial(AutoScripted, ...))`): a rewrite adds a table to its parent, the judge finds
+    gain, answers are plain prose, the analysis names a problem, and the optimizer's k-th
+    candidate of a step replies `proposals[k - 1]` (matched by the request seed the loop gives it,
+    `seed` being the run's). With `log`, each request's kind is appended to that file, so a test
+    can tell whether a rerun sent anything."""
+
+    def __init__(self, seed=0, proposals=("Improved method:",), log=None):
+        self.seed, self.proposals, self.log = seed, tuple(proposals), log
+
+    def _note(self, kind):
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(kind + "\n")
+
+    async def generate(self, prompt, sampling, *, seed, choices=None):
+        if "This is the current method" in prompt:
+            kind, text = "optimizer", proposal_for(seed, self.seed, self.proposals)
+        elif "reviewing the work of an instruction rewriter" in prompt:
+            kind, text = "analysis", "It is no harder than the instruction it was given."
+        elif prompts.ORIGINAL_MARKER in prompt:
+            parent = prompt.split(prompts.ORIGINAL_MARKER + "\n")[1].split("\n\n")[0]
+            kind, text = "evolve", f"{parent} Compare two of its cases in a table and justify each row."
+        else:
+            kind, text = "answer", "A table compares the cases row by row, with a reason for each one."
+        self._note(kind)
+        return Completion(text, prompt_tokens=len(prompt.split()), generated_tokens=len(text.split()))
+
+    async def score_choices(self, prompt, choices):
+        self._note("judge")
+        return {c: (-0.01 if c == prompts.JUDGE_NOT_EQUAL else -6.0) for c in choices}

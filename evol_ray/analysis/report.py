@@ -30,6 +30,7 @@ from evol_ray.analysis import diversity, plots, runread, sections
 from evol_ray.checks import minhash
 from evol_ray.checks.text import word_counts
 from evol_ray.config import Config
+from evol_ray.figures import shown
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location
 
@@ -362,8 +363,8 @@ def summary_text(fig: dict, paths: Dict[str, str]) -> str:
     lines.append(f"seeds: {seed_len['rows']} rows, instruction words median {seed_len.get('median', '-')}"
                  + _extra(dif.get("0"), div.get("0")))
     if (au := fig.get("method")) is not None:
-        lines.append(f"auto evol: dev-set failure rate {au['initial_failure_rate']:.0%} initial -> "
-                     f"{au['chosen']['failure_rate']:.0%} chosen (optimistic: the set chose it) in "
+        lines.append(f"auto evol: dev-set failure rate {shown(au['initial_failure_rate'], '.0%')} initial -> "
+                     f"{shown(au['chosen']['failure_rate'], '.0%')} chosen (optimistic: the set chose it) in "
                      f"{au['steps']} step(s) on {au['dev_size']} dev seeds")
     for x in fig["per_round"]:
         r = str(x["round"])

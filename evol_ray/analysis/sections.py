@@ -9,6 +9,7 @@ import html
 from typing import Callable, Optional
 
 from evol_ray import columns as C
+from evol_ray.figures import shown
 from evol_ray.io import layout
 from evol_ray.io.storage import Location
 
@@ -53,7 +54,7 @@ def method_html(fig: Optional[dict], table: Callable, img: str, first_round: Opt
             f"{fig['dev_size']} seeds (mini-batches of {fig['batch_size']}). Failure rate: the share of "
             "dev rows not kept (eliminated by the run's rules, or an engine error); each step keeps "
             "the lowest, a tie going to the method it started from. Initial method "
-            f"{fig['initial_failure_rate']:.0%}, chosen {chosen[C.FAILURE_RATE]:.0%} (step {chosen['origin'][0]}, "
+            f"{shown(fig['initial_failure_rate'], '.0%')}, chosen {shown(chosen[C.FAILURE_RATE], '.0%')} (step {chosen['origin'][0]}, "
             f"candidate {chosen['origin'][1]}): the lowest of several estimates on the set that chose it, so "
             f"optimistic{_survival(fig, first_round)}; {fig['prompt_tokens']:,} prompt and "
             f"{fig['generated_tokens']:,} generated tokens, {fig['wall_seconds']:.0f} s.</p>"

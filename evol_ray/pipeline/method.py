@@ -33,6 +33,7 @@ from evol_ray.engine.meter import start_engine_stats
 from evol_ray.engine.service import table_through
 from evol_ray.evolve import auto
 from evol_ray.evolve.prompts import AUTO_OP
+from evol_ray.figures import shown
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location
 from evol_ray.pipeline.round import RunError
@@ -96,8 +97,8 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) ->
     mdir = out.join(layout.METHOD)
     done = layout.read_manifest(mdir)
     if done is not None and done.get("config_hash") == h:
-        log.info("auto evol: method complete in %s, reused (failure rate %.2f)", mdir.url,
-                 done["chosen"][C.FAILURE_RATE])
+        log.info("auto evol: method complete in %s, reused (failure rate %s)", mdir.url,
+                 shown(done["chosen"][C.FAILURE_RATE]))
         return done
     started = time.monotonic()
     commit.begin(mdir, keep=[f"step_{t}" for t in range(a.steps + 1)])
@@ -128,9 +129,10 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) ->
         files = commit.write_tables({f"{name}.parquet": tab for name, tab in tables.items()}, sdir)
         m = commit.commit(sdir, {"config_hash": h, **summary}, files)
         chosen = m[C.CHOSEN]
-        log.info("auto evol: step %d committed: %s; chosen candidate %d (failure rate %.2f)", t,
-                 ", ".join(f"{e[C.CANDIDATE]}: {e[C.FAILURE_RATE]:.2f}" for e in m["methods"]),
-                 chosen[C.CANDIDATE], chosen[C.FAILURE_RATE])
+        # a method never tried (an empty proposal) has no rate: shown as "-"
+        log.info("auto evol: step %d committed: %s; chosen candidate %d (failure rate %s)", t,
+                 ", ".join(f"{e[C.CANDIDATE]}: {shown(e[C.FAILURE_RATE])}" for e in m["methods"]),
+                 chosen[C.CANDIDATE], shown(chosen[C.FAILURE_RATE]))
         return m
 
     try:

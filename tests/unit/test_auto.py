@@ -12,11 +12,11 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray import config as cfgmod
-from evol_ray import identity
 from evol_ray.config import ConfigError, load_config, load_saved_config
 from evol_ray.engine.base import Completion
 from evol_ray.evolve import auto, prompts, recipes
 from evol_ray.pipeline import method
+from tests.fakes import proposal_for
 
 BASE = ["input.path=x", "output.path=y", "model.source=m"]
 AUTO = BASE + ["evolution.auto.enabled=true"]
@@ -186,7 +186,7 @@ class MethodDouble:
 
     async def generate(self, prompt, sampling, *, seed, choices=None):
         if "This is the current method" in prompt:
-            kind, text = "optimizer", self._proposal(seed)
+            kind, text = "optimizer", proposal_for(seed, self.cfg.seed, self.proposals)
         elif "reviewing the work of an instruction rewriter" in prompt:
             kind, text = "analysis", "It is no harder than the instruction it was given."
         elif prompts.ORIGINAL_MARKER in prompt:
@@ -197,13 +197,6 @@ class MethodDouble:
             kind, text = "answer", "Animals of the forest live in burrows, trees and under dense shrubs."
         self.calls.append((kind, seed, prompt))
         return Completion(text, prompt_tokens=len(prompt.split()), generated_tokens=len(text.split()))
-
-    def _proposal(self, seed):
-        for t in range(1, 10):
-            for k in range(1, len(self.proposals) + 1):
-                if seed == identity.request_seed(self.cfg.seed, f"auto-step-{t}", 0, f"candidate-{k}"):
-                    return self.proposals[k - 1]
-        raise AssertionError("an optimizer request with an unexpected seed")
 
     async def score_choices(self, prompt, choices):
         first = prompt.split("First instruction:\n")[1].split("\n\nSecond instruction:")[0]
@@ -351,3 +344,22 @@ def test_trials_pass_the_rounds_quality_rules_and_the_analysis_hears_of_them():
     off = load_config(AUTO + ["quality.in_rounds=false"])
     row = {**pool(1).to_pylist()[0], C.STEP: 1, C.CANDIDATE: 1, C.METHOD: "GOOD: add a table."}
     assert asyncio.run(auto.trial_row(gen, row, off))[C.STATUS] == C.KEPT
+
+
+def test_a_missing_rate_reads_as_a_dash_wherever_a_rate_is_shown():
+    """Rates documented as possibly null (a method never tried) never stop a summary or the report."""
+    from evol_ray.analysis import sections
+    from evol_ray.analysis.report import _table
+    from evol_ray.cli import format_summary
+    from evol_ray.figures import shown
+
+    assert (shown(None), shown(0.25, ".0%"), shown(0.123)) == ("-", "25%", "0.12")
+    cfg, gen, store, out = run_loop(["Improved method:", "BAD."], candidates=2)
+    fig = {**method.summary(out), "recipe": "general", "dev_size": 6, "batch_size": 4, "steps": 1,
+           "candidates": 2, "wall_seconds": 1.0}
+    fig["initial_failure_rate"] = None  # as a manifest with no rated method would read
+    fig[C.CHOSEN] = {**fig[C.CHOSEN], C.FAILURE_RATE: None}
+    page = sections.method_html(fig, _table, "")
+    assert "Initial method -, chosen -" in page and "<td>optimizer</td><td>step 1 #1</td><td>-</td>" in page
+    text = format_summary({"output": "runs/x", "rounds": [], "final": {"rows": 0}, "method": fig})
+    assert "dev-set failure rate - initial -> - chosen" in text
