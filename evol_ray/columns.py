@@ -27,6 +27,10 @@ REASON = "reason"  # named reason for any status but `kept`; null for kept rows
 ERROR = "error"  # engine error message for status `error` (column and status share the word)
 DUPLICATE_OF = "duplicate_of"  # for reasons `duplicate`/`near_duplicate`: the id of the row kept
 JUDGE_P_EQUAL = "judge_p_equal"  # rule 1: the judge's P(Equal), null where the judge did not run
+# the coherence gate's P(incoherent) of the evolved instruction and of its answer (null where it
+# did not run: off, or the row was stopped before)
+INSTRUCTION_P_INCOHERENT = "instruction_p_incoherent"
+RESPONSE_P_INCOHERENT = "response_p_incoherent"
 
 # --- engine accounting (per row, summed into the round manifest) ----------------------------
 PROMPT_TOKENS = "prompt_tokens"
@@ -55,13 +59,17 @@ R_META_TALK = "meta_talk"  # talk about the rewriting ("Here is a harder version
 # recipe rules (evol_ray/evolve/recipe_rules.py), on with their recipe: elimination.code_answer, .math_answer
 R_NO_CODE = "answer_without_code"  # code: the task asks for code, the answer has none
 R_NO_NUMBER = "answer_without_number"  # math: the answer to a word problem holds no number
+# calibrated judgement (not WizardLM's; each switchable under `elimination`)
+R_LOST_INPUT = "lost_input"  # the evolution refers to data ("the following sentence") it no longer carries
+R_LANGUAGE_DRIFT = "language_drift"  # a text slips into another writing system than its source's
+R_INCOHERENT = "incoherent"  # the coherence gate: the evolution or its answer does not make sense
 # --- seed input (before any engine work) ------------------------------------------------------
 R_DUPLICATE_SEED = "duplicate_seed"  # eliminated in round 1: same normalized text as `duplicate_of`
 R_PROMPT_TOO_LONG = "prompt_too_long"  # a request that cannot fit model.max_model_len: never sent
 INPUT_REASONS = (R_DUPLICATE_SEED, R_PROMPT_TOO_LONG)
 ENGINE_REASONS = (R_NO_GAIN, R_SORRY, R_STOPWORDS, R_COPIED_PROMPT, R_EMPTY_EVOLUTION,
                   R_EMPTY_INSTRUCTION, R_ENGINE_ERROR, R_ANSWERS_PARENT, R_BARE_TITLE, R_META_TALK,
-                  R_NO_CODE, R_NO_NUMBER)
+                  R_NO_CODE, R_NO_NUMBER, R_LOST_INPUT, R_LANGUAGE_DRIFT, R_INCOHERENT)
 
 # --- dedup and quality reasons (status `eliminated`; evol_ray/dedup.py, evol_ray/quality.py) --
 R_DUPLICATE = "duplicate"  # same normalized instruction as the kept row `duplicate_of`
@@ -119,6 +127,8 @@ ROUND_SCHEMA = pa.schema(
         pa.field(ENGINE_SECONDS, pa.float64()),
         pa.field(DUPLICATE_OF, pa.string()),
         pa.field(JUDGE_P_EQUAL, pa.float64()),
+        pa.field(INSTRUCTION_P_INCOHERENT, pa.float64()),
+        pa.field(RESPONSE_P_INCOHERENT, pa.float64()),
     ]
 )
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from evol_ray.evolve import prompts, recipes
 
 if TYPE_CHECKING:
-    from evol_ray.config import (Config, DedupConfig, EngineConfig, EvolutionConfig, LengthRule, QualityConfig,
+    from evol_ray.schema import (Config, DedupConfig, EngineConfig, EvolutionConfig, LengthRule, QualityConfig,
                                  SamplingConfig)
 
 
@@ -52,8 +52,15 @@ def validate(cfg: Config) -> None:
     _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
     for name in ("evolve_sampling", "answer_sampling"):
         _check_sampling(f"evolution.{name}", getattr(cfg.evolution, name))
-    if not 0 < cfg.elimination.judge_threshold <= 1:
-        _fail("elimination.judge_threshold", f"got {cfg.elimination.judge_threshold}, expected P(Equal) in (0, 1]")
+    _check_threshold("elimination.judge_threshold", cfg.elimination.judge_threshold, "P(Equal)")
+    _check_threshold("elimination.coherence.threshold", cfg.elimination.coherence.threshold, "P(incoherent)")
+    if not 0 < cfg.elimination.calibration.min_balanced_accuracy <= 1:
+        _fail("elimination.calibration.min_balanced_accuracy",
+              f"got {cfg.elimination.calibration.min_balanced_accuracy}, expected a share in (0, 1]")
+    for key in ("judge_pairs", "coherence_texts"):
+        v = getattr(cfg.elimination.calibration, key)
+        if v is not None and not v.strip():
+            _fail(f"elimination.calibration.{key}", "must be a path to a JSONL file, or null (the shipped set)")
     if cfg.elimination.sorry_max_words < 0:
         _fail("elimination.sorry_max_words", "must be >= 0")
     e = cfg.engine
@@ -101,8 +108,20 @@ def validate(cfg: Config) -> None:
     _check_quality(cfg.quality)
 
 
+def _check_threshold(key: str, value: str, what: str) -> None:
+    """A threshold key: "auto" (calibrated at run time) or a number in (0, 1]."""
+    if str(value).strip().lower() == "auto":
+        return
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = None
+    if x is None or not 0 < x <= 1:
+        _fail(key, f"got {value!r}, expected auto (calibrated at run time on a labelled set) or {what} in (0, 1]")
+
+
 BACKENDS = ("vllm", "openai")
-CHOICE_SCORING = ("logprobs", "forced")
+CHOICE_SCORING = ("first_tokens", "whole_answer", "forced")
 FORCED_CHOICE = ("guided", "json_schema", "parse")
 
 
@@ -130,8 +149,8 @@ def _check_engine(e: EngineConfig) -> None:
         _fail("engine.endpoint.timeout_s", f"got {p.timeout_s}, expected seconds > 0")
     if p.max_retries < 0:
         _fail("engine.endpoint.max_retries", f"got {p.max_retries}, expected 0 or more")
-    if p.choice_scoring not in CHOICE_SCORING:
-        _fail("engine.endpoint.choice_scoring", f"got {p.choice_scoring!r}, allowed: {', '.join(CHOICE_SCORING)}")
+    if e.choice_scoring not in CHOICE_SCORING:
+        _fail("engine.choice_scoring", f"got {e.choice_scoring!r}, allowed: {', '.join(CHOICE_SCORING)}")
     if p.forced_choice not in FORCED_CHOICE:
         _fail("engine.endpoint.forced_choice", f"got {p.forced_choice!r}, allowed: {', '.join(FORCED_CHOICE)}")
 

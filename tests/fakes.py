@@ -17,8 +17,9 @@ class ScriptedGenerator:
 
     def __init__(self, evolved="Describe the migration routes of three birds of Europe in detail.",
                  verdict="Not Equal", answer="Birds migrate along flyways such as the East Atlantic.",
-                 fail_on=None, context=None, evolve_phrases=(prompts.ORIGINAL_MARKER,)):
+                 fail_on=None, context=None, evolve_phrases=(prompts.ORIGINAL_MARKER,), coherent="Yes"):
         self.evolved, self.verdict, self.answer, self.fail_on = evolved, verdict, answer, fail_on
+        self.coherent = coherent  # the coherence gate's answer, "Yes" or "No" (or a callable of the prompt)
         self.context, self.evolve_phrases = context, evolve_phrases
         self.calls: list[tuple[str, str]] = []
 
@@ -27,6 +28,10 @@ class ScriptedGenerator:
         return v(prompt) if callable(v) else v
 
     async def score_choices(self, prompt, choices):
+        if prompts.COHERENT_YES in choices:
+            said = self._text(self.coherent, prompt)
+            self.calls.append(("coherence", prompt))
+            return {c: (-0.01 if c == said else -6.0) for c in choices}
         verdict = self._text(self.verdict, prompt)
         self.calls.append(("judge", prompt))
         if self.fail_on == "judge":
@@ -92,3 +97,34 @@ class AutoScripted:
     async def score_choices(self, prompt, choices):
         self._note("judge")
         return {c: (-0.01 if c == prompts.JUDGE_NOT_EQUAL else -6.0) for c in choices}
+
+
+class CalibrationScripted:
+    """A picklable scripted engine whose LLM decisions have a known accuracy (for the calibration's
+    tests on real Ray): the judge gives P(Equal) `high` to the pairs of `equal` (parent, evolution)
+    texts and `low` to the rest, except those in `wrong` (swapped); the coherence gate gives
+    P(incoherent) 0.9 to the texts in `incoherent`, else 0.2. Rewrites, answers: plain prose."""
+
+    def __init__(self, equal=(), wrong=(), incoherent=(), high=0.9, low=0.6):
+        self.equal, self.wrong, self.incoherent = set(map(tuple, equal)), set(map(tuple, wrong)), set(incoherent)
+        self.high, self.low = high, low
+
+    async def score_choices(self, prompt, choices):
+        import math
+
+        if prompts.JUDGE_EQUAL in choices:
+            first = prompt.split("First instruction:\n")[1].split("\n\nSecond instruction:")[0]
+            second = prompt.split("Second instruction:\n")[1].split("\n\nAnswer with")[0]
+            pair = tuple(sorted((first, second)))
+            p = self.high if (pair in self.equal) != (pair in self.wrong) else self.low
+            return {prompts.JUDGE_EQUAL: math.log(p), prompts.JUDGE_NOT_EQUAL: math.log(1 - p)}
+        p = 0.9 if any(t in prompt for t in self.incoherent) else 0.2
+        return {prompts.COHERENT_NO: math.log(p), prompts.COHERENT_YES: math.log(1 - p)}
+
+    async def generate(self, prompt, sampling, *, seed, choices=None):
+        if prompts.ORIGINAL_MARKER in prompt:
+            parent = prompt.split(prompts.ORIGINAL_MARKER + "\n")[1].split("\n\n")[0]
+            text = f"{parent} Answer in exactly three numbered steps."
+        else:
+            text = "First, gather the facts. Second, compare them. Third, state the conclusion."
+        return Completion(text, prompt_tokens=len(prompt.split()), generated_tokens=len(text.split()))

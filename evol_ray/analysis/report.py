@@ -36,8 +36,7 @@ from evol_ray.io.storage import Location
 
 HTML_FILE = "report.html"
 JSON_FILE = "figures.json"
-_READ = [C.ID, C.PARENT_ID, C.ROOT_ID, C.ROUND, C.OP, C.STATUS, C.REASON, C.INSTRUCTION, C.RESPONSE,
-         C.PARENT_INSTRUCTION, C.PARENT_RESPONSE]
+_READ = [C.ID, C.PARENT_ID, C.ROOT_ID, C.ROUND, C.OP, C.STATUS, C.REASON, C.INSTRUCTION, C.RESPONSE, C.PARENT_INSTRUCTION, C.PARENT_RESPONSE]
 _COUNTED = ("status_counts", "reason_counts", "op_counts", "op_kept_counts")
 
 
@@ -182,6 +181,7 @@ def collect(out: Location, cfg: Config) -> dict:
         "difficulty": _difficulty(out),
         "selected": layout.read_manifest(out.join(layout.SELECTED)),
         "method": sections.method_figures(out),
+        "judgement": sections.judgement_figures(out, manifests),
         "lineage": _lineage(lineage_rows, shown),
         "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
                                           "rounds": final.get("rounds")},
@@ -316,6 +316,7 @@ rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated'
 {_img("lengths", images["lengths"], "Instruction and answer length by round")}
 <h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
 {_img("diversity", images["diversity"], "Diversity by round")}
+<h2>Calibrated judgement and the elimination rules</h2>{sections.judgement_html(fig["judgement"], _table)}
 <h2>Difficulty</h2>{diff_html}
 <h2>Auto Evol-Instruct</h2>{sections.method_html(fig.get("method"), _table, auto_img, pr[0] if pr else None)}
 <h2>Selection</h2>{sections.selected_html(fig.get("selected"), _table)}
@@ -362,6 +363,7 @@ def summary_text(fig: dict, paths: Dict[str, str]) -> str:
     seed_len = fig["lengths"]["instruction"]["0"]
     lines.append(f"seeds: {seed_len['rows']} rows, instruction words median {seed_len.get('median', '-')}"
                  + _extra(dif.get("0"), div.get("0")))
+    lines += sections.judgement_text(fig["judgement"])
     if (au := fig.get("method")) is not None:
         lines.append(f"auto evol: dev-set failure rate {shown(au['initial_failure_rate'], '.0%')} initial -> "
                      f"{shown(au['chosen']['failure_rate'], '.0%')} chosen (optimistic: the set chose it) in "

@@ -1,4 +1,6 @@
-"""The report's sections read from outputs other than the rounds: Auto Evol-Instruct's method
+"""The report's sections read from outputs other than the rounds: the calibrated LLM decisions
+(OUTPUT/judge/, OUTPUT/coherence/: each one's threshold and its accuracy measured on labelled rows it
+was not tuned on) with every elimination rule and what it removed, Auto Evol-Instruct's method
 (`evolution.auto`, OUTPUT/method/manifest.json: every candidate method of every step with its
 failure rate on the dev set, where it came from, why its dev rows failed, and the method the rounds
 ran as operation `auto`) and `evol-ray select`'s selection (OUTPUT/selected/). No Ray here."""
@@ -6,12 +8,77 @@ ran as operation `auto`) and `evol-ray select`'s selection (OUTPUT/selected/). N
 from __future__ import annotations
 
 import html
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from evol_ray import columns as C
 from evol_ray.figures import shown
 from evol_ray.io import layout
 from evol_ray.io.storage import Location
+
+
+DECISIONS = ("judge", "coherence")
+
+
+def judgement_figures(out: Location, manifests: List[dict]) -> dict:
+    """Each LLM decision's calibration (or the number the user gave: from the round manifests),
+    and each elimination rule with what it removed in every round."""
+    decisions = {}
+    for name in DECISIONS:
+        m = layout.read_manifest(out.join(name))
+        given = {x.get(f"{name}_threshold") for x in manifests}
+        decisions[name] = {k: m.get(k) for k in ("model", "choice_scoring", "labelled_set", "threshold",
+                                                  "threshold_from", "rows", "errors", "test", "tune",
+                                                  "position", "mean_score", "positive")} if m else \
+            {"threshold": sorted(given, key=str)[0] if len(given) == 1 else sorted(given, key=str)}
+    from evol_ray.checks.quality import QUALITY_RULES
+    from evol_ray.evolve.elimination import CHAIN_RULES
+
+    removed = {}
+    for x in manifests:
+        for reason, n in x.get("reason_counts", {}).items():
+            removed[reason] = removed.get(reason, 0) + n
+    rules = [{"name": r.name, "where": r.where, "reads": list(r.reads), "llm": r.judged, "doc": r.doc,
+              "removed": {reason: removed.get(reason, 0) for reason in r.reasons}}
+             for r in CHAIN_RULES + QUALITY_RULES]
+    return {"decisions": decisions, "rules": rules}
+
+
+def judgement_text(fig: dict) -> List[str]:
+    """One line per LLM decision for the terminal."""
+    lines = []
+    for name, d in fig["decisions"].items():
+        if "test" in d:
+            t = d["test"]
+            lines.append(f"{name}: threshold {d['threshold']:.3f}, on {t['rows']} held-out labelled rows balanced "
+                         f"accuracy {shown(t['balanced_accuracy'])}, precision {shown(t['precision'])}, recall "
+                         f"{shown(t['recall'])} of {d['positive']}")
+        elif d["threshold"] is not None:
+            lines.append(f"{name}: threshold {d['threshold']} given, accuracy not measured")
+    return lines
+
+
+def judgement_html(fig: dict, table: Callable) -> str:
+    parts = []
+    for name, d in fig["decisions"].items():
+        if "test" not in d:
+            t = d["threshold"]
+            parts.append(f"<p><b>{name}</b>: " + ("off." if t is None else
+                         f"threshold {html.escape(str(t))} given in the config: not calibrated here, so its "
+                         "accuracy for this model is not measured (python bench/judge.py measures it).") + "</p>")
+            continue
+        t = d["test"]
+        flips = (f"; verdicts that flip when the two instructions swap places: {d['position']['share']:.0%}"
+                 if d.get("position") else "")
+        parts.append(
+            f"<p><b>{name}</b> ({html.escape(str(d['model']))}, read by {d['choice_scoring']}): threshold "
+            f"{d['threshold']:.3f} ({html.escape(d['threshold_from'])}). Measured on the {t['rows']} labelled rows "
+            f"of <code>{html.escape(d['labelled_set'])}</code> it was not tuned on: balanced accuracy "
+            f"{shown(t['balanced_accuracy'])}, accuracy {shown(t['accuracy'])}, precision {shown(t['precision'])} and "
+            f"recall {shown(t['recall'])} of <i>{d['positive']}</i> (what it eliminates); confusion "
+            f"{t['confusion']}{flips}.</p>")
+    rows = [[r["name"], r["where"], ", ".join(r["reads"]), "yes" if r["llm"] else "",
+             ", ".join(f"{k} {v}" for k, v in r["removed"].items()), r["doc"]] for r in fig["rules"]]
+    return "".join(parts) + table(["rule", "runs", "reads", "LLM", "removed (all rounds)", "what it checks"], rows)
 
 
 def method_figures(out: Location) -> Optional[dict]:

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from evol_ray import columns as C
 from evol_ray.checks import text
 from evol_ray.checks.minhash import mix64, shingle_hashes
+from evol_ray.rule import BATCH, Rule
 from evol_ray.stage import Stage
 
 # control characters but tab, newline and the CR of a CRLF line end; a lone CR is one too
@@ -131,15 +132,24 @@ def _np(mask) -> np.ndarray:
     return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
-# The order in which rules are tried; each name is also its reason and its config key.
-RULES: Dict[str, Callable] = {
-    C.R_NON_PRINTABLE: non_printable,
-    C.R_INSTRUCTION_LENGTH: instruction_length,
-    C.R_ANSWER_LENGTH: answer_length,
-    C.R_REFUSAL: refusal,
-    C.R_UNBALANCED_FENCE: unbalanced_code_fence,
-    C.R_REPEATS_INSTRUCTION: answer_repeats_instruction,
-}
+def _rule(name: str, reads: tuple, fn: Callable, doc: str) -> Rule:
+    """A quality rule: its name is its reason and its config key `quality.<name>`; its check takes
+    a batch's `Texts` and the `quality` section and returns the mask of rows that fail."""
+    return Rule(name, (name,), reads, BATCH, fn,
+                lambda cfg: cfg.quality if getattr(cfg.quality, name).enabled else None, doc=doc)
+
+
+# The order in which rules are tried.
+QUALITY_RULES = (
+    _rule(C.R_NON_PRINTABLE, (C.INSTRUCTION, C.RESPONSE), non_printable, "control or replacement characters"),
+    _rule(C.R_INSTRUCTION_LENGTH, (C.INSTRUCTION,), instruction_length, "instruction outside its length bounds"),
+    _rule(C.R_ANSWER_LENGTH, (C.RESPONSE,), answer_length, "answer outside its length bounds"),
+    _rule(C.R_REFUSAL, (C.RESPONSE,), refusal, "the answer holds a refusal phrase"),
+    _rule(C.R_UNBALANCED_FENCE, (C.INSTRUCTION, C.RESPONSE), unbalanced_code_fence, "an odd number of ``` fences"),
+    _rule(C.R_REPEATS_INSTRUCTION, (C.INSTRUCTION, C.RESPONSE), answer_repeats_instruction,
+          "the answer mostly restates the instruction"),
+)
+RULES: Dict[str, Callable] = {r.name: r.check for r in QUALITY_RULES}
 
 
 def enabled_rules(q) -> List[str]:

@@ -8,12 +8,17 @@ stage actor are in flight. A server still failing after its retries, or refusing
 model, is `EngineUnavailable`: the round stops and a rerun resumes it. A prompt over the server's
 context length is `PromptTooLong`, that row's named reason.
 
-Choices (the judge's Equal / Not Equal, the scorer's 1..10), by `engine.endpoint.choice_scoring`:
-  * `logprobs`: each choice as the assistant's whole answer, its probability read from the
+Choices (the judge's Equal / Not Equal, the gate's Yes / No, the scorer's 1..10), by
+`engine.choice_scoring`:
+  * `first_tokens`: one request of one token whose log-probabilities are asked for exactly the
+    choices' first tokens (vLLM's `logprob_token_ids` request field, the token ids from the
+    server's own `/tokenize`); where choices share a first token, one more request with it
+    written as the start of the assistant's turn (`engine.base.read_choices`). A vLLM server.
+  * `whole_answer`: each choice as the assistant's whole answer, its probability read from the
     prompt's log-probabilities (vLLM's `prompt_logprobs` request field, with the chat template
     rendering the assistant turn closed): the tokens after the head (the prompt up to the
     assistant's turn, whose length one extra 1-token request gives) are the choice and the end
-    of the turn. Exact, as the vllm backend's `score_choices`; no prefix bias.
+    of the turn. Exact, as the vllm backend's; no prefix bias.
   * `forced`: one greedy answer forced to a choice, by `engine.endpoint.forced_choice`:
     `guided` (the server's guided decoding: `structured_outputs: {"choice": [...]}` in the
     body, as vLLM reads it), `json_schema` (the standard `response_format` with an enum) or
@@ -37,7 +42,8 @@ from typing import Dict, List, Optional, Sequence
 
 from evol_ray.config import Config, EndpointConfig
 from evol_ray.config_checks import ConfigError
-from evol_ray.engine.base import Completion, EngineUnavailable, PromptTooLong
+from evol_ray.engine.base import (FIRST_TOKENS, FORCED, WHOLE_ANSWER, Completion, EngineUnavailable, PromptTooLong,
+                                  read_choices)
 
 PARSE_TRIES = 3
 CHOICE_MAX_TOKENS = 16
@@ -86,7 +92,7 @@ def one_hot(choices: Sequence[str], chosen: str) -> Dict[str, float]:
 class OpenAIGenerator:
     """A `TextGenerator` on an OpenAI-compatible server's chat completions (and embeddings)."""
 
-    def __init__(self, ep: EndpointConfig, key: Optional[Secret] = None) -> None:
+    def __init__(self, ep: EndpointConfig, key: Optional[Secret] = None, choice_scoring: str = FIRST_TOKENS) -> None:
         from openai import AsyncOpenAI
 
         self.ep = ep
@@ -94,6 +100,8 @@ class OpenAIGenerator:
         self.client = AsyncOpenAI(base_url=ep.base_url, api_key=str(self._key), timeout=ep.timeout_s,
                                   max_retries=ep.max_retries)
         self._sem: Optional[asyncio.Semaphore] = None
+        self.choice_scoring = choice_scoring
+        self._choice_tokens: dict = {}
 
     async def _call(self, create, **kw):
         import openai
@@ -133,9 +141,11 @@ class OpenAIGenerator:
         return Completion(r.choices[0].message.content or "", r.usage.prompt_tokens, r.usage.completion_tokens)
 
     async def score_choices(self, prompt, choices) -> Dict[str, float]:
-        if self.ep.choice_scoring == "forced":
+        if self.choice_scoring == FORCED:
             c = await self._forced(prompt, list(choices), seed=0)
             return one_hot(choices, c.text)
+        if self.choice_scoring == FIRST_TOKENS:
+            return await self._first_tokens(prompt, list(choices))
         user = {"role": "user", "content": prompt}
         head = await self._chat([user], max_tokens=1, temperature=0.0)
         n_head = head.usage.prompt_tokens
@@ -146,12 +156,53 @@ class OpenAIGenerator:
                                              "continue_final_message": False})
             lps = prompt_logprobs_of(r)
             if lps is None:
-                raise EngineUnavailable("engine.endpoint.choice_scoring=logprobs: the server returned no "
-                                        "prompt_logprobs; set engine.endpoint.choice_scoring=forced")
+                raise EngineUnavailable("engine.choice_scoring=whole_answer: the server returned no "
+                                        "prompt_logprobs; set engine.choice_scoring=forced")
             return sum(_token_logprob(x) for x in lps[n_head:] if x)
 
         scores = await asyncio.gather(*(one(c) for c in choices))
         return dict(zip(choices, scores))
+
+    async def _server(self, path: str, body: dict) -> dict:
+        """POST to the server's own (not OpenAI's) API at its root: vLLM's /tokenize, /detokenize."""
+        import httpx
+
+        root = re.sub(r"/v1/?$", "", self.ep.base_url.rstrip("/"))
+        async with httpx.AsyncClient(timeout=self.ep.timeout_s) as http:
+            r = await http.post(f"{root}{path}", json={"model": self.ep.model, **body},
+                                headers={"Authorization": f"Bearer {self._key}"})
+        if r.status_code != 200:
+            raise EngineUnavailable(f"engine.choice_scoring=first_tokens: {root}{path} answered {r.status_code} "
+                                    "(a vLLM server has it); set engine.choice_scoring=whole_answer or forced")
+        return r.json()
+
+    async def _first_tokens(self, prompt: str, choices: List[str]) -> Dict[str, float]:
+        key = tuple(choices)
+        if key not in self._choice_tokens:
+            got = await asyncio.gather(*(self._server("/tokenize", {"prompt": c, "add_special_tokens": False})
+                                         for c in choices))
+            self._choice_tokens[key] = {c: g["tokens"] for c, g in zip(choices, got)}
+        user = {"role": "user", "content": prompt}
+
+        async def read(prefix, candidates):
+            messages, extra = [user], {}
+            if prefix:  # the shared start of some choices, written as the start of the answer
+                text = (await self._server("/detokenize", {"tokens": prefix}))["prompt"]
+                messages = [user, {"role": "assistant", "content": text}]
+                extra = {"add_generation_prompt": False, "continue_final_message": True}
+            r = await self._chat(messages, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=1,
+                                 extra_body={"logprob_token_ids": list(candidates), "return_tokens_as_token_ids": True,
+                                             **extra})
+            found = {int(x.token.split(":", 1)[1]): x.logprob for x in r.choices[0].logprobs.content[0].top_logprobs
+                     if x.token.startswith("token_id:")}
+            missing = [t for t in candidates if t not in found]
+            if missing:
+                raise EngineUnavailable(f"engine.choice_scoring=first_tokens: the server returned no log-probability "
+                                        f"for tokens {missing} (vLLM's logprob_token_ids); set "
+                                        "engine.choice_scoring=whole_answer or forced")
+            return found
+
+        return await read_choices(self._choice_tokens[key], read)
 
     async def _forced(self, prompt: str, choices: List[str], seed: int) -> Completion:
         """One greedy answer that is one of `choices` (`engine.endpoint.forced_choice`)."""
@@ -203,11 +254,11 @@ def _token_logprob(entry) -> float:
     return float(v["logprob"] if isinstance(v, dict) else v.logprob)
 
 
-def endpoint_factory(ep: EndpointConfig):
+def endpoint_factory(ep: EndpointConfig, choice_scoring: str = FIRST_TOKENS):
     """A picklable factory of `OpenAIGenerator` for the stage actors (the same generator serves
     chat and embeddings), holding the driver's key (as a `Secret`) so workers need not have the
     environment variable."""
-    return functools.partial(OpenAIGenerator, ep, api_key(ep))
+    return functools.partial(OpenAIGenerator, ep, api_key(ep), choice_scoring)
 
 
 def preflight(cfg: Config) -> None:
@@ -237,16 +288,27 @@ def preflight(cfg: Config) -> None:
         fail("base_url", f"{ep.base_url}/models answered {e.status_code}")
     if ep.model not in served:
         fail("model", f"{ep.model!r} is not served at {ep.base_url}; served: {', '.join(served) or '(none)'}")
-    needs_choices = cfg.elimination.judge or cfg.score.enabled
-    if ep.choice_scoring == "logprobs" and needs_choices:
+    needs_choices = cfg.elimination.judge or cfg.elimination.coherence.enabled or cfg.score.enabled
+    how = cfg.engine.choice_scoring
+    if how == WHOLE_ANSWER and needs_choices:
         try:
             r = client.chat.completions.create(
                 model=ep.model, messages=[{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes"}],
                 max_tokens=1, extra_body={"prompt_logprobs": 0, "add_generation_prompt": False,
                                           "continue_final_message": False})
         except openai.APIStatusError as e:
-            fail("choice_scoring", f"logprobs: the server refused a prompt_logprobs request ({e.status_code}); "
-                 "set engine.endpoint.choice_scoring=forced")
+            fail_scoring(f"whole_answer: the server refused a prompt_logprobs request ({e.status_code}); "
+                         "set engine.choice_scoring=forced")
         if not prompt_logprobs_of(r):
-            fail("choice_scoring", "logprobs: the server returns no prompt_logprobs (a vLLM field); set "
-                 "engine.endpoint.choice_scoring=forced")
+            fail_scoring("whole_answer: the server returns no prompt_logprobs (a vLLM field); set "
+                         "engine.choice_scoring=forced")
+    if how == FIRST_TOKENS and needs_choices:
+        gen = OpenAIGenerator(ep, key, FIRST_TOKENS)
+        try:
+            asyncio.run(gen.score_choices("Say yes.", ["Yes", "No"]))
+        except (EngineUnavailable, openai.APIStatusError) as e:
+            fail_scoring(f"first_tokens: {redact(str(e), key)[:300]}")
+
+
+def fail_scoring(problem: str) -> None:
+    raise ConfigError(f"config key 'engine.choice_scoring': {problem}")

@@ -297,6 +297,6 @@ def start_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,
     if cfg.engine.backend == "openai":
         from evol_ray.engine.openai_client import endpoint_factory
 
-        return Engines(cfg, "endpoint", endpoint_factory(cfg.engine.endpoint))
+        return Engines(cfg, "endpoint", endpoint_factory(cfg.engine.endpoint, cfg.engine.choice_scoring))
     return VLLMEngines(cfg, device, model, pooling)
 

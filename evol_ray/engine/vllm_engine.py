@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
+import math
 import os
 import uuid
 from typing import Optional
 
-from evol_ray.config import EngineConfig, ModelConfig
-from evol_ray.engine.base import Completion, PromptTooLong
+from evol_ray.config import EngineConfig, ModelConfig, SamplingConfig
+from evol_ray.engine.base import FIRST_TOKENS, FORCED, Completion, PromptTooLong, read_choices
 from evol_ray.engine.models import resolve_source
+
+
+CPU_BLOCK_SIZE = 32
+GREEDY_CHOICE = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16)  # engine.choice_scoring=forced
 
 
 def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int,
@@ -33,10 +38,17 @@ def engine_args(model: ModelConfig, engine: EngineConfig, device: str, seed: int
         seed=seed,
         gpu_memory_utilization=engine.gpu_memory_utilization,
         disable_log_stats=True,
+        # Requests share long prefixes (a template, then the row's text): the verdict and rating
+        # requests of `score_choices` read them from the cache.
+        enable_prefix_caching=True,
     )
     if device == "cpu":
         # A fixed KV cache size: the CPU build's share of memory subtracts the process's RSS.
         args["kv_cache_memory_bytes"] = int(engine.cpu_kv_cache_gib * 2**30)
+        # The CPU build's default block of 128 tokens is longer than most shared prefixes (the
+        # judge template and the chat preamble are about 75 tokens): nothing was ever reused.
+        # At 32, 58% of the judge's prompt tokens came from the cache (bench/judge.py).
+        args["block_size"] = CPU_BLOCK_SIZE
     if model.max_model_len:
         args["max_model_len"] = model.max_model_len
     if pooling:
@@ -71,6 +83,10 @@ class VLLMGenerator:
         self._per_request_seed = device == "gpu"
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
+        self.choice_scoring = engine.choice_scoring
+        self._choice_tokens: dict = {}
+        # every request's prompt tokens and those read from the prefix cache (benchmarks read them)
+        self.counts = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
 
     def chat_prompt(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
@@ -96,6 +112,37 @@ class VLLMGenerator:
         return Completion(o.text, len(final.prompt_token_ids or ()), len(o.token_ids))
 
     async def score_choices(self, prompt, choices):
+        """Log-probabilities of `choices` as the answer, by `engine.choice_scoring` (`base.TextGenerator`)."""
+        if self.choice_scoring == FIRST_TOKENS:
+            return await self._first_tokens(prompt, choices)
+        if self.choice_scoring == FORCED:
+            c = await self.generate(prompt, GREEDY_CHOICE, seed=0, choices=choices)
+            return {x: (0.0 if x == c.text else -math.inf) for x in choices}
+        return await self._whole_answer(prompt, choices)
+
+    async def _first_tokens(self, prompt, choices):
+        """One request of one token, its log-probabilities asked for exactly the choices' next
+        tokens (`SamplingParams.logprob_token_ids`), at each point where the choices part ways
+        (`base.read_choices`); the prompt's prefix comes from the cache."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        head = self.tokenizer(self.chat_prompt(prompt), add_special_tokens=False).input_ids
+        key = tuple(choices)
+        if key not in self._choice_tokens:
+            self._choice_tokens[key] = {c: self.tokenizer(c, add_special_tokens=False).input_ids for c in choices}
+        tokens = self._choice_tokens[key]
+        self._check_fits(len(head), max(len(t) for t in tokens.values()))
+
+        async def read(prefix, candidates):
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(candidates))
+            out = await self._request(TokensPrompt(prompt_token_ids=head + prefix), params)
+            lps = out.outputs[0].logprobs[0]
+            return {t: lps[t].logprob for t in candidates}
+
+        return await read_choices(tokens, read)
+
+    async def _whole_answer(self, prompt, choices):
         """Each choice is appended to the chat prompt as the assistant's whole answer, closed by
         the tokenizer's end-of-sequence token (the end of an assistant turn in chat models), and
         vLLM returns the log-probability of every prompt token (`prompt_logprobs=0`); the choice's
@@ -141,6 +188,9 @@ class VLLMGenerator:
             final = out
         if final is None:
             raise RuntimeError("the engine returned no output")
+        self.counts["requests"] += 1
+        self.counts["prompt_tokens"] += len(final.prompt_token_ids or ())
+        self.counts["cached_tokens"] += final.num_cached_tokens or 0
         return final
 
     def shutdown(self, grace_s: Optional[float] = None) -> None:

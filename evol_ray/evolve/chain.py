@@ -1,20 +1,22 @@
 """One row's evolution chain, the heart of a round (WizardLM, arXiv 2304.12244, sections 3.1-3.3).
 
-For one pool row: choose the operation, evolve the instruction, then run the elimination rules,
-each cheap check before the engine call it makes unnecessary:
+For one pool row: choose the operation, evolve the instruction, then run the elimination rules
+(`elimination.CHAIN_RULES`, `rule.Rule` objects), each cheap check before the engine call it
+makes unnecessary:
 
-    evolve -> rule 4 (copied prompt words) -> not an instruction -> rule 1 (judge: Equal?) -> answer
-           -> rule 2 (short apology) -> rule 3 (only stop words) -> the recipe's rules (no code,
-              no number: `recipe_rules.py`, where `elimination.code_answer` / `.math_answer` are on)
+    evolve -> the rules that read the rewrite (empty, rule 4: copied prompt words, not an
+              instruction, lost input, language drift, the coherence gate, rule 1: the judge)
+           -> answer -> the rules that read the answer (rule 2: short apology, rule 3: only stop
+              words, the recipe's rules, language drift, the coherence gate)
 
 The operation comes from `evolution.recipe` (WizardLM's, WizardCoder's or WizardMath's set, see
 `recipes.py`) and the user's overrides and operations of their own. Engine requests per row and
-round, whatever the recipe: one evolve (`generate`), the judge's two scoring requests
-(`score_choices`: one prompt-logprob request per verdict, "Equal" and "Not Equal"), one answer
-(`generate`); a row eliminated earlier stops there, so 1 to 4, and the recipe rules cost none.
+round, whatever the recipe: one evolve (`generate`), the LLM decisions (`score_choices`: one
+request each with `engine.choice_scoring=first_tokens`), one answer (`generate`); a row
+eliminated earlier stops there, and the rules that read text alone cost none.
 
-The judge runs before the answer: its prompt is short and its output is at most a few tokens,
-while an answer may run to thousands, so an instruction without information gain costs no answer.
+The judge runs before the answer: its prompt is short and its output one token, while an answer
+may run to thousands, so an instruction without information gain costs no answer.
 
 Reads the pool columns (`id`, `root_id`, `instruction`, `response`); returns one attempt row with
 every column of `columns.ROUND_SCHEMA`. An engine error becomes status `error` on that row only.
@@ -27,10 +29,11 @@ from typing import Any, Dict
 
 from evol_ray import columns as C
 from evol_ray import identity
-from evol_ray.evolve import prompts, recipe_rules, recipes, rules
 from evol_ray.config import Config
-from evol_ray.engine.base import (Completion, PromptTooLong, TextGenerator, choice_distribution,
-                                  engine_is_dead)
+from evol_ray.engine.base import Completion, PromptTooLong, TextGenerator, engine_is_dead
+from evol_ray.evolve import recipes, rules
+from evol_ray.evolve.elimination import CHAIN_RULES
+from evol_ray.rule import ANSWERED, EVOLVED, active
 
 
 def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, Any]:
@@ -49,6 +52,8 @@ def _attempt(row: Dict[str, Any], round_no: int, op: str | None) -> Dict[str, An
         C.ERROR: None,
         C.DUPLICATE_OF: None,  # set later by the dedup stages
         C.JUDGE_P_EQUAL: None,
+        C.INSTRUCTION_P_INCOHERENT: None,
+        C.RESPONSE_P_INCOHERENT: None,
         C.PROMPT_TOKENS: 0,
         C.GENERATED_TOKENS: 0,
         C.ENGINE_SECONDS: 0.0,
@@ -81,35 +86,23 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
         out.update({C.STATUS: C.ELIMINATED, C.REASON: reason})
         return out
 
-    ev, el = cfg.evolution, cfg.elimination
+    ev = cfg.evolution
+
+    async def passes(where: str) -> bool:
+        for rule, settings in active(CHAIN_RULES, cfg, where):
+            if reason := await rule.apply(gen, out, settings):
+                eliminate(reason)
+                return False
+        return True
+
     try:
         evolved = await ask("evolve", recipes.evolve_prompt(ev, op, parent, method), ev.evolve_sampling)
-        instruction = rules.clean_evolution(evolved.text)
-        out[C.INSTRUCTION] = instruction
-        if not instruction:
-            return eliminate(C.R_EMPTY_EVOLUTION)
-        if reason := rules.copied_prompt_words(instruction, el.copied_phrases):
-            return eliminate(reason)
-        if el.not_instruction and (reason := rules.not_an_instruction(instruction)):
-            return eliminate(reason)
-        if el.judge:
-            # Rule 1 reads the judge's probabilities of its two answers, not one sampled token:
-            # P(Equal) is kept per row, so a user can re-threshold after the run.
-            lp = await gen.score_choices(el.judge_template.format(first=parent, second=instruction),
-                                         (prompts.JUDGE_EQUAL, prompts.JUDGE_NOT_EQUAL))
-            out[C.JUDGE_P_EQUAL] = choice_distribution(lp)[prompts.JUDGE_EQUAL]
-            if rules.judge_says_equal(out[C.JUDGE_P_EQUAL], el.judge_threshold):
-                return eliminate(C.R_NO_GAIN)
-        answer = await ask("answer", instruction, ev.answer_sampling)
+        out[C.INSTRUCTION] = rules.clean_evolution(evolved.text)
+        if not await passes(EVOLVED):
+            return out
+        answer = await ask("answer", out[C.INSTRUCTION], ev.answer_sampling)
         out[C.RESPONSE] = answer.text
-        if reason := rules.short_apology(answer.text, el.sorry_phrases, el.sorry_max_words):
-            return eliminate(reason)
-        if el.stopwords_only and (reason := rules.only_stopwords(answer.text)):
-            return eliminate(reason)
-        if el.code_answer and (reason := recipe_rules.answer_without_code(instruction, answer.text)):
-            return eliminate(reason)
-        if el.math_answer and (reason := recipe_rules.answer_without_number(answer.text)):
-            return eliminate(reason)
+        await passes(ANSWERED)
         return out
     except PromptTooLong as e:  # the input's fault, not the engine's: counted apart, nothing sent
         out[C.ERROR] = str(e)[:2000]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Tuple
 from evol_ray.evolve import prompts
 
 if TYPE_CHECKING:
-    from evol_ray.config import Config, EvolutionConfig
+    from evol_ray.schema import Config, EvolutionConfig
 
 # The frames a recipe may fill, each a key of `evolution.templates`: a harder rewrite of the
 # instruction (in-depth, upward), a new instruction inspired by it (in-breadth), an easier one

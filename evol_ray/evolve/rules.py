@@ -84,13 +84,13 @@ REQUEST_VERBS = frozenset(
     edit elaborate enumerate estimate evaluate examine explain explore express extract figure fill
     find fix format formulate generate give group guess help highlight identify illustrate imagine
     implement improve include indicate infer interpret investigate justify label list locate make map
-    match measure mention modify name note optimize order organize outline paraphrase parse pick
+    match measure mention modify name note offer optimize order organize outline paraphrase parse pick
     plan predict prepare present propose prove provide rank rate recommend refactor rephrase replace
     research respond restate revise rewrite schedule select separate share show simplify simulate
     sketch solve sort specify state suggest summarize summarise support tell test translate turn use
     validate verify walk write""".split()
 )
-REQUEST_PHRASES = ("can you", "could you", "would you", "please", "i want", "i need", "i would like",
+REQUEST_PHRASES = ("can you", "could you", "would you", "if you could", "please", "i want", "i need", "i would like",
                    "i'd like", "help me", "your task", "you are", "you will", "act as", "pretend",
                    "given ", "suppose", "let's", "how to", "what to", "come up with")
 # Openers no instruction starts with; and openers that are meta only when the first sentence

@@ -1,7 +1,8 @@
 """The driver: check everything cheap first, then run the rounds, each written and committed, then
 the final set (and the scores, if `score.enabled`). It reads top to bottom as the pipeline:
 
-    check input, output and model (or endpoint) -> connect to Ray -> read seeds
+    check input, output, model (or endpoint) and the labelled sets -> connect to Ray -> read seeds
+    -> the LLM decisions calibrated for the run's model (thresholds `auto`: `pipeline/calibrate.py`)
     -> (Auto Evol: the method of operation `auto`, optimized on the seeds, `pipeline/method.py`)
     -> for each round: skip if committed, else run it (engines started at the first one that
        runs; engine phase, commit phase) -> next pool
@@ -25,9 +26,10 @@ from evol_ray.engine.service import start_engines
 from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
-from evol_ray.pipeline import method
+from evol_ray.pipeline import calibrate, method
 from evol_ray.pipeline.final import write_final
 from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, run_round
+from evol_ray.run_key import THRESHOLD_KEYS
 
 log = logging.getLogger("evol_ray")
 
@@ -39,11 +41,14 @@ def prepare_output(cfg: Config, out: Location) -> None:
     `output.start_over` is set; then write `run.json` and `config.yaml`."""
     saved = read_json(out.join(layout.RUN_FILE))
     if saved is not None and saved.get("config_hash") != config_mod.config_hash(cfg):
+        keys = config_mod.differing_keys(saved.get("result_values", {}), cfg)
         if cfg.output.start_over:
             log.warning("output.start_over: removing the earlier run at %s", out.url)
             remove(out)
+        elif keys and set(keys) <= set(THRESHOLD_KEYS):
+            # a threshold decides which rows a round keeps: rounds made under another one are redone
+            log.info("%s: %s changed; rounds made under the old value are redone", out.url, ", ".join(keys))
         else:
-            keys = config_mod.differing_keys(saved.get("result_values", {}), cfg)
             raise RunError(
                 f"{out.url} holds a run made with a different config; keys that differ: "
                 f"{', '.join(keys) or '(unknown)'}. Use another output.path, or set "
@@ -65,6 +70,7 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
     returning a `TextGenerator`), in place of `engine.backend`'s; then no model is prepared."""
     # Everything cheap and checkable happens before Ray or any engine starts.
     urls, fmt, cols = seeds_mod.check_input(cfg)
+    calibrate.check_sets(cfg)  # a labelled set that cannot be read fails here, before any engine work
     out = locate(cfg.output.path, cfg.storage)
     try:
         prepare_output(cfg, out)
@@ -94,10 +100,12 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds).materialize()
     repeats = seeds_mod.ONLY_REPEATS(all_seeds).materialize()
     del all_seeds  # the object store keeps one copy of the seeds
-    found, about = None, {}
+    # the judge's and the coherence gate's thresholds, calibrated on the run's engines (or given)
+    cfg, about, calibrations = calibrate.decide(cfg, out, engines)
+    found = None
     if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
-        found = method.find_method(cfg, out, seeds, engines)
-        cfg, about = method.rounds_config(cfg, found), {method.DIGEST: found[method.DIGEST]}
+        found = method.find_method(cfg, out, seeds, engines, about)
+        cfg, about = method.rounds_config(cfg, found), {**about, method.DIGEST: found[method.DIGEST]}
     pool = seeds
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too
@@ -115,7 +123,8 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
         expected = pool_size_after(m)
         pool = pool_after(out, m)
     final = write_final(cfg, out, manifests, seeds)
-    summary = {"output": out.url, "rounds": manifests, "final": final, "method": found}
+    summary = {"output": out.url, "rounds": manifests, "final": final, "method": found,
+               "calibration": calibrations}
     if cfg.score.enabled:
         summary["scores"] = score_run(cfg, out, engines=engines)
     return summary

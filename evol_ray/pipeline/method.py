@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import time
 from typing import Dict, Optional
@@ -90,10 +91,13 @@ def split(drawn: pa.Table, dev_size: int, batch_size: int, steps: int):
     return dev, batches
 
 
-def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines) -> dict:
-    """`method/`'s manifest: the committed one when it was made with this config, else made now
-    on `engines` (started here if they are not yet)."""
+def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, decided: Optional[dict] = None) -> dict:
+    """`method/`'s manifest: the committed one when it was made with this config (and the same
+    calibrated thresholds, `decided`: its trials apply the rules), else made now on `engines`
+    (started here if they are not yet)."""
     a, h = cfg.evolution.auto, config_mod.config_hash(cfg)
+    if decided:
+        h += "-" + hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:8]
     mdir = out.join(layout.METHOD)
     done = layout.read_manifest(mdir)
     if done is not None and done.get("config_hash") == h:

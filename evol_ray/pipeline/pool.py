@@ -49,6 +49,7 @@ def repeat_attempts(batch: pa.Table) -> pa.Table:
         C.PROMPT_TOKENS: pa.array([0] * n, pa.int64()), C.GENERATED_TOKENS: pa.array([0] * n, pa.int64()),
         C.ENGINE_SECONDS: pa.array([0.0] * n, pa.float64()),
         C.DUPLICATE_OF: batch[C.DUPLICATE_OF], C.JUDGE_P_EQUAL: pa.nulls(n, pa.float64()),
+        C.INSTRUCTION_P_INCOHERENT: pa.nulls(n, pa.float64()), C.RESPONSE_P_INCOHERENT: pa.nulls(n, pa.float64()),
     }
     return pa.table(cols, schema=C.ROUND_SCHEMA)
 

@@ -31,6 +31,7 @@ def test_an_empty_proposal_is_committed_unrated_reused_and_reported(tmp_path, ra
                        "evolution.rounds=1", "evolution.auto.enabled=true", "evolution.auto.steps=1",
                        "evolution.auto.candidates=2", "evolution.auto.dev_size=6",
                        "evolution.auto.batch_size=2", "elimination.judge_threshold=0.5",
+                       "elimination.coherence.enabled=false",
                        "engine.batch_size=4"])
     factory = functools.partial(fakes.AutoScripted, cfg.seed,
                                 ("Improved method:", "Add a table that the answer must fill in."), str(calls))

@@ -23,6 +23,7 @@ from evol_ray.config import load_config
 from evol_ray.evolve import auto
 from evol_ray.evolve.prompts import AUTO_OP
 from evol_ray.pipeline.driver import run
+from tests.conftest import SMOLLM2
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def test_auto_evol_one_step_two_candidates_then_a_round(real_model, ray_local, t
     args = [CONF / "local.yaml", f"input.limit={SEEDS}", "evolution.rounds=1", f"output.path={out}",
             "engine.device=cpu", "evolution.auto.enabled=true", "evolution.auto.steps=1",
             "evolution.auto.candidates=2", f"evolution.auto.dev_size={DEV}", f"evolution.auto.batch_size={BATCH}",
-            "evolution.evolve_sampling.max_tokens=128", "evolution.answer_sampling.max_tokens=128"]
+            "evolution.evolve_sampling.max_tokens=128", "evolution.answer_sampling.max_tokens=128", *SMOLLM2]
     summary = run(load_config(args))
     mdir = out / "method"
     m = json.loads((mdir / "manifest.json").read_text())

@@ -87,7 +87,8 @@ def endpoint_args(server, seeds, out, *extra):
             "engine.endpoint.api_key_env=EVOL_RAY_TEST_KEY", "engine.batch_size=4",
             "engine.endpoint.send_seed=false",  # the server is vLLM's CPU build (conf/default.yaml)
             "evolution.rounds=2", "evolution.evolve_sampling.max_tokens=96",
-            "evolution.answer_sampling.max_tokens=96", "elimination.judge_threshold=0.9", *extra]
+            "evolution.answer_sampling.max_tokens=96", "elimination.judge_threshold=0.9",
+            "elimination.coherence.enabled=false", *extra]
 
 
 def rows_of(out: Path, r: int):
@@ -151,8 +152,8 @@ def test_each_forced_choice_way_returns_one_of_the_choices(server, how):
 
     cfg = load_config(["input.path=x", "output.path=y", "engine.backend=openai",
                        f"engine.endpoint.base_url={server.url}", f"engine.endpoint.model={MODEL}"])
-    ep = replace(cfg.engine.endpoint, choice_scoring="forced", forced_choice=how)
-    gen = OpenAIGenerator(ep, Secret(KEY))
+    ep = replace(cfg.engine.endpoint, forced_choice=how)
+    gen = OpenAIGenerator(ep, Secret(KEY), "forced")
     choices = ("Equal", "Not Equal")
     prompt = ("Are these two instructions equal in meaning?\nFirst: Name a bird.\nSecond: Name a bird.\n"
               "Answer Equal or Not Equal.")
@@ -165,8 +166,8 @@ def test_each_forced_choice_way_returns_one_of_the_choices(server, how):
 
 
 def test_logprob_scoring_gives_whole_answer_probabilities(server):
-    """`choice_scoring=logprobs`: one log-probability per choice, finite, and "10" is not steered
-    by "1" (the two are disjoint whole answers)."""
+    """`engine.choice_scoring=whole_answer`: one log-probability per choice, finite, and "10" is not
+    steered by "1" (the two are disjoint whole answers)."""
     import asyncio
     import math
 
@@ -175,12 +176,41 @@ def test_logprob_scoring_gives_whole_answer_probabilities(server):
 
     cfg = load_config(["input.path=x", "output.path=y", "engine.backend=openai",
                        f"engine.endpoint.base_url={server.url}", f"engine.endpoint.model={MODEL}"])
-    gen = OpenAIGenerator(cfg.engine.endpoint, Secret(KEY))
+    gen = OpenAIGenerator(cfg.engine.endpoint, Secret(KEY), "whole_answer")
     scores = tuple(str(i) for i in range(1, 11))
     lp = asyncio.run(gen.score_choices("Rate the difficulty of 'Name a bird.' from 1 to 10.", scores))
     assert set(lp) == set(scores) and all(math.isfinite(v) and v < 0 for v in lp.values())
     p = choice_distribution(lp)
     assert abs(sum(p.values()) - 1) < 1e-9 and max(p.values()) < 0.999
+
+
+def test_first_token_scoring_reads_the_choices_first_tokens_from_the_server(server):
+    """`engine.choice_scoring=first_tokens` (the default): the choices' token ids from the server's
+    /tokenize, their log-probabilities from one request (`logprob_token_ids`); the distribution is
+    the one the plain OpenAI API's top log-probabilities give for the same two tokens."""
+    import asyncio
+    import math
+
+    import openai
+
+    from evol_ray.engine.base import choice_distribution
+    from evol_ray.engine.openai_client import OpenAIGenerator, Secret
+
+    cfg = load_config(["input.path=x", "output.path=y", "engine.backend=openai",
+                       f"engine.endpoint.base_url={server.url}", f"engine.endpoint.model={MODEL}"])
+    gen = OpenAIGenerator(cfg.engine.endpoint, Secret(KEY))
+    prompt = "Is the sky blue on a clear day? Answer with Yes or No."
+    p = choice_distribution(asyncio.run(gen.score_choices(prompt, ("Yes", "No"))))
+    client = openai.OpenAI(base_url=server.url, api_key=KEY)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=1,
+                                       temperature=0.0, logprobs=True, top_logprobs=20)
+    top = {x.token: x.logprob for x in r.choices[0].logprobs.content[0].top_logprobs}
+    assert {"Yes", "No"} <= set(top), top  # the model's first token is one of them: comparable
+    want = choice_distribution({"Yes": top["Yes"], "No": top["No"]})
+    assert p["Yes"] == pytest.approx(want["Yes"], abs=1e-4)
+    scores = tuple(str(i) for i in range(1, 11))
+    lp = asyncio.run(gen.score_choices("Rate the difficulty of 'Name a bird.' from 1 to 10.", scores))
+    assert set(lp) == set(scores) and all(math.isfinite(v) for v in lp.values())
 
 
 def test_server_killed_mid_round_stops_the_round_and_a_rerun_completes(server, key_env, tmp_path, ray_local):

@@ -20,6 +20,7 @@ from evol_ray.checks.text import normalize_one
 from evol_ray.cli import main
 from evol_ray.config import load_config
 from evol_ray.pipeline.driver import run
+from tests.conftest import SMOLLM2
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ N_SEEDS = 32  # at temperature 1 about one evolution in five survives round 1 wi
 def real_run(tmp_path_factory, real_model, ray_local):
     out = tmp_path_factory.mktemp("real") / "out"
     cfg = load_config([LOCAL, f"input.path={SEEDS}", f"input.limit={N_SEEDS}", f"output.path={out}",
-                       "score.enabled=true", "score.sample_size=16", "engine.device=cpu"])
+                       "score.enabled=true", "score.sample_size=16", "engine.device=cpu", *SMOLLM2])
     summary = run(cfg)
     assert main(["report", str(out)]) == 0
     rounds = {}
@@ -67,7 +68,7 @@ def test_every_dropped_row_has_a_counted_reason(real_run):
 
 def test_judge_verdicts_are_probabilities_that_decide_rule_one(real_run):
     _, cfg, _, rounds = real_run
-    threshold = cfg.elimination.judge_threshold
+    threshold = float(cfg.elimination.judge_threshold)
     judged = [x for _, rows in rounds.values() for x in rows if x[C.JUDGE_P_EQUAL] is not None]
     assert judged  # every survivor was judged, and round 1 has survivors
     for x in judged:

@@ -19,6 +19,7 @@ from evol_ray.cli import main
 from evol_ray.config import load_config
 from evol_ray.evolve import recipe_rules, recipes
 from evol_ray.pipeline.driver import run
+from tests.conftest import SMOLLM2
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +30,7 @@ N_SEEDS = 12
 def one_round(name, tmp_path):
     out = tmp_path / name
     cfg = load_config([CONF / f"{name}.yaml", f"input.limit={N_SEEDS}", "evolution.rounds=1",
-                       f"output.path={out}", "engine.device=cpu"])
+                       f"output.path={out}", "engine.device=cpu", *SMOLLM2])
     run(cfg)
     m = json.loads((out / "round_1" / "manifest.json").read_text())
     rows = pq.read_table([str(out / "round_1" / f) for f in m["files"]]).to_pylist()

@@ -18,7 +18,7 @@ from evol_ray.evolve import auto, prompts, recipes
 from evol_ray.pipeline import method
 from tests.fakes import proposal_for
 
-BASE = ["input.path=x", "output.path=y", "model.source=m"]
+BASE = ["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false"]
 AUTO = BASE + ["evolution.auto.enabled=true"]
 
 

@@ -8,7 +8,7 @@ from evol_ray.evolve.chain import evolve_row
 from evol_ray.config import load_config
 from tests.fakes import ScriptedGenerator
 
-CFG = load_config(["input.path=x", "output.path=y", "model.source=m"])
+CFG = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false"])
 ROW = {C.ID: "p1", C.ROOT_ID: "r1", C.INSTRUCTION: "Name a migratory bird.", C.RESPONSE: "The swallow."}
 
 
@@ -30,12 +30,18 @@ def test_kept_row_has_lineage_and_all_columns():
     assert out[C.PARENT_INSTRUCTION] == ROW[C.INSTRUCTION]
     assert out[C.INSTRUCTION] == gen.evolved and out[C.RESPONSE] == gen.answer
     assert out[C.OP] == identity.choose_op(0, "p1", 1, CFG.evolution.op_weights)
-    assert steps(gen) == ["evolve", "judge", "answer"]
+    assert steps(gen) == ["evolve", "judge", "judge", "answer"]  # the judge asked in both orders
     assert out[C.GENERATED_TOKENS] > 0 and out[C.PROMPT_TOKENS] > 0
-    # The answer prompt is the evolved instruction itself; the judge sees parent and child.
-    judge_prompt = gen.calls[1][1]
-    assert ROW[C.INSTRUCTION] in judge_prompt and gen.evolved in judge_prompt
-    assert gen.calls[2][1] == gen.evolved
+    # The answer prompt is the evolved instruction itself; the judge sees parent and child, each
+    # first once.
+    first, second = gen.calls[1][1], gen.calls[2][1]
+    assert first.index(ROW[C.INSTRUCTION]) < first.index(gen.evolved)
+    assert second.index(gen.evolved) < second.index(ROW[C.INSTRUCTION])
+    assert gen.calls[3][1] == gen.evolved
+    one = ScriptedGenerator()
+    run(one, cfg=load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5",
+                              "elimination.coherence.enabled=false", "elimination.judge_both_orders=false"]))
+    assert steps(one) == ["evolve", "judge", "answer"]
 
 
 def test_copied_prompt_words_skip_judge_and_answer():
@@ -49,12 +55,12 @@ def test_no_information_gain_skips_the_answer():
     gen = ScriptedGenerator(verdict="Equal")
     out = run(gen)
     assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_NO_GAIN)
-    assert steps(gen) == ["evolve", "judge"]
+    assert steps(gen) == ["evolve", "judge", "judge"]
     assert out[C.RESPONSE] is None
 
 
 def test_judge_can_be_switched_off():
-    cfg = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge=false"])
+    cfg = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false", "elimination.judge=false"])
     gen = ScriptedGenerator(verdict="Equal")
     assert run(gen, cfg=cfg)[C.STATUS] == C.KEPT
     assert steps(gen) == ["evolve", "answer"]
@@ -97,7 +103,7 @@ def test_an_evolution_that_answers_the_parent_is_eliminated_before_the_judge():
     out = asyncio.run(evolve_row(gen, ROW, 1, CFG))
     assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_ANSWERS_PARENT)
     assert [step for step, _ in gen.calls] == ["evolve"]
-    off = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.not_instruction=false"])
+    off = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false", "elimination.not_instruction=false"])
     assert asyncio.run(evolve_row(ScriptedGenerator(evolved=gen.evolved), ROW, 1, off))[C.REASON] != C.R_ANSWERS_PARENT
 
 
@@ -106,7 +112,7 @@ def test_judge_probability_is_kept_per_row_and_thresholded():
     assert out[C.STATUS] == C.KEPT and 0 <= out[C.JUDGE_P_EQUAL] < 0.5
     eq = asyncio.run(evolve_row(ScriptedGenerator(verdict="Equal"), ROW, 1, CFG))
     assert eq[C.REASON] == C.R_NO_GAIN and eq[C.JUDGE_P_EQUAL] > 0.99
-    strict = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=1.0"])
+    strict = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=1.0", "elimination.coherence.enabled=false"])
     assert asyncio.run(evolve_row(ScriptedGenerator(verdict="Equal"), ROW, 1, strict))[C.STATUS] == C.KEPT
 
 
@@ -122,6 +128,49 @@ def test_a_prompt_that_cannot_fit_is_its_own_reason_and_sends_nothing():
 
 def test_an_evolution_whose_answer_cannot_fit_is_prompt_too_long():
     gen = ScriptedGenerator(evolved="Explain " + "this " * 3000, context=4096)
-    out = run(gen, cfg=load_config(["input.path=x", "output.path=y", "model.source=m",
+    out = run(gen, cfg=load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false",
                                     "elimination.not_instruction=false", "elimination.judge=false"]))
     assert out[C.REASON] == C.R_PROMPT_TOO_LONG and steps(gen) == ["evolve"]
+
+
+GATE = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5",
+                    "elimination.coherence.threshold=0.5"])
+
+
+def test_the_coherence_gate_eliminates_an_incoherent_evolution_before_the_judge_and_the_answer():
+    gen = ScriptedGenerator(coherent=lambda p: "No" if "migration routes" in p else "Yes")
+    out = asyncio.run(evolve_row(gen, ROW, 1, GATE))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_INCOHERENT)
+    assert out[C.INSTRUCTION_P_INCOHERENT] > 0.99 and out[C.RESPONSE_P_INCOHERENT] is None
+    assert [k for k, _ in gen.calls] == ["evolve", "coherence"]  # no judge, no answer asked for
+
+
+def test_the_coherence_gate_reads_the_answer_too_and_keeps_both_probabilities():
+    gen = ScriptedGenerator(coherent=lambda p: "No" if "flyways" in p else "Yes")
+    out = asyncio.run(evolve_row(gen, ROW, 1, GATE))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, C.R_INCOHERENT)
+    assert out[C.INSTRUCTION_P_INCOHERENT] < 0.01 and out[C.RESPONSE_P_INCOHERENT] > 0.99
+    assert [k for k, _ in gen.calls] == ["evolve", "coherence", "judge", "judge", "answer", "coherence"]
+    kept = asyncio.run(evolve_row(ScriptedGenerator(), ROW, 1, GATE))
+    assert kept[C.STATUS] == C.KEPT and kept[C.RESPONSE_P_INCOHERENT] < 0.01
+
+
+@pytest.mark.parametrize("evolved,reason", [
+    ("Summarize the following paragraph in two sentences.", C.R_LOST_INPUT),
+    ("Write a short poem about a lighthouse keeper, celebrating the duty of坚守 and dedication.", C.R_LANGUAGE_DRIFT),
+])
+def test_the_text_rules_run_before_any_llm_decision(evolved, reason):
+    gen = ScriptedGenerator(evolved=evolved)
+    out = asyncio.run(evolve_row(gen, ROW, 1, GATE))
+    assert (out[C.STATUS], out[C.REASON]) == (C.ELIMINATED, reason)
+    assert [k for k, _ in gen.calls] == ["evolve"]
+    off = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5",
+                       "elimination.coherence.enabled=false", "elimination.lost_input=false",
+                       "elimination.language_drift=false"])
+    assert asyncio.run(evolve_row(ScriptedGenerator(evolved=evolved), ROW, 1, off))[C.STATUS] == C.KEPT
+
+
+def test_an_auto_threshold_that_reached_the_chain_is_an_error_not_a_verdict():
+    auto = load_config(["input.path=x", "output.path=y", "model.source=m", "elimination.coherence.enabled=false"])
+    out = asyncio.run(evolve_row(ScriptedGenerator(), ROW, 1, auto))
+    assert out[C.STATUS] == C.ERROR_STATUS and "judge_threshold is auto" in out[C.ERROR]

@@ -84,7 +84,7 @@ def test_default_yaml_names_every_key():
     from evol_ray.config import Config
 
     in_prompts_py = {"evolution.templates", "elimination.judge_template", "score.template",
-                     "select.quality_template", "evolution.auto.templates"}
+                     "select.quality_template", "evolution.auto.templates", "elimination.coherence.template"}
     shipped = OmegaConf.to_container(OmegaConf.load(pathlib.Path(__file__).resolve().parents[2] / "conf" / "default.yaml"))
 
     def missing(schema, written, prefix=""):
@@ -119,6 +119,11 @@ def test_secrets_are_masked_and_hash_ignores_engine_sizing():
 ])
 def test_config_hashes_of_runs_written_before_stay_the_same(extra, digest):
     """A run's output path is resumed only under the same hash (run.json): these are the hashes
-    that evol-ray wrote before Auto Evol's keys existed (commit 8db6777), so a new key must stay
-    out of the hash at its default, or every earlier run would be refused."""
-    assert cfgmod.config_hash(load_config(BASE + extra)) == digest
+    that evol-ray wrote before Auto Evol's keys existed (commit 8db6777). A key added since stays
+    out of the hash at the value that does what those runs did, so an earlier run resumes when
+    those values are given: since calibrated judgement, the judge's old default threshold and
+    the new rules off (their defaults changed what a run keeps)."""
+    before = ["elimination.judge_threshold=0.5", "elimination.judge_both_orders=false", "elimination.lost_input=false",
+              "elimination.language_drift=false", "elimination.coherence.enabled=false"]
+    assert cfgmod.config_hash(load_config(BASE + before + extra)) == digest
+    assert cfgmod.config_hash(load_config(BASE + extra)) != digest  # the new defaults keep other rows

@@ -29,7 +29,8 @@ def test_model_source_defaults_to_the_endpoint_model_and_the_hash_names_it():
     ("engine.endpoint.base_url=localhost:8000", "engine.endpoint.base_url"),
     ("engine.endpoint.api_key_env=sk-live-abcdef123456", "engine.endpoint.api_key_env"),
     ("engine.endpoint.max_in_flight=0", "engine.endpoint.max_in_flight"),
-    ("engine.endpoint.choice_scoring=sampled", "engine.endpoint.choice_scoring"),
+    ("engine.choice_scoring=sampled", "engine.choice_scoring"),
+    ("engine.endpoint.choice_scoring=logprobs", "engine.endpoint.choice_scoring"),
     ("engine.endpoint.forced_choice=regex", "engine.endpoint.forced_choice"),
     ("engine.max_restarts=-1", "engine.max_restarts"),
 ])

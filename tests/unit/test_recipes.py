@@ -17,7 +17,7 @@ from evol_ray.evolve import prompts, recipes
 from evol_ray.evolve.chain import evolve_row
 from tests.fakes import ScriptedGenerator
 
-BASE = ["input.path=x", "output.path=y", "model.source=m"]
+BASE = ["input.path=x", "output.path=y", "model.source=m", "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false"]
 ROW = {C.ID: "p1", C.ROOT_ID: "r1", C.INSTRUCTION: "Write a Python function that reverses a string.",
        C.RESPONSE: None}
 PROSE = "To reverse a string you walk over its characters from the end and collect each one in turn."
@@ -78,7 +78,7 @@ def test_a_users_own_operation_from_yaml_runs_through_the_chain(tmp_path):
     assert out[C.OP] == "code_port" and out[C.STATUS] == C.KEPT
     assert gen.calls[0] == ("evolve", "Port this task to another language: Ask for the same program in Rust.\n"
                                       f"#Original Instruction#\n{ROW[C.INSTRUCTION]}")
-    assert [s for s, _ in gen.calls] == ["evolve", "judge", "answer"]
+    assert [s for s, _ in gen.calls] == ["evolve", "judge", "judge", "answer"]
     # a method alone fills the recipe's in-depth frame; the saved config loads back the same
     only = load_config(BASE + ["evolution.recipe=math", "evolution.op_weights.math_units=2",
                                "evolution.templates.methods.math_units='Ask for the answer in other units.'"])
@@ -176,13 +176,15 @@ def test_a_users_template_with_a_method_needs_the_method():
 def test_keys_added_with_recipes_leave_the_general_recipes_hash_as_before():
     """Runs written before recipes existed resume: at their old behaviour's values the new keys
     are left out of the hash; any other value is in it."""
-    general = cfgmod.result_values(load_config(BASE))
+    before = ["elimination.lost_input=false", "elimination.language_drift=false",
+              "elimination.coherence.enabled=false", "elimination.judge_both_orders=false"]  # the rules that came after recipes, as off
+    general = cfgmod.result_values(load_config(BASE + before))
     assert not set(cfgmod.LATER_KEYS) & set(general)
     assert general["evolution.op_weights.breadth"] == 1.0
     assert general["evolution.templates.depth"] == prompts.DEPTH_TEMPLATE
-    code = cfgmod.result_values(load_config(BASE + ["evolution.recipe=code"]))
+    code = cfgmod.result_values(load_config(BASE + before + ["evolution.recipe=code"]))
     assert code["evolution.recipe"] == "code" and code["elimination.code_answer"] is True
-    strict = load_config(BASE + ["elimination.code_answer=true"])
+    strict = load_config(BASE + before + ["elimination.code_answer=true"])
     assert cfgmod.differing_keys(general, strict) == ["elimination.code_answer"]
 
 
@@ -195,7 +197,9 @@ def test_shipped_recipe_configs_and_seed_sets(name):
 
     root = pathlib.Path(__file__).resolve().parents[2]
     cfg = load_config([root / "conf" / f"{name}.yaml"])
-    assert cfg.evolution.recipe == name and cfg.model.source == "smollm2-135m-instruct"
+    local = load_config([root / "conf" / "local.yaml"])
+    assert cfg.evolution.recipe == name and cfg.model.source == local.model.source  # one model decision
+    assert cfg.elimination.judge_threshold == "auto" and cfg.elimination.coherence.enabled
     seeds = json.loads((root / cfg.input.path).read_text())
     texts = [s["instruction"] for s in seeds]
     assert 30 <= len(texts) == len(set(texts))

@@ -45,32 +45,6 @@ def test_clean_evolution_strips_quotes_only():
     assert rules.clean_evolution("#Rewritten Instruction# x") == "#Rewritten Instruction# x"
 
 
-def test_judge_evaluation_counts_confusion_and_position_bias():
-    from evol_ray.analysis.judge_eval import evaluate
-
-    labels = ["Equal", "Equal", "Not Equal", "Not Equal"]
-    fwd = [0.9, 0.2, 0.1, 0.6]
-    swp = [0.8, 0.7, 0.1, 0.6]
-    r = evaluate(labels, fwd, swp, 0.5)
-    assert r["accuracy"] == 0.5
-    assert r["confusion"] == {"Equal": {"Equal": 1, "Not Equal": 1}, "Not Equal": {"Equal": 1, "Not Equal": 1}}
-    assert r["position_flips"] == 0.25 and abs(r["position_mean_abs_diff"] - 0.15) < 1e-9
-    assert r["accuracy_both_orders"] == 0.5  # means 0.85, 0.45, 0.1, 0.6
-    assert r["mean_p_equal"]["Equal"] == 0.55
-
-
-def test_labelled_judge_set_loads_and_is_balanced():
-    import pathlib
-
-    from evol_ray.analysis.judge_eval import load_pairs
-
-    pairs = load_pairs(pathlib.Path(__file__).resolve().parents[2] / "data" / "judge_pairs.jsonl")
-    labels = [p["label"] for p in pairs]
-    assert labels.count("Equal") >= 30 and labels.count("Not Equal") >= 30
-    assert len({p["id"] for p in pairs}) == len(pairs)
-    assert all(p["parent"].strip() and p["evolution"].strip() and p["parent"] != p["evolution"] for p in pairs)
-
-
 NOT_INSTRUCTIONS = [
     ("Here is a more complex version of the instruction: list ten birds.", C.R_META_TALK),
     ("Sure! I made the prompt harder by adding a constraint.", C.R_META_TALK),
@@ -129,11 +103,10 @@ def test_real_instructions_pass(text):
 
 
 def test_every_instruction_of_the_labelled_judge_set_passes():
-    import pathlib
 
-    from evol_ray.analysis.judge_eval import load_pairs
+    from evol_ray.calibration import sets
 
-    pairs = load_pairs(pathlib.Path(__file__).resolve().parents[2] / "data" / "judge_pairs.jsonl")
+    pairs, _, _ = sets.load(None, "judge")
     flagged = [t for p in pairs for t in (p["parent"], p["evolution"]) if rules.not_an_instruction(t)]
     assert flagged == []
 
