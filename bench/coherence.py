@@ -33,6 +33,8 @@ K_TOKENS = (16, 32, 64)
 
 
 def main(argv) -> None:
+    import argparse
+
     from evol_ray.calibration import metrics, sets
     from evol_ray.config import load_config
     from evol_ray.engine.sizing import prepare_models
@@ -41,6 +43,9 @@ def main(argv) -> None:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rating-only", action="store_true", help="skip the log-probability signal (its prompts are not cached)")
+    ns, argv = ap.parse_known_args(argv)
     cfg = load_config([str(ROOT / "conf" / "local.yaml"), "engine.device=cpu", *argv])
     rows, where, _ = sets.load(cfg.elimination.calibration.coherence_texts, "coherence")
     prepare_models(cfg)
@@ -70,17 +75,21 @@ def main(argv) -> None:
         await rating(rows[0])
         r = await asyncio.gather(*(rating(x) for x in rows))
         t_rating = time.time() - t
+        rating_counts.update(gen.counts)
+        if ns.rating_only:
+            return r, t_rating, None, 0.0
         t = time.time()
         lp = await asyncio.gather(*(logprob(x) for x in rows))
         return r, t_rating, lp, time.time() - t
 
-    before = dict(gen.counts)
+    before, rating_counts = dict(gen.counts), {}
     r, t_rating, lp, t_lp = asyncio.run(run_all())
     gen.shutdown(grace_s=0)
     halves = sets.split(rows, "coherence")
     at = {x["id"]: i for i, x in enumerate(rows)}
     results = {}
-    signals = {"rating": r, **{f"logprob_k{k}": [-sum(v[:k]) / max(1, len(v[:k])) for v in lp] for k in K_TOKENS}}
+    signals = {"rating": r, **({} if lp is None else
+                               {f"logprob_k{k}": [-sum(v[:k]) / max(1, len(v[:k])) for v in lp] for k in K_TOKENS})}
     for name, scores in signals.items():
         def part(h):
             idx = [at[x["id"]] for x in halves[h]]
@@ -97,12 +106,14 @@ def main(argv) -> None:
               f"recall {m['recall']:.3f} balanced accuracy {m['balanced_accuracy']:.3f}; by role: "
               + ", ".join(f"{k} P {v['precision'] if v['precision'] is not None else float('nan'):.2f} "
                           f"R {v['recall'] if v['recall'] is not None else float('nan'):.2f}" for k, v in by_role.items()))
-    print(f"seconds: rating {t_rating:.1f} (prompt tokens {gen.counts['prompt_tokens'] - before['prompt_tokens']}), "
+    computed = (rating_counts["prompt_tokens"] - before["prompt_tokens"]) - (rating_counts["cached_tokens"] - before["cached_tokens"])
+    print(f"seconds: rating {t_rating:.1f} ({computed / (len(rows) + 1):.0f} prompt tokens computed per text), "
           f"logprob {t_lp:.1f}")
-    best_lp = max((k for k in signals if k.startswith("logprob")), key=lambda k: results[k]["balanced_accuracy"])
-    print(f"rating_precision={results['rating']['precision']:.3f} rating_recall={results['rating']['recall']:.3f} "
-          f"logprob_precision={results[best_lp]['precision']:.3f} logprob_recall={results[best_lp]['recall']:.3f} "
-          f"rows={len(rows)}")
+    last = f"rating_precision={results['rating']['precision']:.3f} rating_recall={results['rating']['recall']:.3f}"
+    if lp is not None:
+        best_lp = max((k for k in signals if k.startswith("logprob")), key=lambda k: results[k]["balanced_accuracy"])
+        last += f" logprob_precision={results[best_lp]['precision']:.3f} logprob_recall={results[best_lp]['recall']:.3f}"
+    print(f"{last} seconds={t_rating:.1f} rows={len(rows)}")
 
 
 if __name__ == "__main__":

@@ -244,7 +244,9 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
         f"input.path={seeds_dir}", f"output.path={out_dir}", "model.source=synthetic", "output.start_over=true",
         f"evolution.rounds={args.rounds}", "engine.device=cpu", f"engine.replicas={args.replicas}",
         f"engine.cpus_per_replica={args.cpus_per_replica}", f"engine.batch_size={args.batch_size}",
-        "output.include_seeds=true", f"seed={args.seed}", *args.set])
+        "output.include_seeds=true", f"seed={args.seed}",
+        # the synthetic engine's verdicts are drawn, not read from text: nothing to calibrate
+        "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false", *args.set])
     # built in each engine actor; the module travels by value, so workers need no bench/ path
     factory = functools.partial(synthetic.SyntheticGenerator, seed=args.seed, clusters=max(10, n // 200))
     stages = Stages(sampler)

@@ -62,11 +62,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ns.verbose:
         ns.args = [*ns.args, "ray.verbose=true"]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    progress = logging.StreamHandler()
-    progress.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     ours = logging.getLogger("evol_ray")
     ours.setLevel(logging.INFO)
-    ours.addHandler(progress)
+    if not any(getattr(h, "evol_ray_progress", False) for h in ours.handlers):  # once per process
+        progress = logging.StreamHandler()
+        progress.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.evol_ray_progress = True
+        ours.addHandler(progress)
     ours.propagate = False
     if ns.command in ("report", "score"):
         return _on_output(ns.command, ns.output, ns.args)

@@ -7,6 +7,18 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _evol_ray_logger():
+    """`cli.main` sets up the process's logging (its own handler, no propagation to the root);
+    a test that calls it in-process must not hide later tests' log records from caplog."""
+    import logging
+
+    ours = logging.getLogger("evol_ray")
+    before = (list(ours.handlers), ours.propagate, ours.level)
+    yield
+    ours.handlers[:], ours.propagate, ours.level = before[0], before[1], before[2]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random Llama and its tokenizer built locally: nothing is downloaded."""

@@ -151,13 +151,13 @@ OPTIMIZER_TEMPLATE = (
 # The coherence gate (`elimination.coherence`): one question about one text, read as P(No)
 # renormalized over its two answers (engine.choice_scoring). {what} says what the text is.
 COHERENCE_TEMPLATE = (
-    "Below is {what}. Decide whether it is coherent: clear, meaningful writing whose sentences fit "
-    "together, that a person could understand and act on. It is not coherent if it is gibberish, a "
-    "jumble of unrelated phrases, or so garbled that its meaning cannot be made out.\n\n"
+    "Below is {what}. Is it written in clear, sensible language whose sentences fit together and make "
+    "sense? Gibberish, made-up words, a random mix of languages or code, or phrases that do not connect "
+    "are not sensible.\n\n"
     "{text}\n\n"
-    "Is it coherent? Answer with Yes or No."
+    "Is it clear and sensible? Answer with Yes or No."
 )
 COHERENCE_WHAT = {"instruction": "an instruction written for an AI assistant",
                   "response": "an answer written by an AI assistant"}
 COHERENT_YES, COHERENT_NO = "Yes", "No"
-COHERENCE_TEXT_LIMIT = 1200  # characters of a text the gate reads (the start of a long answer)
+COHERENCE_TEXT_LIMIT = 300  # characters of a text the gate reads (the start of a long answer)

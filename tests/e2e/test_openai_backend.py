@@ -200,7 +200,14 @@ def test_first_token_scoring_reads_the_choices_first_tokens_from_the_server(serv
                        f"engine.endpoint.base_url={server.url}", f"engine.endpoint.model={MODEL}"])
     gen = OpenAIGenerator(cfg.engine.endpoint, Secret(KEY))
     prompt = "Is the sky blue on a clear day? Answer with Yes or No."
-    p = choice_distribution(asyncio.run(gen.score_choices(prompt, ("Yes", "No"))))
+    scores = tuple(str(i) for i in range(1, 11))
+
+    async def both():  # one event loop, as in the engine actor: the client's connections belong to it
+        return (await gen.score_choices(prompt, ("Yes", "No")),
+                await gen.score_choices("Rate the difficulty of 'Name a bird.' from 1 to 10.", scores))
+
+    yes_no, lp = asyncio.run(both())
+    p = choice_distribution(yes_no)
     client = openai.OpenAI(base_url=server.url, api_key=KEY)
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=1,
                                        temperature=0.0, logprobs=True, top_logprobs=20)
@@ -208,8 +215,6 @@ def test_first_token_scoring_reads_the_choices_first_tokens_from_the_server(serv
     assert {"Yes", "No"} <= set(top), top  # the model's first token is one of them: comparable
     want = choice_distribution({"Yes": top["Yes"], "No": top["No"]})
     assert p["Yes"] == pytest.approx(want["Yes"], abs=1e-4)
-    scores = tuple(str(i) for i in range(1, 11))
-    lp = asyncio.run(gen.score_choices("Rate the difficulty of 'Name a bird.' from 1 to 10.", scores))
     assert set(lp) == set(scores) and all(math.isfinite(v) for v in lp.values())
 
 

@@ -33,7 +33,8 @@ N_SEEDS = 32  # at temperature 1 about one evolution in five survives round 1 wi
 def real_run(tmp_path_factory, real_model, ray_local):
     out = tmp_path_factory.mktemp("real") / "out"
     cfg = load_config([LOCAL, f"input.path={SEEDS}", f"input.limit={N_SEEDS}", f"output.path={out}",
-                       "score.enabled=true", "score.sample_size=16", "engine.device=cpu", *SMOLLM2])
+                       "evolution.rounds=2", "score.enabled=true", "score.sample_size=16", "engine.device=cpu",
+                       *SMOLLM2])
     summary = run(cfg)
     assert main(["report", str(out)]) == 0
     rounds = {}
