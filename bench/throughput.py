@@ -92,8 +92,6 @@ def build_config(args, model: str, seeds: Path, out: Path):
     if args.backend == "openai":
         overrides += ["engine.backend=openai", f"engine.endpoint.base_url={args.base_url}",
                       "engine.endpoint.model=bench", f"engine.endpoint.max_in_flight={args.max_num_seqs}"]
-        if local_device(args.device) == "cpu":  # vLLM's CPU build fails seeded requests in chunked prefill
-            overrides.append("engine.endpoint.send_seed=false")
     return load_config(overrides + args.set)
 
 

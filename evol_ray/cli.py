@@ -86,11 +86,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from evol_ray.engine.models import ModelSourceError
     from evol_ray.pipeline.driver import RunError, run
     from evol_ray.io.seeds import InputError
+    from evol_ray.engine.resources import PlacementError
     from evol_ray.ray_auth import ClusterAuthError
 
     try:
         summary = run(cfg)
-    except (InputError, RunError, ModelSourceError, ClusterAuthError) as e:
+    except (InputError, RunError, ModelSourceError, ClusterAuthError, PlacementError) as e:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     except ConfigError as e:
@@ -103,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _on_output(command: str, url: str, overrides: List[str]) -> int:
     """`report` and `score`: they read a finished run's output and its saved config."""
     from evol_ray.analysis.runread import RunReadError, open_run
+    from evol_ray.engine.resources import PlacementError
     from evol_ray.io.layout import SCORES
 
     try:
@@ -122,7 +124,7 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except (RunReadError, ValueError) as e:  # ValueError: a model source that cannot load
+    except (RunReadError, PlacementError, ValueError) as e:  # ValueError: a model source that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -130,6 +132,7 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
 
 def _select(ns) -> int:
     from evol_ray.analysis.runread import RunReadError
+    from evol_ray.engine.resources import PlacementError
     from evol_ray.handoff.select import SelectError, select_run
 
     try:
@@ -137,7 +140,7 @@ def _select(ns) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except (RunReadError, SelectError, ValueError) as e:  # ValueError: a model that cannot load
+    except (RunReadError, SelectError, PlacementError, ValueError) as e:  # ValueError: a model that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     print(f"evol-ray select: {m['selected']} of {m['rows_rated']} rated rows (budget {m['budget']}) by round "

@@ -70,7 +70,8 @@ def _finish(cfg: DictConfig, source: str) -> Config:
 
 # Keys that moved: old name -> (new name, old value -> new value). A run's saved config is
 # migrated; a user's file or override naming the old key is told the new one.
-MOVED_KEYS = {"engine.endpoint.choice_scoring": ("engine.choice_scoring", {"logprobs": "whole_answer"})}
+MOVED_KEYS = {"engine.endpoint.choice_scoring": ("engine.choice_scoring", {"logprobs": "whole_answer"}),
+              "engine.endpoint.send_seed": ("engine.request_seeds", {})}
 
 
 def _migrate(saved: dict) -> dict:

@@ -66,7 +66,13 @@ def validate(cfg: Config) -> None:
     e = cfg.engine
     if e.device not in ("auto", "gpu", "cpu"):
         _fail("engine.device", f"got {e.device!r}, allowed: auto, gpu, cpu")
-    for key in ("replicas", "tensor_parallel_size", "max_num_seqs", "batch_size", "batches_in_flight"):
+    replicas = str(e.replicas).strip().lower()
+    if replicas != "auto" and not (replicas.isdigit() and int(replicas) >= 1):
+        _fail("engine.replicas", f"got {e.replicas!r}, expected auto (the cluster's GPUs / "
+              "engine.tensor_parallel_size; 1 on CPU) or a number of engines, at least 1")
+    if e.wait_for_gpus_s < 0:
+        _fail("engine.wait_for_gpus_s", f"got {e.wait_for_gpus_s}, expected seconds >= 0")
+    for key in ("tensor_parallel_size", "max_num_seqs", "batch_size", "batches_in_flight"):
         if getattr(e, key) < 1:
             _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
     if not 0 < e.gpu_memory_utilization <= 1:
@@ -128,7 +134,7 @@ FORCED_CHOICE = ("guided", "json_schema", "parse")
 def _check_engine(e: EngineConfig) -> None:
     if e.backend not in BACKENDS:
         _fail("engine.backend", f"got {e.backend!r}, allowed: {', '.join(BACKENDS)}")
-    for key in ("replicas", "clients_per_replica", "batch_size", "batches_in_flight"):
+    for key in ("clients_per_replica", "batch_size", "batches_in_flight"):
         if getattr(e, key) < 1:
             _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
     if e.max_restarts < 0:

@@ -53,6 +53,9 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
+AUTO = "auto"  # the value of a key decided at run time (a threshold, the engines' count)
+
+
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible server (`engine.backend=openai`). The key itself is read from the
@@ -64,14 +67,14 @@ class EndpointConfig:
     timeout_s: float = 600.0
     max_retries: int = 5
     forced_choice: str = "guided"
-    send_seed: bool = True  # false for a server that fails seeded requests (vLLM's CPU build)
 
 
 @dataclass
 class EngineConfig:
     backend: str = "vllm"
     device: str = "auto"
-    replicas: int = 1
+    replicas: str = AUTO  # "auto" (GPUs / tensor_parallel_size; 1 on CPU) or a number
+    wait_for_gpus_s: float = 0.0  # how long to wait for GPUs the cluster may add (autoscaling)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.90
     cpu_kv_cache_gib: float = 1.0
@@ -84,6 +87,7 @@ class EngineConfig:
     clients_per_replica: int = 1
     max_restarts: int = 3
     choice_scoring: str = "first_tokens"  # how verdicts and ratings are read (engine/base.py)
+    request_seeds: bool = False  # each request carries its row's seed (conf/default.yaml: the cost)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
@@ -137,7 +141,6 @@ class EvolutionConfig:
 # A threshold that is "auto" or a number: OmegaConf has no union type, so every such key is a
 # string, "auto" (calibrated at run time on a labelled set, `pipeline/calibrate.py`) or a number
 # (YAML's 0.8 arrives as "0.8"); `threshold_of` reads it, `config_checks` checks it at load.
-AUTO = "auto"
 
 
 def threshold_of(value: str) -> Optional[float]:

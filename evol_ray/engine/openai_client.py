@@ -92,10 +92,12 @@ def one_hot(choices: Sequence[str], chosen: str) -> Dict[str, float]:
 class OpenAIGenerator:
     """A `TextGenerator` on an OpenAI-compatible server's chat completions (and embeddings)."""
 
-    def __init__(self, ep: EndpointConfig, key: Optional[Secret] = None, choice_scoring: str = FIRST_TOKENS) -> None:
+    def __init__(self, ep: EndpointConfig, key: Optional[Secret] = None, choice_scoring: str = FIRST_TOKENS,
+                 request_seeds: bool = False) -> None:
         from openai import AsyncOpenAI
 
         self.ep = ep
+        self.request_seeds = request_seeds
         self._key = key if key is not None else api_key(ep)
         self.client = AsyncOpenAI(base_url=ep.base_url, api_key=str(self._key), timeout=ep.timeout_s,
                                   max_retries=ep.max_retries)
@@ -127,8 +129,8 @@ class OpenAIGenerator:
                     f"({type(e).__name__}: {redact(str(e), self._key)[:200]})") from None
 
     def _seed(self, seed: int) -> dict:
-        """The request's `seed` field, unless `engine.endpoint.send_seed` is off."""
-        return {"seed": seed} if self.ep.send_seed else {}
+        """The request's `seed` field, with `engine.request_seeds` on."""
+        return {"seed": seed} if self.request_seeds else {}
 
     async def _chat(self, messages: List[dict], **kw):
         return await self._call(self.client.chat.completions.create, messages=messages, **kw)
@@ -254,11 +256,11 @@ def _token_logprob(entry) -> float:
     return float(v["logprob"] if isinstance(v, dict) else v.logprob)
 
 
-def endpoint_factory(ep: EndpointConfig, choice_scoring: str = FIRST_TOKENS):
+def endpoint_factory(ep: EndpointConfig, choice_scoring: str = FIRST_TOKENS, request_seeds: bool = False):
     """A picklable factory of `OpenAIGenerator` for the stage actors (the same generator serves
     chat and embeddings), holding the driver's key (as a `Secret`) so workers need not have the
     environment variable."""
-    return functools.partial(OpenAIGenerator, ep, api_key(ep), choice_scoring)
+    return functools.partial(OpenAIGenerator, ep, api_key(ep), choice_scoring, request_seeds)
 
 
 def preflight(cfg: Config) -> None:

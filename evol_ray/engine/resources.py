@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
+from typing import List, Optional
 
 import ray
 
 from evol_ray import ray_auth
-from evol_ray.config import Config, EngineConfig
+from evol_ray.config import AUTO, Config, EngineConfig
 
 log = logging.getLogger("evol_ray")
 
@@ -69,14 +72,17 @@ def choose_device(requested: str, cluster_resources: dict) -> str:
 SERVER_CONCURRENCY = 100_000
 
 
-def engine_actor_options(e: EngineConfig, device: str) -> dict:
-    """Ray actor options of one engine replica: one GPU, or, for tensor parallelism, a placement
-    group whose GPU bundles vLLM's Ray executor fills (the actor itself then holds none). Restarted
-    up to `engine.max_restarts` times, its unfinished requests retried on the new engine.
+def engine_actor_options(e: EngineConfig, device: str, group=None) -> dict:
+    """Ray actor options of one engine replica: one GPU, or, for tensor parallelism, bundle 0 of
+    the replica's own placement group (`reserve`), whose GPU bundles vLLM's Ray executor fills
+    (the actor itself then holds none). Restarted up to `engine.max_restarts` times, its
+    unfinished requests retried on the new engine.
 
     Engine actors run at normal CPU priority: Ray starts worker processes at niceness 15, under
     its own daemons and the driver, and the engine's scheduler and its child processes inherit
     that. The engine is what the run pays for; background data tasks keep niceness 15."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     opts: dict = {
         "num_cpus": e.cpus_per_replica,
         "max_restarts": e.max_restarts,
@@ -84,12 +90,105 @@ def engine_actor_options(e: EngineConfig, device: str) -> dict:
         "max_concurrency": SERVER_CONCURRENCY,
         "runtime_env": {"env_vars": {ENGINE_NICENESS_VAR: "0"}},
     }
-    if device == "gpu":
-        if e.tensor_parallel_size == 1:
-            opts["num_gpus"] = 1
-        else:
-            opts.update(tp_placement(e.tensor_parallel_size, e.cpus_per_replica))
+    if group is not None:
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
+    elif device == "gpu":
+        opts["num_gpus"] = 1
     return opts
+
+
+class PlacementError(RuntimeError):
+    """The engines asked for cannot be placed on the cluster: the message names the keys."""
+
+
+def node_gpus() -> List[int]:
+    """GPUs of each alive node of the cluster, as Ray counts them (logical GPUs included)."""
+    return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def engines_fitting(gpus: List[int], tp: int) -> int:
+    """Engines of `tp` GPUs each that nodes with `gpus` GPUs hold: an engine's GPUs are on one node
+    (its placement group is STRICT_PACK, as vLLM's tensor parallelism needs)."""
+    return sum(g // tp for g in gpus)
+
+
+def replica_count(e: EngineConfig, device: str, gpus: Optional[List[int]] = None) -> int:
+    """`engine.replicas` as a number: the one given, or for `auto` the engines the cluster's GPU
+    nodes hold now (1 on CPU and for an endpoint). An autoscaling cluster that has not started its
+    GPU workers yet has none to count: `auto` then fails naming the key (give a number and
+    `engine.wait_for_gpus_s`, as k8s/configmap.yaml does)."""
+    if str(e.replicas).strip().lower() != AUTO:
+        return int(e.replicas)
+    if device != "gpu" or e.backend != "vllm":
+        return 1
+    gpus = node_gpus() if gpus is None else gpus
+    n = engines_fitting(gpus, e.tensor_parallel_size)
+    if n == 0:
+        raise PlacementError(
+            f"engine.replicas=auto counts the engines the cluster's GPUs hold now: no node has "
+            f"engine.tensor_parallel_size={e.tensor_parallel_size} GPUs (GPUs per node: {gpus or 'none'}). "
+            "On an autoscaling cluster whose GPU workers start on demand, give engine.replicas a number "
+            "and engine.wait_for_gpus_s the time to wait for them.")
+    return n
+
+
+def shortfall(e: EngineConfig, replicas: int, gpus: List[int]) -> Optional[str]:
+    """Why `replicas` engines of `engine.tensor_parallel_size` GPUs cannot all be placed on nodes
+    with `gpus` GPUs, or None when they can."""
+    tp = e.tensor_parallel_size
+    if engines_fitting(gpus, tp) >= replicas:
+        return None
+    biggest = max(gpus, default=0)
+    where = (f"no node has {tp} GPUs (the most on one node: {biggest})" if biggest < tp else
+             f"the cluster's nodes hold {engines_fitting(gpus, tp)} engines of {tp} GPUs (GPUs per node: {gpus})")
+    return (f"engine.replicas={replicas} engines of engine.tensor_parallel_size={tp} GPUs each need "
+            f"{replicas * tp} GPUs, {tp} on one node; {where}. Lower engine.replicas (auto counts them) "
+            "or engine.tensor_parallel_size, or, on an autoscaling cluster, give engine.wait_for_gpus_s "
+            "the time its GPU workers take to start")
+
+
+def wait_until_placeable(e: EngineConfig, replicas: int, log_every_s: float = 30.0) -> None:
+    """Return once the cluster's nodes can hold `replicas` engines (now, or within
+    `engine.wait_for_gpus_s` while an autoscaler adds GPU workers, with a progress line);
+    else raise `PlacementError` naming the keys, before any engine starts."""
+    deadline = time.monotonic() + e.wait_for_gpus_s
+    said = 0.0
+    while True:
+        why = shortfall(e, replicas, node_gpus())
+        if why is None:
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            waited = f" (waited {e.wait_for_gpus_s:.0f} s)" if e.wait_for_gpus_s else ""
+            raise PlacementError(why + waited)
+        if now - said >= log_every_s:
+            said = now
+            log.info("engines: waiting up to %.0f s more for GPUs: %s", deadline - now, why)
+        time.sleep(min(2.0, max(0.0, deadline - now)))
+
+
+def reserve(e: EngineConfig, replicas: int) -> list:
+    """One placement group per tensor-parallel replica (a bundle for the engine actor's CPUs and
+    one per GPU worker, STRICT_PACK), so that each engine's workers get GPUs of their own; the
+    caller removes them (`release`) at stop and when the start fails."""
+    from ray.util.placement_group import placement_group
+
+    tp = e.tensor_parallel_size
+    return [placement_group([{"CPU": e.cpus_per_replica}] + [{"GPU": 1, "CPU": 1}] * tp,
+                            strategy="STRICT_PACK", name=f"evol-ray-engine-{i}-{uuid.uuid4().hex[:8]}")
+            for i in range(replicas)]
+
+
+def release(groups: list) -> None:
+    """Remove placement groups (their GPUs back to the cluster); one already gone is skipped."""
+    from ray.util.placement_group import remove_placement_group
+
+    for g in groups:
+        try:
+            remove_placement_group(g)
+        except Exception:  # already removed, or the cluster is going down with the run
+            pass
 
 
 # A stage actor mostly awaits its engines' replies, and checks text between them. It reserves no
@@ -110,14 +209,3 @@ def client_stage_args(e: EngineConfig, actors: int) -> dict:
             max_concurrent_calls_per_actor=e.batches_in_flight,
         ),
     }
-
-
-def tp_placement(tp: int, cpus: float) -> dict:
-    """Actor options for a tensor-parallel engine: a placement group whose GPU bundles vLLM's Ray
-    executor fills (the engine actor itself holds none)."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    pg = placement_group([{"CPU": cpus}] + [{"GPU": 1, "CPU": 1}] * tp, strategy="STRICT_PACK")
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-        pg, placement_group_capture_child_tasks=True)}

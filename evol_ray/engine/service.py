@@ -31,7 +31,8 @@ import ray
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
-from evol_ray.engine.resources import client_stage_args, engine_actor_options
+from evol_ray.engine.resources import (client_stage_args, engine_actor_options, release, replica_count,
+                                       reserve, wait_until_placeable)
 
 log = logging.getLogger("evol_ray")
 
@@ -39,15 +40,18 @@ log = logging.getLogger("evol_ray")
 class EngineServer:
     """One replica: one engine, metered; `generate`, `score_choices`, `embed` as async actor
     methods (Ray runs them concurrently on the actor's event loop, so they all join the engine's
-    running batch). Built as a Ray actor by `VLLMEngines`; `generator` is for tests."""
+    running batch). Built as a Ray actor by `VLLMEngines`; `make` builds a stand-in engine in the
+    actor instead of vLLM's (benchmarks and tests of placement)."""
 
     def __init__(self, model: ModelConfig, engine_cfg, device: str, seed: int,
-                 pooling: bool = False, generator: Optional[TextGenerator] = None) -> None:
+                 pooling: bool = False, make: Optional[Callable[[], TextGenerator]] = None) -> None:
         t0 = time.monotonic()
-        if generator is None:
+        if make is None:
             from evol_ray.engine.vllm_engine import actor_engine
 
             generator = actor_engine(model, engine_cfg, device, seed, pooling=pooling)
+        else:
+            generator = make()
         self.meter = EngineMeter()
         self.gen = MeteredGenerator(generator, self.meter)
         self.startup_s = time.monotonic() - t0
@@ -142,7 +146,8 @@ class Engines:
         self.model = cfg.model
         self.device = device
         self.generator_factory = factory
-        self.actors = actors or cfg.engine.replicas
+        self.replicas = replica_count(cfg.engine, device)
+        self.actors = actors or self.replicas
 
     def stage_args(self) -> dict:
         return client_stage_args(self.cfg.engine, self.actors)
@@ -164,30 +169,49 @@ class Engines:
 
 
 class VLLMEngines(Engines):
-    """`engine.replicas` `EngineServer` actors, started at the first `start()` and kept until
-    `stop()`. The meters live in the engines; a round's figures are the difference between the
-    engines' snapshots at its end and at its start, and an engine started (or restarted) during
-    the round counts its start-up there."""
+    """`engine.replicas` `EngineServer` actors (`auto`: as many as the cluster's GPUs hold), started
+    at the first `start()` and kept until `stop()`. On GPU with tensor parallelism each replica has
+    a placement group of its own, removed at `stop()` and when the start fails; a request the
+    cluster cannot hold fails before any engine starts (`resources.wait_until_placeable`).
+    The meters live in the engines; a round's figures are the difference between the engines'
+    snapshots at its end and at its start, and an engine started (or restarted) during the round
+    counts its start-up there. `make`: a stand-in engine built in each actor (benchmarks, tests)."""
 
     metered_in_stage = False
 
     def __init__(self, cfg: Config, device: str, model: Optional[ModelConfig] = None,
-                 pooling: bool = False) -> None:
+                 pooling: bool = False, make: Optional[Callable[[], TextGenerator]] = None) -> None:
         self.pooling = pooling
+        self.make = make
         self.handles: List[Any] = []
+        self.groups: list = []
         self._reported: set = set()  # engine processes whose start-up a round manifest holds
-        super().__init__(cfg, device, factory=None, actors=cfg.engine.replicas * cfg.engine.clients_per_replica)
+        super().__init__(cfg, device, factory=None)
+        self.actors = self.replicas * cfg.engine.clients_per_replica
         self.model = model or cfg.model
+
+    def gpus(self) -> int:
+        """GPUs these engines hold once started."""
+        return self.replicas * self.cfg.engine.tensor_parallel_size if self.device == "gpu" else 0
 
     def start(self) -> None:
         if self.handles:
             return
         e = self.cfg.engine
-        actor = ray.remote(EngineServer).options(**engine_actor_options(e, self.device))
         t0 = time.monotonic()
-        self.handles = [actor.remote(self.model, e, self.device, self.cfg.seed, self.pooling)
-                        for _ in range(e.replicas)]
-        snaps = ray.get([h.snapshot.remote() for h in self.handles])  # waits for every engine
+        try:
+            if self.device == "gpu":
+                wait_until_placeable(e, self.replicas)
+            if self.device == "gpu" and e.tensor_parallel_size > 1:
+                self.groups = reserve(e, self.replicas)
+            server = ray.remote(EngineServer)
+            self.handles = [server.options(**engine_actor_options(e, self.device, g)).remote(
+                self.model, e, self.device, self.cfg.seed, self.pooling, self.make)
+                for g in (self.groups or [None] * self.replicas)]
+            snaps = ray.get([h.snapshot.remote() for h in self.handles])  # waits for every engine
+        except BaseException:
+            self.stop()
+            raise
         log.info("engines: %d started in %.0f s (%s)", len(snaps), time.monotonic() - t0,
                  ", ".join(s["name"] for s in snaps))
         self.generator_factory = functools.partial(_client_for, self.handles, e.max_restarts)
@@ -228,15 +252,18 @@ class VLLMEngines(Engines):
         }
 
     def stop(self) -> None:
-        if not self.handles:
-            return
-        try:
-            ray.get([h.shutdown.remote() for h in self.handles], timeout=30)
-        except Exception:  # an engine that cannot shut down cleanly is killed all the same
-            pass
-        for h in self.handles:
-            ray.kill(h, no_restart=True)
-        self.handles = []
+        """End the engines and give their GPUs back (placement groups removed); `start()` again
+        starts new ones."""
+        handles, self.handles = self.handles, []
+        if handles:
+            try:
+                ray.get([h.shutdown.remote() for h in handles], timeout=30)
+            except Exception:  # an engine that cannot shut down cleanly is killed all the same
+                pass
+            for h in handles:
+                ray.kill(h, no_restart=True)
+        groups, self.groups = self.groups, []
+        release(groups)
 
 
 def _delta(end: dict, begin: Optional[dict]) -> dict:
@@ -255,26 +282,41 @@ def engines_for(cfg: Config, model: ModelConfig, running: Optional[Engines] = No
                 pooling: bool = False, replicas: Optional[int] = None) -> Iterator[Engines]:
     """Engines serving `model`: `running` (the run's warm ones) when they serve it, else engines
     started here for it (the model checked first, as a run checks its own) and stopped after.
-    `replicas`: how many to start (default `engine.replicas`)."""
+    `replicas`: how many to start (default `engine.replicas`). When the new engines need GPUs
+    that `running` holds, `running` is stopped first (its next `start()` brings it back): a
+    second set of engines never waits for GPUs the run's own hold."""
     if running is not None and not pooling and running.model.source == model.source \
             and running.model.tokenizer == model.tokenizer:
         yield running
         return
     from evol_ray.engine.resources import connect
-    from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
+    from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
 
     e = cfg.engine
     sub = dataclasses.replace(cfg, model=model, engine=dataclasses.replace(
-        e, replicas=replicas or e.replicas, endpoint=dataclasses.replace(e.endpoint, model=model.source)))
+        e, replicas=str(replicas) if replicas else e.replicas,
+        endpoint=dataclasses.replace(e.endpoint, model=model.source)))
     check_engine_source(sub)
     device = connect(sub)
     if device == "cpu" and e.backend == "vllm":
-        check_cpu_kv_cache(sub)
+        check_cpu_engine(sub)
     engines = start_engines(sub, device, pooling=pooling)
+    make_room(engines, running)
     try:
         yield engines
     finally:
         engines.stop()
+
+
+def make_room(engines: Engines, running: Optional[Engines]) -> None:
+    """Before `engines` start: stop `running` (the run's warm engines) when the GPUs free now are
+    fewer than `engines` need, so that they never wait for GPUs the run's own hold; `running`'s
+    next `start()` brings it back."""
+    if isinstance(running, VLLMEngines) and running.handles and isinstance(engines, VLLMEngines) \
+            and engines.gpus() > ray.available_resources().get("GPU", 0):
+        log.info("engines: stopping the run's %d engine(s) to free their GPUs for %s", len(running.handles),
+                 engines.model.source)
+        running.stop()
 
 
 def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
@@ -297,6 +339,7 @@ def start_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,
     if cfg.engine.backend == "openai":
         from evol_ray.engine.openai_client import endpoint_factory
 
-        return Engines(cfg, "endpoint", endpoint_factory(cfg.engine.endpoint, cfg.engine.choice_scoring))
+        return Engines(cfg, "endpoint", endpoint_factory(cfg.engine.endpoint, cfg.engine.choice_scoring,
+                                                              cfg.engine.request_seeds))
     return VLLMEngines(cfg, device, model, pooling)
 

@@ -65,9 +65,13 @@ def kv_bytes_per_token(model: ModelConfig) -> Optional[int]:
     return 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(str(dtype), 2)
 
 
-def check_cpu_kv_cache(cfg: Config) -> None:
-    """Fail naming `engine.cpu_kv_cache_gib` when one sequence of `model.max_model_len` tokens does
-    not fit the CPU build's KV cache."""
+def check_cpu_engine(cfg: Config) -> None:
+    """Before a CPU engine starts: fail naming `engine.request_seeds` when it is on (the CPU build
+    fails a seeded request it prefills in chunks), and `engine.cpu_kv_cache_gib` when one sequence
+    of `model.max_model_len` tokens does not fit the CPU build's KV cache."""
+    if cfg.engine.request_seeds:
+        raise ConfigError("config key 'engine.request_seeds': the vLLM CPU build fails a seeded request that "
+                          "it prefills in chunks ('CPU Generator does not use offset'); set it false on CPU")
     per_token = kv_bytes_per_token(cfg.model)
     tokens = cfg.model.max_model_len or (_model_config(cfg.model) or {}).get("max_position_embeddings")
     if per_token is None or tokens is None:

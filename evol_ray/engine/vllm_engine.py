@@ -78,9 +78,11 @@ class VLLMGenerator:
         # the context length the engine took (the model's own when model.max_model_len is null)
         self.max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None) \
             or model.max_model_len
-        # The CPU build fails a seeded request whose sampled token is discarded during chunked
-        # prefill ("CPU Generator does not use offset"); there only the engine-wide seed applies.
-        self._per_request_seed = device == "gpu"
+        # engine.request_seeds: vLLM draws a seeded request's noise one request at a time; off by
+        # default, the engine-wide seed applies. The CPU build fails a seeded request whose sampled
+        # token is discarded during chunked prefill ("CPU Generator does not use offset"): refused
+        # there before the engine starts (sizing.check_request_seeds).
+        self._per_request_seed = engine.request_seeds and device == "gpu"
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
         self.choice_scoring = engine.choice_scoring

@@ -23,7 +23,7 @@ from evol_ray.config import Config
 from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.resources import connect
 from evol_ray.engine.service import start_engines
-from evol_ray.engine.sizing import check_cpu_kv_cache, check_engine_source
+from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
 from evol_ray.pipeline import calibrate, method
@@ -83,7 +83,7 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
         check_engine_source(cfg)  # a named model fetched once, or the endpoint's preflight request
     device = connect(cfg)
     if device == "cpu" and generator_factory is None and cfg.engine.backend == "vllm":
-        check_cpu_kv_cache(cfg)
+        check_cpu_engine(cfg)
     engines = start_engines(cfg, device, factory=generator_factory)
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), engines.device, cfg.evolution.rounds, out.url)

@@ -198,7 +198,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
         return ds if attempted is None else without_attempted(ds, attempted, partitions)
 
-    on = (f"{cfg.engine.replicas} engine(s) ({device})" if cfg.engine.backend == "vllm"
+    on = (f"{engines.replicas} engine(s) ({device})" if cfg.engine.backend == "vllm"
              else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
     log.info("round %d: engine phase: %s rows to evolve on %s%s", round_no,
              "?" if expected_rows is None else expected_rows - resumed, on,

@@ -85,7 +85,6 @@ def endpoint_args(server, seeds, out, *extra):
     return [f"input.path={seeds}", f"output.path={out}", "engine.backend=openai",
             f"engine.endpoint.base_url={server.url}", f"engine.endpoint.model={MODEL}",
             "engine.endpoint.api_key_env=EVOL_RAY_TEST_KEY", "engine.batch_size=4",
-            "engine.endpoint.send_seed=false",  # the server is vLLM's CPU build (conf/default.yaml)
             "evolution.rounds=2", "evolution.evolve_sampling.max_tokens=96",
             "evolution.answer_sampling.max_tokens=96", "elimination.judge_threshold=0.9",
             "elimination.coherence.enabled=false", *extra]

@@ -205,7 +205,9 @@ def test_configmap_config_is_a_valid_evol_ray_config_that_fits_the_worker_group(
     assert cfg.engine.device == "gpu" and cfg.input.path.startswith("s3://")
     [gpu] = cluster_spec(the("RayJob"))["workerGroupSpecs"]
     gpus = int(gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    assert cfg.engine.replicas * cfg.engine.tensor_parallel_size <= gpu["maxReplicas"] * gpus
+    assert int(cfg.engine.replicas) * cfg.engine.tensor_parallel_size <= gpu["maxReplicas"] * gpus
+    if gpu["minReplicas"] == 0:  # the engines wait for the autoscaler's GPU workers instead of failing
+        assert cfg.engine.wait_for_gpus_s >= 600
 
 
 @pytest.mark.parametrize("kind", sorted(CRD_FILES))

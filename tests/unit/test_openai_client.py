@@ -75,16 +75,16 @@ def test_one_hot_is_a_distribution_on_the_chosen():
 
 
 @pytest.mark.parametrize("send,sent", [(True, {"seed": 1234}), (False, {})])
-def test_the_row_seed_is_sent_unless_send_seed_is_off(send, sent, monkeypatch):
-    """vLLM's CPU server can stop on a seeded request (chunked prefill): send_seed=false sends none."""
+def test_the_row_seed_is_sent_only_with_request_seeds_on(send, sent, monkeypatch):
+    """engine.request_seeds (off by default): each request carries its row's seed."""
     import asyncio
     from types import SimpleNamespace
 
     from evol_ray.config import SamplingConfig
     from evol_ray.engine.openai_client import OpenAIGenerator, Secret
 
-    cfg = load_config(BASE + [f"engine.endpoint.send_seed={str(send).lower()}"])
-    gen = OpenAIGenerator(cfg.engine.endpoint, Secret("k"))
+    cfg = load_config(BASE + [f"engine.request_seeds={str(send).lower()}"])
+    gen = OpenAIGenerator(cfg.engine.endpoint, Secret("k"), request_seeds=cfg.engine.request_seeds)
     seen = []
 
     async def create(**kw):
@@ -96,3 +96,15 @@ def test_the_row_seed_is_sent_unless_send_seed_is_off(send, sent, monkeypatch):
     asyncio.run(gen.generate("Say hi.", SamplingConfig(), seed=1234))
     asyncio.run(gen.generate("Pick one.", SamplingConfig(), seed=1234, choices=["Equal", "Not Equal"]))
     assert all({k: v for k, v in kw.items() if k == "seed"} == sent for kw in seen) and len(seen) == 2
+
+
+def test_a_saved_config_with_send_seed_loads_with_its_value_moved_to_request_seeds():
+    """engine.endpoint.send_seed became engine.request_seeds (one key for both backends): a run's
+    saved config.yaml still loads; given on the command line, the old key names the new one."""
+    from evol_ray.config import load_saved_config
+
+    saved = {"input": {"path": "x"}, "output": {"path": "y"}, "model": {"source": "m"},
+             "engine": {"endpoint": {"send_seed": True}}}
+    assert load_saved_config(saved, "config.yaml").engine.request_seeds is True
+    with pytest.raises(ConfigError, match="'engine.endpoint.send_seed' moved to 'engine.request_seeds'"):
+        load_config(BASE + ["engine.endpoint.send_seed=false"])
