@@ -34,10 +34,11 @@ def validate(cfg: Config) -> None:
     if not cfg.input.instruction_column:
         _fail("input.instruction_column", "must name a column")
     try:
-        codecs.lookup(cfg.input.encoding)
+        if cfg.input.encoding != "auto":
+            codecs.lookup(cfg.input.encoding)
     except LookupError:
-        _fail("input.encoding", f"got {cfg.input.encoding!r}, expected a Python codec name such as "
-              "utf-8, utf-8-sig, latin-1 or cp1252")
+        _fail("input.encoding", f"got {cfg.input.encoding!r}, expected auto (a file's byte-order mark, else "
+              "UTF-8) or a Python codec name such as utf-8, latin-1 or cp1252")
     if cfg.input.limit is not None and cfg.input.limit < 1:
         _fail("input.limit", f"got {cfg.input.limit}, expected a positive integer or null")
     if cfg.output.rows_per_file < 1:

@@ -49,6 +49,8 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         _flatten(section, node, flat)
     for key in SIZING_KEYS:
         flat.pop(key, None)
+    if flat.get("input.encoding") == "auto":  # what every run before `auto` read: UTF-8, no mark
+        flat["input.encoding"] = "utf-8"
     for key in THRESHOLD_KEYS:
         number = threshold_of(flat.pop(key))
         if number is not None:

@@ -24,7 +24,7 @@ class InputConfig:
     response_column: Optional[str] = "output"
     id_column: Optional[str] = None
     limit: Optional[int] = None
-    encoding: str = "utf-8"
+    encoding: str = "auto"  # a file's byte-order mark, else UTF-8; or a Python codec name
 
 
 @dataclass

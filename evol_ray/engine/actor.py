@@ -3,8 +3,9 @@
 of an OpenAI-compatible server) and runs one row function on every row of a batch concurrently.
 
 Its `__call__` is an async generator, so Ray Data runs it on the actor's event loop and keeps
-several batches in flight per actor (`engine.batches_in_flight`): the engines' continuous
-batching stays full and no batch waits for its slowest row. Each actor meters its requests and
+several batches in flight per actor (`engine.batches_in_flight`) to keep the engines' continuous
+batching full. A batch leaves only when its slowest row's chain has ended, so a long-tailed batch
+holds fewer requests in flight near its end. Each actor meters its requests and
 reports to the round's `EngineStats`.
 
 A row function's failure is that row's business (it records an error status); `EngineUnavailable`

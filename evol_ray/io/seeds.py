@@ -72,12 +72,41 @@ def find_input_files(cfg: Config) -> Tuple[Location, List[str], str]:
 
 
 SCAN_BYTES = 1 << 22
+# Byte-order marks and the codec that reads (and drops) each; UTF-32's before UTF-16's, which
+# starts the same way.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _family(codec: str) -> str:
+    """utf-8, utf-16 or utf-32 for any spelling, byte order or -sig of them; else the codec's name."""
+    name = codecs.lookup(codec).name
+    return next((f for f in ("utf-8", "utf-16", "utf-32") if name.startswith(f)), name)
+
+
+def file_encoding(head: bytes, configured: str, url: str) -> str:
+    """The codec for a file whose first bytes are `head`: the one its byte-order mark declares
+    (`input.encoding` auto, or a name of the same encoding), else `configured` (auto: UTF-8).
+    A mark that contradicts a configured encoding is an error naming both."""
+    mark = next((enc for bom, enc in BOMS if head.startswith(bom)), None)
+    if mark is None:
+        return "utf-8" if configured == "auto" else configured
+    if configured != "auto" and _family(configured) != _family(mark):
+        raise InputError(f"{url}: starts with a {_family(mark).upper()} byte-order mark, but "
+                         f"input.encoding={configured}; set input.encoding=auto (or the file's encoding)")
+    return mark
+
+
+def _head(fs, path: str) -> bytes:
+    with fs.open(path, "rb") as f:
+        return f.read(4)
 
 
 def _json_records(fs, path: str, url: str, fmt: str, encoding: str, n: int = 100) -> List[dict]:
     """Check one JSON or JSONL file whole, in chunks: every byte decodes with `encoding` (else an
     error naming the byte offset and line), and it parses (a JSON array, or one object per line;
     errors name the file's line). Returns its first `n` records."""
+    encoding = file_encoding(_head(fs, path), encoding, url)
     dec = codecs.getincrementaldecoder(encoding)()
     offset, lines_before = 0, 0  # bytes read and newlines decoded before the current chunk
     array: List[str] | None = None  # the whole text of a JSON array
@@ -95,9 +124,7 @@ def _json_records(fs, path: str, url: str, fmt: str, encoding: str, n: int = 100
                 raise InputError(f"{url}: not valid {encoding} at byte {at} (line {line}): "
                                  f"{data[e.start:e.end]!r} ({e.reason}); set input.encoding to the "
                                  "file's encoding (e.g. latin-1 or cp1252)") from None
-            if offset == 0 and text.startswith("\ufeff"):
-                if codecs.lookup(encoding).name == "utf-8":
-                    raise InputError(f"{url}: starts with a byte-order mark; set input.encoding=utf-8-sig")
+            if offset == 0 and text.startswith("\ufeff"):  # a mark the codec keeps (utf-16-le, ...)
                 text = text[1:]
             offset += len(chunk)
             lines_before += text.count("\n")
@@ -343,10 +370,11 @@ ONLY_REPEATS = Stage(only_repeats, WHOLE_BLOCK)
 def json_file_rows(batch: pa.Table, encoding: str) -> pa.Table:
     """Files read as bytes (`bytes`) -> their records: a JSON array of objects (as Alpaca ships)
     or JSON Lines, decoded with `encoding` (pyarrow reads only UTF-8 JSON Lines, and Ray's own
-    fallback warns on every file). The files were checked whole by `check_input`."""
+    fallback warns on every file). The files were checked whole by `check_input`, their
+    byte-order marks included."""
     records = []
     for blob in batch.column("bytes").to_pylist():
-        text = blob.decode(encoding).lstrip("\ufeff")
+        text = blob.decode(file_encoding(blob[:4], encoding, "(checked)")).lstrip("\ufeff")
         if text.lstrip().startswith("["):
             records.extend(json.loads(text))
         else:
@@ -367,7 +395,8 @@ def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
     if fmt == "parquet":
         ds = read_parquet(paths, loc.arrow_fs).select_columns(cols)
-    elif codecs.lookup(cfg.input.encoding).name != "utf-8" or (fmt == "json" and _is_json_array(loc.fs, paths[0])):
+    elif cfg.input.encoding not in ("auto", "utf-8") or (fmt == "json" and _is_json_array(loc.fs, paths[0])) \
+            or any(file_encoding(_head(loc.fs, p), "auto", p) != "utf-8" for p in paths):
         ds = JSON_FILE_ROWS(ray.data.read_binary_files(paths, filesystem=loc.arrow_fs),
                             encoding=cfg.input.encoding)
     else:

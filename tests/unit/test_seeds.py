@@ -177,12 +177,37 @@ def test_json_array_errors_name_the_line(tmp_path):
         check_input(cfg_for(f))
 
 
-def test_byte_order_mark_asks_for_utf8_sig(tmp_path):
+@pytest.mark.parametrize("codec, mark", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"),
+                                         ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00")])
+def test_a_byte_order_mark_says_the_encoding_with_no_key(tmp_path, codec, mark):
+    """Editors and spreadsheet exports write a BOM: it is read as the encoding it declares."""
+    from evol_ray.io.seeds import json_file_rows
+
+    text = "".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\r\n" for t in ("Héllo there.", "Nǐ hǎo: 你好"))
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(mark + text.encode(codec))
+    check_input(cfg_for(f))  # input.encoding: auto, the default
+    rows = json_file_rows(pa.table({"bytes": [f.read_bytes()]}), "auto").to_pylist()
+    assert [r["instruction"] for r in rows] == ["Héllo there.", "Nǐ hǎo: 你好"]
+    if codec == "utf-8":  # naming the encoding the mark declares is no contradiction
+        check_input(cfg_for(f, "input.encoding=utf-8"))
+
+
+def test_an_encoding_that_contradicts_the_mark_names_both(tmp_path):
     f = tmp_path / "bom.jsonl"
     f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"instruction": "Hi there."}).encode() + b"\n")
-    with pytest.raises(InputError, match="byte-order mark; set input.encoding=utf-8-sig"):
-        check_input(cfg_for(f))
-    check_input(cfg_for(f, "input.encoding=utf-8-sig"))
+    with pytest.raises(InputError, match=rf"{f}: starts with a UTF-8 byte-order mark, but input.encoding=latin-1"):
+        check_input(cfg_for(f, "input.encoding=latin-1"))
+    g = tmp_path / "u16.jsonl"
+    g.write_bytes(b"\xff\xfe" + json.dumps({"instruction": "Hi there."}).encode("utf-16-le"))
+    with pytest.raises(InputError, match=r"UTF-16 byte-order mark, but input.encoding=utf-8"):
+        check_input(cfg_for(g, "input.encoding=utf-8"))
+
+
+def test_runs_made_before_auto_encoding_keep_their_identity():
+    from evol_ray import config as cfgmod
+
+    assert cfgmod.config_hash(cfg_for("x")) == cfgmod.config_hash(cfg_for("x", "input.encoding=utf-8"))
 
 
 def test_unknown_encoding_names_the_key():
