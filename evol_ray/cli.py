@@ -221,7 +221,10 @@ def format_summary(summary: dict) -> str:
             f"statuses {m['status_counts']}, reasons: {reasons}; "
             f"{m['generated_tokens']} tokens generated in {m['wall_seconds']:.1f}s{busy}"
         )
-    lines.append(f"final: {summary['final']['rows']} rows")
+    covered = summary["final"].get("rounds") or []
+    lines.append(f"final: {summary['final']['rows']} rows"
+                 + (f" from rounds {covered[0]}-{covered[-1]}" if len(covered) > 1 else
+                    f" from round {covered[0]}" if covered else ""))
     if summary.get("scores"):
         lines.append(f"scores: {summary['scores']['rows']} rated; `evol-ray report {summary['output']}` plots them")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from evol_ray.config_checks import BACKENDS, ConfigError, validate
-from evol_ray.run_key import LATER_KEYS, config_hash, differing_keys, result_values  # noqa: F401 (callers use config.*)
+from evol_ray.run_key import LATER_KEYS, config_hash, differing_keys, legacy_hash, result_values  # noqa: F401 (callers use config.*)
 from evol_ray.evolve import recipes
 from evol_ray.schema import (  # noqa: F401 (the schema's names are imported from here)
     InputConfig, OutputConfig, StorageConfig, ModelConfig, EndpointConfig, EngineConfig,

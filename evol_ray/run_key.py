@@ -24,6 +24,11 @@ RESULT_SECTIONS = ("seed", "input", "model", "evolution", "elimination", "output
                    "dedup", "quality")
 # Keys inside those sections that only size the work, never change its result.
 SIZING_KEYS = ("dedup.partitions",)
+# Keys that never change a committed round's rows: how many rounds follow a round (rounds 1..N do
+# not depend on it) and whether the seeds join the final set (`final/` is rebuilt by every run
+# from the rounds it covers). A run extends or shrinks by changing them. Hashed until this
+# change: `legacy_hash` gives the hash such a run was written under.
+UNHASHED_KEYS = ("evolution.rounds", "output.include_seeds")
 # Thresholds that are "auto" or a number: a number is a result value (as a float, so a run written
 # when the key was a float hashes the same); "auto" is left out, since the number the run
 # calibrates is recorded in every round manifest and a committed round is reused only under the
@@ -47,7 +52,7 @@ def result_values(cfg: Config) -> Dict[str, Any]:
         for part in section.split("."):
             node = node[part]
         _flatten(section, node, flat)
-    for key in SIZING_KEYS:
+    for key in SIZING_KEYS + UNHASHED_KEYS:
         flat.pop(key, None)
     if flat.get("input.encoding") == "auto":  # what every run before `auto` read: UTF-8, no mark
         flat["input.encoding"] = "utf-8"
@@ -84,6 +89,13 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def legacy_hash(cfg: Config, saved: Dict[str, Any]) -> str:
+    """The hash `cfg` had when `UNHASHED_KEYS` were hashed, with their values from `saved` (a
+    run.json's `result_values`): a run written then is this run when the hashes agree."""
+    values = {**result_values(cfg), **{k: saved[k] for k in UNHASHED_KEYS if k in saved}}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def differing_keys(saved: Dict[str, Any], cfg: Config) -> List[str]:
     now = result_values(cfg)
-    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in UNHASHED_KEYS)

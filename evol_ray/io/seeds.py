@@ -7,8 +7,6 @@ instruction and its input are joined into one instruction, as WizardLM did.
 
 from __future__ import annotations
 
-import codecs
-import json
 import posixpath
 from typing import Dict, List, Tuple
 
@@ -22,14 +20,12 @@ from evol_ray import identity
 from evol_ray.checks.text import hash64, normalize
 from evol_ray.config import Config, InputConfig
 from evol_ray.io.datasets import BLOCK_ROWS
+from evol_ray.io.json_files import (JSON_FILE_ROWS, InputError, file_encoding, is_json_array, json_records,
+                                    read_head)
 from evol_ray.io.storage import Location, describe_error, locate
 from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
 
 _EXT = {".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-class InputError(ValueError):
-    """Bad seed input; the message names the file and what was expected."""
 
 
 def _format_of(path: str) -> str | None:
@@ -71,107 +67,12 @@ def find_input_files(cfg: Config) -> Tuple[Location, List[str], str]:
     return loc, files, fmt
 
 
-SCAN_BYTES = 1 << 22
-# Byte-order marks and the codec that reads (and drops) each; UTF-32's before UTF-16's, which
-# starts the same way.
-BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def _family(codec: str) -> str:
-    """utf-8, utf-16 or utf-32 for any spelling, byte order or -sig of them; else the codec's name."""
-    name = codecs.lookup(codec).name
-    return next((f for f in ("utf-8", "utf-16", "utf-32") if name.startswith(f)), name)
-
-
-def file_encoding(head: bytes, configured: str, url: str) -> str:
-    """The codec for a file whose first bytes are `head`: the one its byte-order mark declares
-    (`input.encoding` auto, or a name of the same encoding), else `configured` (auto: UTF-8).
-    A mark that contradicts a configured encoding is an error naming both."""
-    mark = next((enc for bom, enc in BOMS if head.startswith(bom)), None)
-    if mark is None:
-        return "utf-8" if configured == "auto" else configured
-    if configured != "auto" and _family(configured) != _family(mark):
-        raise InputError(f"{url}: starts with a {_family(mark).upper()} byte-order mark, but "
-                         f"input.encoding={configured}; set input.encoding=auto (or the file's encoding)")
-    return mark
-
-
-def _head(fs, path: str) -> bytes:
-    with fs.open(path, "rb") as f:
-        return f.read(4)
-
-
-def _json_records(fs, path: str, url: str, fmt: str, encoding: str, n: int = 100) -> List[dict]:
-    """Check one JSON or JSONL file whole, in chunks: every byte decodes with `encoding` (else an
-    error naming the byte offset and line), and it parses (a JSON array, or one object per line;
-    errors name the file's line). Returns its first `n` records."""
-    encoding = file_encoding(_head(fs, path), encoding, url)
-    dec = codecs.getincrementaldecoder(encoding)()
-    offset, lines_before = 0, 0  # bytes read and newlines decoded before the current chunk
-    array: List[str] | None = None  # the whole text of a JSON array
-    pending, line_no, records = "", 1, []
-    with fs.open(path, "rb") as f:
-        while True:
-            chunk = f.read(SCAN_BYTES)
-            held = dec.getstate()[0]  # bytes of a character cut by the previous chunk
-            try:
-                text = dec.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                data = held + chunk
-                at = offset - len(held) + e.start
-                line = lines_before + data[:e.start].count(b"\n") + 1
-                raise InputError(f"{url}: not valid {encoding} at byte {at} (line {line}): "
-                                 f"{data[e.start:e.end]!r} ({e.reason}); set input.encoding to the "
-                                 "file's encoding (e.g. latin-1 or cp1252)") from None
-            if offset == 0 and text.startswith("\ufeff"):  # a mark the codec keeps (utf-16-le, ...)
-                text = text[1:]
-            offset += len(chunk)
-            lines_before += text.count("\n")
-            if array is None and fmt == "json" and not records and not pending.strip() and text.lstrip():
-                array = [] if text.lstrip().startswith("[") else None
-            if array is not None:
-                array.append(text)
-            else:
-                pending += text
-                *done, pending = pending.split("\n")
-                if not chunk:
-                    done.append(pending)
-                for ln in done:
-                    if ln.strip():
-                        rec = _json_line(ln, url, line_no)
-                        if len(records) < n:
-                            records.append(rec)
-                    line_no += 1
-            if not chunk:
-                break
-    if array is None:
-        return records
-    try:
-        data = json.loads("".join(array))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{url}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, list):
-        raise InputError(f"{url}: expected a JSON array of objects, got a JSON {type(data).__name__}")
-    return data[:n]
-
-
-def _json_line(line: str, url: str, line_no: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{url}: line {line_no} column {e.colno}: not valid JSON ({e.msg})") from None
-    if not isinstance(rec, dict):
-        raise InputError(f"{url}: line {line_no}: expected a JSON object, got a JSON {type(rec).__name__}")
-    return rec
-
-
 def _file_schema(fs, path: str, url: str, fmt: str, encoding: str) -> Dict[str, pa.DataType]:
     if fmt == "parquet":
         with fs.open(path, "rb") as f:
             schema = pq.read_schema(f)
         return {name: schema.field(name).type for name in schema.names}
-    records = _json_records(fs, path, url, fmt, encoding)
+    records = json_records(fs, path, url, fmt, encoding)
     if not records:
         return {}
     if not all(isinstance(r, dict) for r in records):
@@ -367,24 +268,6 @@ ONLY_UNIQUE = Stage(only_unique, WHOLE_BLOCK)
 ONLY_REPEATS = Stage(only_repeats, WHOLE_BLOCK)
 
 
-def json_file_rows(batch: pa.Table, encoding: str) -> pa.Table:
-    """Files read as bytes (`bytes`) -> their records: a JSON array of objects (as Alpaca ships)
-    or JSON Lines, decoded with `encoding` (pyarrow reads only UTF-8 JSON Lines, and Ray's own
-    fallback warns on every file). The files were checked whole by `check_input`, their
-    byte-order marks included."""
-    records = []
-    for blob in batch.column("bytes").to_pylist():
-        text = blob.decode(file_encoding(blob[:4], encoding, "(checked)")).lstrip("\ufeff")
-        if text.lstrip().startswith("["):
-            records.extend(json.loads(text))
-        else:
-            records.extend(json.loads(ln) for ln in text.split("\n") if ln.strip())
-    return pa.Table.from_pylist(records)
-
-
-JSON_FILE_ROWS = Stage(json_file_rows, WHOLE_BLOCK)
-
-
 def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     """The checked seed files (`check_input`'s result) -> the pool dataset of round 1."""
     import ray
@@ -395,8 +278,8 @@ def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     paths = [u.split("://", 1)[1] if "://" in u else u for u in urls]
     if fmt == "parquet":
         ds = read_parquet(paths, loc.arrow_fs).select_columns(cols)
-    elif cfg.input.encoding not in ("auto", "utf-8") or (fmt == "json" and _is_json_array(loc.fs, paths[0])) \
-            or any(file_encoding(_head(loc.fs, p), "auto", p) != "utf-8" for p in paths):
+    elif cfg.input.encoding not in ("auto", "utf-8") or (fmt == "json" and is_json_array(loc.fs, paths[0])) \
+            or any(file_encoding(read_head(loc.fs, p), "auto", p) != "utf-8" for p in paths):
         ds = JSON_FILE_ROWS(ray.data.read_binary_files(paths, filesystem=loc.arrow_fs),
                             encoding=cfg.input.encoding)
     else:
@@ -404,11 +287,6 @@ def read_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):
     if cfg.input.limit:
         ds = ds.limit(cfg.input.limit)
     return TO_POOL(ds, ic=cfg.input)
-
-
-def _is_json_array(fs, path: str) -> bool:
-    with fs.open(path, "rb") as f:
-        return f.read(4096).decode("utf-8", errors="replace").lstrip().startswith("[")
 
 
 def load_seeds(cfg: Config, urls: List[str], fmt: str, cols: List[str]):

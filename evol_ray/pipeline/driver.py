@@ -15,7 +15,7 @@ rest. The output layout is `evol_ray.io.layout`; the commit protocol `evol_ray.i
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional
+from typing import Set, Callable, List, Optional
 
 from evol_ray import config as config_mod
 from evol_ray.analysis.score import score_run
@@ -36,15 +36,25 @@ log = logging.getLogger("evol_ray")
 __all__ = ["RunError", "run", "prepare_output"]
 
 
-def prepare_output(cfg: Config, out: Location) -> None:
+def prepare_output(cfg: Config, out: Location) -> Set[str]:
     """The run's identity: refuse to mix two configs in one output path, unless
-    `output.start_over` is set; then write `run.json` and `config.yaml`."""
+    `output.start_over` is set; then write `run.json` and `config.yaml`. Returns the config
+    hashes under which committed rounds are this run's: its own, and the one a run written while
+    `evolution.rounds` was hashed had (`run_key.legacy_hash`), kept in run.json."""
     saved = read_json(out.join(layout.RUN_FILE))
-    if saved is not None and saved.get("config_hash") != config_mod.config_hash(cfg):
+    now = config_mod.config_hash(cfg)
+    accepted = {now}
+    if saved is not None:
+        accepted.update(saved.get("accepted_hashes", []))
+        before = saved.get("result_values", {})
+        if saved.get("config_hash") == config_mod.legacy_hash(cfg, before):
+            accepted.add(saved["config_hash"])  # the same run, written when its round count was hashed
+    if saved is not None and saved.get("config_hash") not in accepted:
         keys = config_mod.differing_keys(saved.get("result_values", {}), cfg)
         if cfg.output.start_over:
             log.warning("output.start_over: removing the earlier run at %s", out.url)
             remove(out)
+            accepted = {now}
         elif keys and set(keys) <= set(THRESHOLD_KEYS):
             # a threshold decides which rows a round keeps: rounds made under another one are redone
             log.info("%s: %s changed; rounds made under the old value are redone", out.url, ", ".join(keys))
@@ -55,12 +65,14 @@ def prepare_output(cfg: Config, out: Location) -> None:
                 "output.start_over=true to delete that run and start again."
             )
     write_json(out.join(layout.RUN_FILE), {
-        "config_hash": config_mod.config_hash(cfg),
+        "config_hash": now,
+        "accepted_hashes": sorted(accepted - {now}),
         "result_values": config_mod.result_values(cfg),
         "created": (saved or {}).get("created", layout.timestamp()),
     })
     with out.fs.open(out.join(layout.CONFIG_FILE).path, "w") as f:
         f.write(config_mod.to_yaml(cfg))
+    return accepted
 
 
 def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]] = None) -> dict:
@@ -73,7 +85,7 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
     calibrate.check_sets(cfg)  # a labelled set that cannot be read fails here, before any engine work
     out = locate(cfg.output.path, cfg.storage)
     try:
-        prepare_output(cfg, out)
+        accepted = prepare_output(cfg, out)
     except RunError:
         raise
     except Exception as e:
@@ -88,13 +100,15 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), engines.device, cfg.evolution.rounds, out.url)
     try:
-        return _rounds(cfg, out, urls, fmt, cols, engines)
+        return _rounds(cfg, out, urls, fmt, cols, engines, accepted)
     finally:
         engines.stop()
 
 
-def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
-    """The rounds, the final set and the scores, on `engines`."""
+def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, accepted: Set[str]) -> dict:
+    """The rounds, the final set and the scores, on `engines`. A committed round is reused when its
+    manifest's config hash is one of `accepted` (and its calibrated numbers and Auto Evol method
+    are the run's); rounds past `evolution.rounds` are left in place, outside `final/`."""
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     # what is evolved, deduped against and kept as seeds: read by every round and the final set
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds).materialize()
@@ -112,7 +126,7 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
     for r in range(1, cfg.evolution.rounds + 1):
         m = None if redone else layout.read_manifest(layout.round_dir(out, r))
         # a round counts as done when made with this config (and with this Auto Evol method)
-        if m is not None and m.get("config_hash") == config_mod.config_hash(cfg) \
+        if m is not None and m.get("config_hash") in accepted \
                 and all(m.get(k) == v for k, v in about.items()):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
@@ -122,6 +136,10 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines) -> dict:
         manifests.append(m)
         expected = pool_size_after(m)
         pool = pool_after(out, m)
+    later = layout.read_manifest(layout.round_dir(out, cfg.evolution.rounds + 1))
+    if later is not None:
+        log.info("round %d and later: committed earlier, left in place outside final/ (evolution.rounds=%d; "
+                 "a run with more rounds reuses them)", cfg.evolution.rounds + 1, cfg.evolution.rounds)
     final = write_final(cfg, out, manifests, seeds)
     summary = {"output": out.url, "rounds": manifests, "final": final, "method": found,
                "calibration": calibrations}

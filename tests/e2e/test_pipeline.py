@@ -154,5 +154,5 @@ def test_rerun_skips_complete_rounds_and_redoes_a_half_written_one(finished_run,
 def test_rerun_with_other_config_refuses_and_names_keys(finished_run):
     cfg, out, _, _ = finished_run
     other = load_config([str(out / "config.yaml"), "seed=99", "evolution.rounds=3"])
-    with pytest.raises(RunError, match=r"keys that differ: evolution.rounds, seed"):
+    with pytest.raises(RunError, match=r"keys that differ: seed\. "):  # the round count may change
         run(other)

@@ -107,9 +107,10 @@ def test_secrets_are_masked_and_hash_ignores_engine_sizing():
     assert "hunter2" not in text and "AKIA123" not in text and "anon: false" in text
     other = load_config(BASE + ["engine.replicas=8", "engine.batch_size=3", "dedup.partitions=5"])
     assert cfgmod.config_hash(other) == cfgmod.config_hash(load_config(BASE))
-    changed = load_config(BASE + ["seed=3", "evolution.rounds=2"])
+    changed = load_config(BASE + ["seed=3", "evolution.rounds=2", "output.include_seeds=false"])
     saved = cfgmod.result_values(load_config(BASE))
-    assert cfgmod.differing_keys(saved, changed) == ["evolution.rounds", "seed"]
+    assert cfgmod.differing_keys(saved, changed) == ["seed"]  # rounds to come and the seeds in final/: no round changes
+    assert cfgmod.config_hash(load_config(BASE + ["evolution.rounds=7"])) == cfgmod.config_hash(load_config(BASE))
 
 
 @pytest.mark.parametrize("extra,digest", [
@@ -125,5 +126,8 @@ def test_config_hashes_of_runs_written_before_stay_the_same(extra, digest):
     the new rules off (their defaults changed what a run keeps)."""
     before = ["elimination.judge_threshold=0.5", "elimination.judge_both_orders=false", "elimination.lost_input=false",
               "elimination.language_drift=false", "elimination.coherence.enabled=false"]
-    assert cfgmod.config_hash(load_config(BASE + before + extra)) == digest
-    assert cfgmod.config_hash(load_config(BASE + extra)) != digest  # the new defaults keep other rows
+    # and since runs extend, the number of rounds and include_seeds were hashed: legacy_hash
+    then = {"evolution.rounds": 4, "output.include_seeds": False}
+    assert cfgmod.legacy_hash(load_config(BASE + before + extra), then) == digest
+    assert cfgmod.legacy_hash(load_config(BASE + extra), then) != digest  # the new defaults keep other rows
+    assert cfgmod.legacy_hash(load_config(BASE + before + extra), {**then, "evolution.rounds": 2}) != digest

@@ -143,14 +143,14 @@ def test_a_byte_that_is_not_utf8_names_file_offset_and_line(tmp_path):
     with pytest.raises(InputError, match=rf"{f}: not valid utf-8 at byte {offset} \(line 4\).*input.encoding"):
         check_input(cfg_for(f))
     check_input(cfg_for(f, "input.encoding=latin-1"))  # declared: accepted, and decoded as such
-    from evol_ray.io.seeds import json_file_rows
+    from evol_ray.io.json_files import json_file_rows
     rows = json_file_rows(pa.table({"bytes": [f.read_bytes()]}), "latin-1").to_pylist()
     assert rows[3]["instruction"] == "Café menu" and len(rows) == 4
 
 
 def test_a_bad_byte_past_the_first_chunk_is_found(tmp_path, monkeypatch):
-    import evol_ray.io.seeds as seeds_mod
-    monkeypatch.setattr(seeds_mod, "SCAN_BYTES", 7)  # the bad byte and a cut character span chunks
+    import evol_ray.io.json_files as json_files
+    monkeypatch.setattr(json_files, "SCAN_BYTES", 7)  # the bad byte and a cut character span chunks
     f = tmp_path / "s.jsonl"
     data = ('{"instruction": "naïve ok"}\n' * 2).encode() + b'{"instruction": "x\xff"}\n'
     f.write_bytes(data)
@@ -181,7 +181,7 @@ def test_json_array_errors_name_the_line(tmp_path):
                                          ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00")])
 def test_a_byte_order_mark_says_the_encoding_with_no_key(tmp_path, codec, mark):
     """Editors and spreadsheet exports write a BOM: it is read as the encoding it declares."""
-    from evol_ray.io.seeds import json_file_rows
+    from evol_ray.io.json_files import json_file_rows
 
     text = "".join(json.dumps({"instruction": t}, ensure_ascii=False) + "\r\n" for t in ("Héllo there.", "Nǐ hǎo: 你好"))
     f = tmp_path / "bom.jsonl"
