@@ -215,6 +215,10 @@ def format_summary(summary: dict) -> str:
     for m in summary["rounds"]:
         eng = m.get("engine") or {}
         busy = f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight)" if eng else ""
+        if v := eng.get("vllm"):
+            busy += (f"; vLLM: {v['mean_running']:.1f} running, {v['mean_waiting']:.1f} waiting, KV cache "
+                     f"{v['mean_kv_cache_usage']:.0%}, prefix-cache hits {shown(v['prefix_cache_hit_rate'], '.0%')}, "
+                     f"{v['prompt_tokens_per_s']:.0f} prompt + {v['generated_tokens_per_s']:.0f} generated tokens/s")
         reasons = ", ".join(f"{k}={v}" for k, v in m["reason_counts"].items()) or "none"
         lines.append(
             f"round {m['round']}: in {m['rows_in']}, kept {m['rows_kept']}, "

@@ -78,6 +78,7 @@ def round_figures(m: dict, counted: Dict[str, Counter], rows: int) -> dict:
         "wall_seconds": m.get("wall_seconds"),
         "engine_startup_seconds": engine.get("startup_s"),
         "engine_busy_share": engine.get("busy_share"),
+        "vllm": engine.get("vllm") or {},
         "row_engine_seconds": m.get("row_engine_seconds"),
         "mismatches": mismatches,
     }
@@ -238,10 +239,7 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
         [[x["round"], x["rows_in"], x["kept"], f"{x['survival']:.0%}"]
          + [x["status_counts"].get(s, 0) for s in fig["statuses"]]
          + [x["reason_counts"].get(s, 0) for s in fig["reasons"]] for x in pr])
-    engine = _table(["round", "prompt tokens", "generated tokens", "wall s", "engine start s",
-                     "engine busy", "row engine s"],
-                    [[x["round"], x["prompt_tokens"], x["generated_tokens"], x["wall_seconds"],
-                      x["engine_startup_seconds"], x["engine_busy_share"], x["row_engine_seconds"]] for x in pr])
+    engine = _table(*sections.engine_table(pr))
     ops = _table(["round"] + [f"{op} (kept/tried)" for op in fig["ops"]],
                  [[x["round"]] + [f"{x['op_kept_counts'].get(op, 0)}/{x['op_counts'].get(op, 0)}"
                                   for op in fig["ops"]] for x in pr])

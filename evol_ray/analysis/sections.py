@@ -139,3 +139,22 @@ def selected_html(m: Optional[dict], table: Callable) -> str:
             f"MinHash Jaccard &gt;= {m['near_duplicate_threshold']} skipped.</p>"
             + table(["by", "value", "rows"], [["round", k, v] for k, v in m["selected_by_round"].items()]
                      + [["operation", k, v] for k, v in m["selected_by_op"].items()]))
+
+
+def vllm_cells(v: dict) -> list:
+    """A round's vLLM statistics as table cells; "not available" where the engines report none (an
+    OpenAI-compatible endpoint, a benchmark's own engine)."""
+    if not v:
+        return ["not available"] + [""] * 5
+    return [round(v["mean_running"], 1), round(v["mean_waiting"], 1), f"{v['mean_kv_cache_usage']:.0%}",
+            shown(v["prefix_cache_hit_rate"], ".0%"), round(v["prompt_tokens_per_s"]), round(v["generated_tokens_per_s"])]
+
+
+def engine_table(per_round: List[dict]):
+    """The report's engine table: header and rows, one per round (`report.round_figures`)."""
+    header = ["round", "prompt tokens", "generated tokens", "wall s", "engine start s", "vLLM running (mean)",
+              "waiting (mean)", "KV cache use (mean)", "prefix-cache hits", "prompt tok/s", "generated tok/s",
+              "engine busy", "row engine s"]
+    return header, [[x["round"], x["prompt_tokens"], x["generated_tokens"], x["wall_seconds"],
+                     x["engine_startup_seconds"], *vllm_cells(x.get("vllm") or {}), x["engine_busy_share"],
+                     x["row_engine_seconds"]] for x in per_round]

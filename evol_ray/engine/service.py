@@ -29,6 +29,7 @@ import pyarrow as pa
 import ray
 
 from evol_ray.config import Config, ModelConfig
+from evol_ray.engine import vllm_stats
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
 from evol_ray.engine.resources import (client_stage_args, engine_actor_options, release, replica_count,
@@ -80,6 +81,9 @@ class EngineServer:
         snap = self.meter.snapshot()
         snap.update(name=self.name, startup_s=self.startup_s, niceness=self.niceness,
                     pid=os.getpid())
+        stats = getattr(self.gen.inner, "vllm_stats", None)  # vLLM's own (a stand-in engine has none)
+        if stats is not None:
+            snap["vllm"] = stats.snapshot()
         return snap
 
     def shutdown(self) -> None:
@@ -232,9 +236,14 @@ class VLLMEngines(Engines):
                 self._reported.add(s["name"])
                 starts += 1
                 startup = max(startup, s["startup_s"])
+        vllm = []
         for i, s in end.items():
             b = self._begin.get(i)
-            per[s["name"]] = _delta(s, b if b is not None and b["name"] == s["name"] else None)
+            b = b if b is not None and b["name"] == s["name"] else None
+            per[s["name"]] = _delta(s, b)
+            if "vllm" in s:
+                per[s["name"]]["vllm"] = vllm_stats.round_figures(s["vllm"], b.get("vllm") if b else None)
+                vllm.append(per[s["name"]]["vllm"])
         life = sum(p["lifetime_s"] for p in per.values())
         busy = sum(p["busy_s"] for p in per.values())
         return {
@@ -248,6 +257,8 @@ class VLLMEngines(Engines):
             "requests": sum(p["requests"] for p in per.values()),
             "prompt_tokens": sum(p["prompt_tokens"] for p in per.values()),
             "generated_tokens": sum(p["generated_tokens"] for p in per.values()),
+            # vLLM's own statistics, per engine (per_actor[...]["vllm"]) and together
+            "vllm": vllm_stats.combine(vllm),
             "per_actor": per,
         }
 

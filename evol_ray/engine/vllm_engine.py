@@ -15,6 +15,7 @@ from typing import Optional
 from evol_ray.config import EngineConfig, ModelConfig, SamplingConfig
 from evol_ray.engine.base import FIRST_TOKENS, FORCED, Completion, PromptTooLong, read_choices
 from evol_ray.engine.models import resolve_source
+from evol_ray.engine.vllm_stats import VllmStats, stat_logger_factory
 
 
 CPU_BLOCK_SIZE = 32
@@ -74,7 +75,10 @@ class VLLMGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_source(model.tokenizer or model.source), trust_remote_code=model.trust_remote_code
         )
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed, pooling)))
+        # vLLM's statistics of every engine step, for the round manifests (its default loggers stay off)
+        self.vllm_stats = VllmStats()
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(model, engine, device, seed, pooling)),
+                                                stat_loggers=[stat_logger_factory(self.vllm_stats)])
         # the context length the engine took (the model's own when model.max_model_len is null)
         self.max_model_len = getattr(getattr(self.engine, "model_config", None), "max_model_len", None) \
             or model.max_model_len

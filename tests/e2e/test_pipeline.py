@@ -105,6 +105,15 @@ def test_engines_start_once_serve_both_rounds_and_end_with_the_run(finished_run)
     m1, m2 = summary["rounds"]
     assert m1["engine"]["engine_starts"] == 1 and m1["engine"]["startup_s"] > 0
     assert m2["engine"]["engine_starts"] == 0 and m2["engine"]["startup_s"] == 0
+    # vLLM's own statistics of each round, from the engine's steps
+    for m in (m1, m2):
+        v = m["engine"]["vllm"]
+        assert v["engines"] == 1 and 0 < v["mean_running"] <= cfg.engine.max_num_seqs
+        assert 0 < v["mean_kv_cache_usage"] <= 1 and v["prompt_tokens_per_s"] > 0 and v["generated_tokens_per_s"] > 0
+        # the evolution prompts share their template's opening: read from the prefix cache
+        assert v["prefix_cache_hit_rate"] is not None and v["prefix_cache_hit_rate"] > 0
+        [per] = m["engine"]["per_actor"].values()
+        assert per["vllm"]["prompt_tokens"] > 0 and per["vllm"]["steps"] > 0
     assert set(m1["engine"]["per_actor"]) == set(m2["engine"]["per_actor"])
     end = time.monotonic() + 30
     while engine_processes() and time.monotonic() < end:
