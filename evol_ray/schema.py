@@ -33,6 +33,7 @@ class OutputConfig:
     include_seeds: bool = False
     start_over: bool = False
     rows_per_file: int = 100_000
+    progress_every_s: float = 30.0  # a progress line this often when the output is not a terminal
 
 
 @dataclass

@@ -119,7 +119,7 @@ def score_run(cfg: Config, out: Location, force: bool = False, engines: Optional
     with engines_for(cfg, score_model(cfg), engines, replicas=1) as eng:
         log.info("scores: rating %d instructions with %s on %s", table.num_rows, score_model(cfg).source, eng.device)
         scored = table_through(table, eng, functools.partial(rate_row, template=cfg.score.template),
-                               C.SCORES_SCHEMA, columns=_COLUMNS)
+                               C.SCORES_SCHEMA, columns=_COLUMNS, label="scores")
         device = eng.device
     scored = scored.sort_by([(C.ROUND, "ascending"), (C.ID, "ascending")])
 

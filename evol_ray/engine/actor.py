@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Sequence
 
 import pyarrow as pa
 import ray
 
+from evol_ray import columns as C
 from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
 from evol_ray.stage import Stage
@@ -41,14 +43,18 @@ class RowStage:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.niceness = os.nice(0)
         self.rows = 0
+        self.statuses: Counter = Counter()  # of the rows written so far, for the phase's progress
+        self.reasons: Counter = Counter()
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = (batch.select(list(self.columns)) if self.columns else batch).to_pylist()
         out = await asyncio.gather(*(self.fn(self.gen, r) for r in rows))
         self.rows += len(rows)
+        self.statuses.update(r[C.STATUS] for r in out if r.get(C.STATUS) is not None)
+        self.reasons.update(r[C.REASON] for r in out if r.get(C.REASON))
         if self.stats is not None:
             snap = self.meter.snapshot()
-            snap.update(rows=self.rows, niceness=self.niceness)
+            snap.update(rows=self.rows, niceness=self.niceness, statuses=dict(self.statuses), reasons=dict(self.reasons))
             self.stats.report.remote(self.name, snap)
         yield pa.Table.from_pylist(list(out), schema=self.schema)
 

@@ -331,13 +331,25 @@ def make_room(engines: Engines, running: Optional[Engines]) -> None:
 
 
 def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
-                  columns: Optional[List[str]] = None, stats: Optional[object] = None) -> pa.Table:
+                  columns: Optional[List[str]] = None, stats: Optional[object] = None,
+                  label: Optional[str] = None) -> pa.Table:
     """Every row of `table` through `fn` on `engines` (`actor.map_rows`), collected; the stage
-    reports to `stats` (an `EngineStats`) when given."""
+    reports to `stats` (an `EngineStats`) when given. `label`: the phase's progress is shown
+    under it (`evol_ray.progress`; a stats actor is started for it when none is given)."""
+    from evol_ray import progress
     from evol_ray.engine.actor import map_rows
+    from evol_ray.engine.meter import EngineStats
 
-    ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns, stats=stats)
-    parts = [t.cast(schema) for t in ray.get(ds.to_arrow_refs())]
+    own = label is not None and stats is None
+    if own:
+        stats = EngineStats.remote()
+    try:
+        ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns, stats=stats)
+        with progress.shown(label, table.num_rows, stats if label else None, engines.cfg.output.progress_every_s):
+            parts = [t.cast(schema) for t in ray.get(ds.to_arrow_refs())]
+    finally:
+        if own:
+            ray.kill(stats)
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 

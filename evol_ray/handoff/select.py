@@ -179,7 +179,7 @@ def ratings_of(out: Location, cfg: Config, rows: pa.Table, key: str) -> tuple[pa
     full = rows.select([c for c in C.RATINGS_SCHEMA.names if c in rows.column_names])
     fn = functools.partial(rate_pair, difficulty_t=cfg.score.template, quality_t=cfg.select.quality_template)
     with engines_for(cfg, select_model(cfg)) as eng:
-        t = table_through(full, eng, fn, C.RATINGS_SCHEMA)
+        t = table_through(full, eng, fn, C.RATINGS_SCHEMA, label="select: ratings")
     return t.sort_by([(C.ID, "ascending")]), False
 
 
@@ -193,7 +193,8 @@ def embeddings_of(out: Location, cfg: Config, ratings: pa.Table, key: str) -> pa
         return next(layout.read_tables(sdir, [sdir.join(EMBEDDINGS_FILE).path], C.EMBEDDINGS_SCHEMA.names))
     log.info("select: embedding %d instructions with %s", ratings.num_rows, cfg.select.embedding_model)
     with engines_for(cfg, config_mod.model_named(cfg, cfg.select.embedding_model), pooling=True) as eng:
-        return table_through(ratings.select([C.ID, C.INSTRUCTION]), eng, embed_row, C.EMBEDDINGS_SCHEMA)
+        return table_through(ratings.select([C.ID, C.INSTRUCTION]), eng, embed_row, C.EMBEDDINGS_SCHEMA,
+                             label="select: embeddings")
 
 
 def diversity_skip(cfg: Config, ratings: pa.Table, emb: Optional[pa.Table]) -> tuple[object, dict]:

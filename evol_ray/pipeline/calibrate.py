@@ -170,7 +170,8 @@ def _scored(d: Decision, cfg: Config, engines, rows: List[dict]) -> pa.Table:
     fn = _RowFn(one)
     # the first row alone, so that the prompt prefix every row shares is in the engine's cache
     first = table_through(table.slice(0, 1), engines, fn, SCORED_SCHEMA)
-    rest = table_through(table.slice(1), engines, fn, SCORED_SCHEMA) if table.num_rows > 1 else None
+    rest = table_through(table.slice(1), engines, fn, SCORED_SCHEMA,
+                         label=f"{d.name} calibration") if table.num_rows > 1 else None
     return pa.concat_tables([first] + ([rest] if rest is not None else []))
 
 

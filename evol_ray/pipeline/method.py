@@ -121,7 +121,7 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, de
         if stats is None:
             stats = start_engine_stats(0)
             engines.round_begin()
-        return table_through(table, engines, fn, schema, stats=stats)
+        return table_through(table, engines, fn, schema, stats=stats, label="auto evol")
 
     def load(t: int) -> Optional[dict]:
         m = layout.read_manifest(mdir.join(f"step_{t}"))

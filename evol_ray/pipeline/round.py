@@ -27,6 +27,7 @@ from evol_ray import config as config_mod
 from evol_ray.checks import text, where
 from evol_ray.config import Config
 from evol_ray.engine.base import EngineUnavailable
+from evol_ray import progress
 from evol_ray.engine.meter import start_engine_stats
 from evol_ray.evolve import stage as evolve_stage
 from evol_ray.io import commit, layout
@@ -209,9 +210,11 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         attempts = evolve_stage.evolve(todo(pool), cfg, round_no, engines, stats)
         if repeats is not None:
             attempts = attempts.union(REPEAT_ATTEMPTS(todo(repeats)))
+        total = None if expected_rows is None else expected_rows - resumed
         try:
-            attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
-                                   max_rows_per_file=cfg.output.rows_per_file)
+            with progress.shown(f"round {round_no}", total, stats, cfg.output.progress_every_s):
+                attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                                       max_rows_per_file=cfg.output.rows_per_file)
         except Exception as e:
             if (why := _engine_unavailable(e)) is None:
                 raise
