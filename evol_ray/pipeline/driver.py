@@ -82,14 +82,18 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
     returning a `TextGenerator`), in place of `engine.backend`'s; then no model is prepared."""
     # Everything cheap and checkable happens before Ray or any engine starts.
     urls, fmt, cols = seeds_mod.check_input(cfg)
-    calibrate.check_sets(cfg)  # a labelled set that cannot be read fails here, before any engine work
     out = locate(cfg.output.path, cfg.storage)
     try:
-        accepted = prepare_output(cfg, out)
-    except RunError:
+        calibrate.check_sets(cfg)  # a labelled set that cannot be read fails here, before any engine work
+        try:
+            accepted = prepare_output(cfg, out)
+        except RunError:
+            raise
+        except Exception as e:
+            raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
+    except RunError as e:
+        e.before_work = True  # the command line's exit code 2: nothing was produced
         raise
-    except Exception as e:
-        raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
 
     if generator_factory is None:
         check_engine_source(cfg)  # a named model fetched once, or the endpoint's preflight request

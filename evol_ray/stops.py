@@ -1,0 +1,144 @@
+"""How a command ends, the same for `run`, `score`, `select`, `report` and `export`: one line a
+person can read, the traceback in a log file that line names, and an exit code that says what
+kind of stop it was.
+
+Exit codes: 0 done; 2 bad input or config found before any work (nothing was written); 1 a failure
+during the work (a stopped engine, a full disk, a store away); 130 Ctrl-C (SIGINT); 143 SIGTERM
+(a scheduler's preemption). Rows written before a stop are kept: the same command resumes.
+
+Every command writes its log (evol-ray's lines and any traceback) to a local file,
+`$EVOL_RAY_LOGS` or ~/.cache/evol-ray/logs/<command>-<time>-<pid>.log; `run` copies it beside its
+output at exit (OUTPUT/logs/) where the store takes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+log = logging.getLogger("evol_ray")
+
+DONE, FAILED, BAD_INPUT, SIGINT_EXIT, SIGTERM_EXIT = 0, 1, 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks (engines stopped) run. A
+    BaseException, as KeyboardInterrupt is: no `except Exception` swallows it."""
+
+
+def log_path(command: str) -> Path:
+    folder = Path(os.environ.get("EVOL_RAY_LOGS") or Path.home() / ".cache" / "evol-ray" / "logs")
+    return folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+@contextlib.contextmanager
+def logged_to_file(command: str) -> Iterator[Optional[Path]]:
+    """evol-ray's log lines also go to a local file for the command (None when none can be made)."""
+    path = log_path(command)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        yield None
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    ours = logging.getLogger("evol_ray")
+    ours.addHandler(handler)
+    try:
+        yield path
+    finally:
+        ours.removeHandler(handler)
+        handler.close()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread (Ray's own handler, set at `ray.init`, exits
+    with SystemExit(15) instead: `exit_code` reads both)."""
+    if sys.platform == "win32" or not _main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def cause_of(e: BaseException) -> BaseException:
+    """The error under Ray's wrappers (a task's exception arrives as a RayTaskError) and chains."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
+def describe(e: BaseException) -> str:
+    """What happened, in one line."""
+    c = cause_of(e)
+    if isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {c.filename or 'a file'}"
+    if isinstance(c, OSError) and c.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"not allowed to write {c.filename or 'a file'} ({c.strerror})"
+    if isinstance(c, OSError) and c.strerror:
+        return f"{c.strerror}: {c.filename}" if c.filename else c.strerror
+    text = str(c).strip().splitlines()
+    return f"{type(c).__name__}: {text[0][:300]}" if text else type(c).__name__
+
+
+def exit_code(e: BaseException) -> int:
+    if isinstance(e, KeyboardInterrupt):
+        return SIGINT_EXIT
+    if isinstance(e, Terminated) or (isinstance(e, SystemExit) and e.code == signal.SIGTERM):
+        return SIGTERM_EXIT
+    return FAILED
+
+
+def ended(e: BaseException, command: str, argv, log_file: Optional[Path]) -> int:
+    """The one line for a command stopped by `e` (the traceback to the log file); its exit code."""
+    code = exit_code(e)
+    what = {SIGINT_EXIT: "stopped by Ctrl-C (SIGINT)", SIGTERM_EXIT: "stopped by SIGTERM"}.get(code) or describe(e)
+    if log_file is not None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    resume = shlex.join(["evol-ray", *argv])
+    kept = " the rows written so far are kept;" if command == "run" else ""
+    where = f" (details: {log_file})" if log_file is not None else ""
+    print(f"evol-ray: {command}: {what};{kept} run again to resume: {resume}{where}", file=sys.stderr)
+    return code
+
+
+def guarded(command: str, argv, body: Callable[[Optional[Path]], int]) -> int:
+    """`body(log_file)` with its stops made readable: any exception it does not turn into an exit
+    code itself, Ctrl-C and SIGTERM end in `ended`'s line and code."""
+    with logged_to_file(command) as log_file:
+        try:
+            with sigterm_raises():
+                return body(log_file)
+        except (Exception, KeyboardInterrupt, Terminated, SystemExit) as e:
+            if isinstance(e, SystemExit) and e.code != signal.SIGTERM:
+                raise
+            return ended(e, command, argv, log_file)
