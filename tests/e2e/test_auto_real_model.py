@@ -25,7 +25,7 @@ from evol_ray.evolve.prompts import AUTO_OP
 from evol_ray.pipeline.driver import run
 from tests.conftest import SMOLLM2
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 DEV, BATCH, SEEDS = 4, 2, 8

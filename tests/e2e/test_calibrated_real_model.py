@@ -22,7 +22,7 @@ from evol_ray import columns as C
 from evol_ray.calibration import sets
 from evol_ray.cli import main
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 LOCAL = Path(__file__).resolve().parents[2] / "conf" / "local.yaml"
 N_SEEDS = 8

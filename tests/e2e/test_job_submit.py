@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import tiny_overrides
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMIT = REPO / "jobs" / "submit.py"

@@ -21,7 +21,7 @@ from evol_ray.config import ConfigError, load_config
 from evol_ray.pipeline.driver import RunError, run
 from tests.conftest import _free_port, parquet_rows
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 KEY = "test-key-8c1f0e"  # what the server was started with; never in a message or a file
 MODEL = "smol"

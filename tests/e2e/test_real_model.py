@@ -22,7 +22,7 @@ from evol_ray.config import load_config
 from evol_ray.pipeline.driver import run
 from tests.conftest import SMOLLM2
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 LOCAL = Path(__file__).resolve().parents[2] / "conf" / "local.yaml"
 SEEDS = Path(__file__).resolve().parents[2] / "data" / "seeds.json"

@@ -21,7 +21,7 @@ from evol_ray.evolve import recipe_rules, recipes
 from evol_ray.pipeline.driver import run
 from tests.conftest import SMOLLM2
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.real_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 N_SEEDS = 12

@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from evol_ray import columns as C
+
+pytestmark = pytest.mark.bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 1500
