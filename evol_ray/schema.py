@@ -34,6 +34,7 @@ class OutputConfig:
     start_over: bool = False
     rows_per_file: int = 100_000
     progress_every_s: float = 30.0  # a progress line this often when the output is not a terminal
+    wait_for_lease_s: float = 0.0  # how long to wait for another run's lease on this output
 
 
 @dataclass

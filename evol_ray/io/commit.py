@@ -85,6 +85,8 @@ def write_tables(tables: Dict[str, object], dest: Location) -> List[str]:
 def commit(dest: Location, manifest: dict, files: Sequence[str]) -> dict:
     """Write `dest/manifest.json` last: `manifest` plus `complete`, `files` (relative to `dest`)
     and `finished`. Returns what was written."""
+    if dest.guard is not None:  # a run that lost its output's lease commits nothing
+        dest.guard()
     m = {**manifest, "complete": True, "files": sorted(posixpath.relpath(f, dest.path) for f in files),
          "finished": layout.timestamp()}
     write_json(dest.join(layout.MANIFEST), m)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import fsspec
 import pyarrow.fs as pafs
@@ -26,10 +26,16 @@ class Location:
     fs: Any  # fsspec.AbstractFileSystem
     path: str  # without scheme
     url: str
+    # called before every commit under this location (a run's output lease: `io/lease.py`)
+    guard: Optional[Callable[[], None]] = None
 
     def join(self, *parts: str) -> "Location":
         path = posixpath.join(self.path, *parts)
-        return Location(self.fs, path, self.url_of(path))
+        return Location(self.fs, path, self.url_of(path), self.guard)
+
+    def __getstate__(self) -> dict:
+        # the guard stays with the driver, which alone commits: Ray's workers get the location only
+        return {**self.__dict__, "guard": None}
 
     def url_of(self, path: str) -> str:
         return f"s3://{path}" if is_s3(self.url) else path

@@ -14,8 +14,9 @@ rest. The output layout is `evol_ray.io.layout`; the commit protocol `evol_ray.i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Set, Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 from evol_ray import config as config_mod
 from evol_ray.analysis.score import score_run
@@ -25,6 +26,7 @@ from evol_ray.engine.resources import connect
 from evol_ray.engine.service import start_engines
 from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
+from evol_ray.io.lease import Lease, LeaseHeld
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
 from evol_ray.pipeline import calibrate, method
 from evol_ray.pipeline.final import write_final
@@ -36,7 +38,7 @@ log = logging.getLogger("evol_ray")
 __all__ = ["RunError", "run", "prepare_output"]
 
 
-def prepare_output(cfg: Config, out: Location) -> Set[str]:
+def prepare_output(cfg: Config, out: Location, lease: Optional[Lease] = None) -> Set[str]:
     """The run's identity: refuse to mix two configs in one output path, unless
     `output.start_over` is set; then write `run.json` and `config.yaml`. Returns the config
     hashes under which committed rounds are this run's: its own, and the one a run written while
@@ -54,6 +56,8 @@ def prepare_output(cfg: Config, out: Location) -> Set[str]:
         if cfg.output.start_over:
             log.warning("output.start_over: removing the earlier run at %s", out.url)
             remove(out)
+            if lease is not None:
+                lease.restore()
             accepted = {now}
         elif keys and set(keys) <= set(THRESHOLD_KEYS):
             # a threshold decides which rows a round keeps: rounds made under another one are redone
@@ -86,14 +90,31 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
     try:
         calibrate.check_sets(cfg)  # a labelled set that cannot be read fails here, before any engine work
         try:
-            accepted = prepare_output(cfg, out)
-        except RunError:
-            raise
+            lease = Lease(out).take(cfg.output.wait_for_lease_s)  # one writer per output
+        except LeaseHeld as e:
+            raise RunError(str(e)) from None
         except Exception as e:
+            raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
+        out = dataclasses.replace(out, guard=lease.check)  # every commit checks it first
+        try:
+            accepted = prepare_output(cfg, out, lease)
+        except BaseException as e:
+            lease.release()
+            if isinstance(e, RunError) or not isinstance(e, Exception):
+                raise
             raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
     except RunError as e:
         e.before_work = True  # the command line's exit code 2: nothing was produced
         raise
+    try:
+        return _engines_and_rounds(cfg, out, urls, fmt, cols, accepted, generator_factory)
+    finally:
+        lease.release()
+
+
+def _engines_and_rounds(cfg: Config, out: Location, urls, fmt, cols, accepted: Set[str],
+                        generator_factory: Optional[Callable[[], TextGenerator]]) -> dict:
+    """The engines started (once), the rounds run on them, the engines stopped."""
 
     if generator_factory is None:
         check_engine_source(cfg)  # a named model fetched once, or the endpoint's preflight request
