@@ -16,7 +16,7 @@ Reads the round files of a finished run (`id`, `root_id`, `round`, `status`, `in
 
 In a run with `score.enabled`, the rows go to the run's warm engines when `score.model` is unset;
 `evol-ray score` (or another `score.model`) starts one engine, placed where the GPUs are as the
-rounds' are (the driver may run on a CPU-only head node, README, Cluster): a sample of a few
+rounds' are (the driver may run on a CPU-only head node, docs/cluster.md): a sample of a few
 hundred rows is seconds of engine time, and a second engine would only add another start-up.
 """
 

@@ -1,6 +1,6 @@
 """The labelled sets that calibrate the run's LLM decisions, and their split.
 
-Two sets ship with evol-ray, written and labelled for the project (README, "Calibrated judgement"):
+Two sets ship with evol-ray, written and labelled for the project (docs/judgement.md):
 
   data/judge_pairs.jsonl      (parent, evolution) pairs over every operation of the three recipes
                               and Auto Evol's: `Equal` (a failed evolution: a paraphrase, a trivial

@@ -2,7 +2,7 @@
 and the stages in front of them ask for.
 
 The device is decided from the cluster, not from the driver's process: the driver may run on a
-CPU-only head node while the engines run on GPU workers (README, Cluster).
+CPU-only head node while the engines run on GPU workers (docs/cluster.md).
 """
 
 from __future__ import annotations

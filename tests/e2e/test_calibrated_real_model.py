@@ -5,8 +5,7 @@ coherence gate before round 1, prints their accuracy on the halves they were not
 the thresholds in the round's manifest and keeps rows, and the report shows the decisions' accuracy
 and every rule's count.
 
-To fit CI's time (the whole sets take 9 minutes of this model on 2 cores: README, "Calibrated
-judgement"), the calibration reads half of each shipped set, every other row of each label and
+To fit CI's time (the whole sets take 9 minutes of this model on 2 cores: docs/judgement.md), the calibration reads half of each shipped set, every other row of each label and
 operation (or role), through the user's keys `elimination.calibration.*`; the figures on the whole
 sets are bench/judge.py's and bench/coherence.py's."""
 
@@ -83,7 +82,7 @@ def test_the_coherence_gate_has_precision_and_recall_of_incoherent(calibrated_ru
 
 def test_a_round_keeps_rows_and_records_every_decision(calibrated_run):
     _, _, m, rows = calibrated_run
-    assert m["rows_in"] == N_SEEDS and m["rows_kept"] >= 1  # 16 seeds kept 4 (README, "Real text")
+    assert m["rows_in"] == N_SEEDS and m["rows_kept"] >= 1  # 16 seeds kept 4 (docs/judgement.md, "Real text")
     judged = [x for x in rows if x[C.JUDGE_P_EQUAL] is not None]
     assert judged and all((x[C.REASON] == C.R_NO_GAIN) == (x[C.JUDGE_P_EQUAL] >= m["judge_threshold"]) for x in judged)
     rated = [x for x in rows if x[C.INSTRUCTION_P_INCOHERENT] is not None]
