@@ -121,7 +121,10 @@ def shown(label: str, total: Optional[int], stats, every_s: float) -> Iterator[O
     def now() -> dict:
         return totals(ray.get(stats.get.remote(), timeout=10))
 
-    base = now()  # what an earlier phase on the same stats actor reported (Auto Evol's steps)
+    try:  # what an earlier phase on the same stats actor reported (Auto Evol's steps)
+        base = now()
+    except Exception:  # the stats actor slow to start: progress counts from zero, the phase goes on
+        base = {"rows": 0, "statuses": Counter(), "reasons": Counter()}
 
     def read() -> dict:
         t = now()
