@@ -14,7 +14,8 @@ Printed per stage and per round: seconds, rows/s, driver peak RSS and its privat
 less the shared pages, such as the object store's the driver has read), object store peak (all nodes)
 and bytes spilled during the stage; then the invariants (every row accounted for in every round,
 final = kept, the planted duplicates found; a broken one exits 1); the last line is
-`rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g>`, where growth
+`rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g> attempt_files=<f>`
+(the engine phases' result files, all rounds), where growth
 is (seconds per row at N) / (seconds per row at N/10), both measured here when `--growth` is given
 (else `growth=nan`). With `--growth` a warm-up run (N/100 rows, at least 1,000) goes first and is
 not compared: the first run in a process pays Ray's worker start-up and the driver's one-time
@@ -289,7 +290,8 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
     if not args.keep:
         shutil.rmtree(seeds_dir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
-    return {"seconds": secs, "peak": peak, "bad": bad}
+    return {"seconds": secs, "peak": peak, "bad": bad,
+            "attempt_files": sum(m.get("attempt_files", 0) for m in summary["rounds"])}
 
 
 def main() -> int:
@@ -339,7 +341,8 @@ def main() -> int:
         print(f"driver peak RSS at N/10 {small['peak']:.0f} MB, at N {big['peak']:.0f} MB: "
               f"{big['peak'] / small['peak']:.2f}x")
     print(f"rows={args.rows} rounds={args.rounds} seconds={big['seconds']:.1f} "
-          f"rows_per_s={args.rows / big['seconds']:.0f} driver_peak_rss_mb={big['peak']:.0f} growth={growth:.2f}")
+          f"rows_per_s={args.rows / big['seconds']:.0f} driver_peak_rss_mb={big['peak']:.0f} growth={growth:.2f} "
+          f"attempt_files={big['attempt_files']}")
     return 1 if big["bad"] or (small and small["bad"]) else 0
 
 

@@ -246,6 +246,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
         "rows_in": counts["rows"],
         "rows_kept": counts["status_counts"].get(C.KEPT, 0),
         "rows_resumed": resumed,
+        "attempt_files": len(parts),  # what the engine phase wrote (and the commit read): object-store requests
         **{k: v for k, v in counts.items() if k != "rows"},
         "wall_seconds": round(time.monotonic() - started, 3),
         # engine phase: from the round's start (actors launched, engines starting) to the last
