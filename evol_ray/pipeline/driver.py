@@ -31,34 +31,32 @@ from evol_ray.io.storage import Location, describe_error, locate, read_json, rem
 from evol_ray.pipeline import calibrate, method
 from evol_ray.pipeline.final import write_final
 from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, run_round
-from evol_ray.run_key import THRESHOLD_KEYS
+from evol_ray.run_key import THRESHOLD_KEYS, UNHASHED_KEYS
 
 log = logging.getLogger("evol_ray")
 
 __all__ = ["RunError", "run", "prepare_output"]
 
 
-def prepare_output(cfg: Config, out: Location, lease: Optional[Lease] = None) -> Set[str]:
+def prepare_output(cfg: Config, out: Location, lease: Optional[Lease] = None) -> Optional[dict]:
     """The run's identity: refuse to mix two configs in one output path, unless
-    `output.start_over` is set; then write `run.json` and `config.yaml`. Returns the config
-    hashes under which committed rounds are this run's: its own, and the one a run written while
-    `evolution.rounds` was hashed had (`run_key.legacy_hash`), kept in run.json."""
+    `output.start_over` is set; then write `run.json` and `config.yaml`. Returns the values of
+    `run_key.UNHASHED_KEYS` an output written while they were hashed was made under (kept in
+    run.json as `legacy_values`), or None: its rounds are this run's too (`reusable`)."""
     saved = read_json(out.join(layout.RUN_FILE))
     now = config_mod.config_hash(cfg)
-    accepted = {now}
-    if saved is not None:
-        accepted.update(saved.get("accepted_hashes", []))
-        before = saved.get("result_values", {})
-        if saved.get("config_hash") == config_mod.legacy_hash(cfg, before):
-            accepted.add(saved["config_hash"])  # the same run, written when its round count was hashed
-    if saved is not None and saved.get("config_hash") not in accepted:
-        keys = config_mod.differing_keys(saved.get("result_values", {}), cfg)
+    legacy = (saved or {}).get("legacy_values")
+    before = (saved or {}).get("result_values", {})
+    if saved is not None and legacy is None and saved.get("config_hash") == config_mod.legacy_hash(cfg, before):
+        legacy = {k: before[k] for k in UNHASHED_KEYS if k in before}  # written when the round count was hashed
+    if saved is not None and saved.get("config_hash") not in reusable(cfg, legacy):
+        keys = config_mod.differing_keys(before, cfg)
         if cfg.output.start_over:
             log.warning("output.start_over: removing the earlier run at %s", out.url)
             remove(out)
             if lease is not None:
                 lease.restore()
-            accepted = {now}
+            legacy = None
         elif keys and set(keys) <= set(THRESHOLD_KEYS):
             # a threshold decides which rows a round keeps: rounds made under another one are redone
             log.info("%s: %s changed; rounds made under the old value are redone", out.url, ", ".join(keys))
@@ -70,13 +68,19 @@ def prepare_output(cfg: Config, out: Location, lease: Optional[Lease] = None) ->
             )
     write_json(out.join(layout.RUN_FILE), {
         "config_hash": now,
-        "accepted_hashes": sorted(accepted - {now}),
+        "legacy_values": legacy,
         "result_values": config_mod.result_values(cfg),
         "created": (saved or {}).get("created", layout.timestamp()),
     })
     with out.fs.open(out.join(layout.CONFIG_FILE).path, "w") as f:
         f.write(config_mod.to_yaml(cfg))
-    return accepted
+    return legacy
+
+
+def reusable(cfg: Config, legacy: Optional[dict]) -> Set[str]:
+    """Config hashes under which a committed round (or run.json) is this run's: `cfg`'s, and the
+    one it had while `UNHASHED_KEYS` were hashed, at the values the output was written under."""
+    return {config_mod.config_hash(cfg)} | ({config_mod.legacy_hash(cfg, legacy)} if legacy else set())
 
 
 def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]] = None) -> dict:
@@ -97,7 +101,7 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
             raise RunError(f"output.path {describe_error(e, cfg.output.path)}") from None
         out = dataclasses.replace(out, guard=lease.check)  # every commit checks it first
         try:
-            accepted = prepare_output(cfg, out, lease)
+            legacy = prepare_output(cfg, out, lease)
         except BaseException as e:
             lease.release()
             if isinstance(e, RunError) or not isinstance(e, Exception):
@@ -107,12 +111,12 @@ def run(cfg: Config, *, generator_factory: Optional[Callable[[], TextGenerator]]
         e.before_work = True  # the command line's exit code 2: nothing was produced
         raise
     try:
-        return _engines_and_rounds(cfg, out, urls, fmt, cols, accepted, generator_factory)
+        return _engines_and_rounds(cfg, out, urls, fmt, cols, legacy, generator_factory)
     finally:
         lease.release()
 
 
-def _engines_and_rounds(cfg: Config, out: Location, urls, fmt, cols, accepted: Set[str],
+def _engines_and_rounds(cfg: Config, out: Location, urls, fmt, cols, legacy: Optional[dict],
                         generator_factory: Optional[Callable[[], TextGenerator]]) -> dict:
     """The engines started (once), the rounds run on them, the engines stopped."""
 
@@ -125,14 +129,14 @@ def _engines_and_rounds(cfg: Config, out: Location, urls, fmt, cols, accepted: S
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), engines.device, cfg.evolution.rounds, out.url)
     try:
-        return _rounds(cfg, out, urls, fmt, cols, engines, accepted)
+        return _rounds(cfg, out, urls, fmt, cols, engines, legacy)
     finally:
         engines.stop()
 
 
-def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, accepted: Set[str]) -> dict:
+def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, legacy: Optional[dict]) -> dict:
     """The rounds, the final set and the scores, on `engines`. A committed round is reused when its
-    manifest's config hash is one of `accepted` (and its calibrated numbers and Auto Evol method
+    manifest's config hash is `reusable` (and its calibrated numbers and Auto Evol method
     are the run's); rounds past `evolution.rounds` are left in place, outside `final/`."""
     all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
     # what is evolved, deduped against and kept as seeds: read by every round and the final set
@@ -145,6 +149,7 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, accepted: Set[
     if cfg.evolution.auto.enabled:  # the method of operation `auto`, found (or reused) before round 1
         found = method.find_method(cfg, out, seeds, engines, about)
         cfg, about = method.rounds_config(cfg, found), {**about, method.DIGEST: found[method.DIGEST]}
+    accepted = reusable(cfg, legacy)  # the hashes of the config the rounds run under (thresholds decided)
     pool = seeds
     manifests: List[dict] = []
     redone = False  # once a round is redone, later rounds built on the old one are redone too
