@@ -9,14 +9,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(autouse=True)
 def _evol_ray_logger():
-    """`cli.main` sets up the process's logging (its own handler, no propagation to the root);
-    a test that calls it in-process must not hide later tests' log records from caplog."""
+    """`cli.main` sets up the process's logging (its own handler on the `evol_ray` logger, no
+    propagation to the root). A test or a module fixture that calls it in-process must not hide
+    later tests' log records from caplog: every test starts and ends with the logger as a library
+    leaves it."""
     import logging
 
-    ours = logging.getLogger("evol_ray")
-    before = (list(ours.handlers), ours.propagate, ours.level)
+    def reset():
+        ours = logging.getLogger("evol_ray")
+        ours.handlers[:] = [h for h in ours.handlers if not getattr(h, "evol_ray_progress", False)]
+        ours.propagate = True
+        ours.setLevel(logging.NOTSET)
+
+    reset()
     yield
-    ours.handlers[:], ours.propagate, ours.level = before[0], before[1], before[2]
+    reset()
 
 
 @pytest.fixture(scope="session")
