@@ -21,7 +21,9 @@ engine.tensor_parallel_size) when they cannot all be placed, before any engine s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
+import math
 import os
 import sys
 import time
@@ -67,13 +69,16 @@ class StandInEngine:
         ray.get(ledger.put.remote(f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}", self.gpus))
 
     async def generate(self, prompt, sampling, *, seed, choices=None):
-        raise NotImplementedError("a placement stand-in serves no requests")
+        """Answers with the GPUs it holds (the bench asks each engine once: it serves)."""
+        from evol_ray.engine.base import Completion
+
+        return Completion(f"served on GPUs {','.join(self.gpus)}", 0, 0)
 
     async def score_choices(self, prompt, choices):
-        raise NotImplementedError("a placement stand-in serves no requests")
+        return {c: -math.log(len(choices)) for c in choices}  # no opinion: uniform
 
     async def embed(self, text):
-        raise NotImplementedError("a placement stand-in serves no requests")
+        return [float(len(text))]
 
 
 def engine_gpus(ledger) -> list:
@@ -142,6 +147,14 @@ def main(argv=None) -> int:
         return 2
     held = engine_gpus(ledger)
     seconds = time.monotonic() - t0
+    client = engines.generator_factory()  # the stages' client: every engine answers a request
+
+    async def ask_each():
+        return await asyncio.gather(*(client.generate("ping", cfg.evolution.answer_sampling, seed=0)
+                                      for _ in engines.handles))
+
+    replies = asyncio.run(ask_each())
+    print(f"requests answered: {len(replies)} ({'; '.join(sorted({r.text for r in replies}))})")
     for i, g in enumerate(held):
         print(f"engine {i}: GPUs {','.join(g) or '-'}")
     groups = len({g.id for g in engines.groups})

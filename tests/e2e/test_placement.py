@@ -33,6 +33,7 @@ def test_two_tensor_parallel_replicas_each_get_their_own_group_and_gpus():
     assert (f["engines_started"], f["gpus_held"], f["groups"], f["groups_left"]) == ("2", "4", "2", "0")
     assert len(engines) == 2 and all(len(g) == 2 for g in engines)
     assert not set(engines[0]) & set(engines[1])  # no GPU shared, none waited for
+    assert "requests answered: 2 (" in r.stdout  # the stages' client reaches every engine
 
 
 def test_auto_starts_as_many_engines_as_the_gpus_hold_and_a_second_model_does_not_wait():
