@@ -11,6 +11,10 @@ drawn from log-normal distributions, so that every elimination rule and dedup ha
   * `cluster_share` of evolutions are one of `clusters` base texts, three in four with one word
     appended (near-duplicates and exact copies within the round, and across rounds).
 
+Long-tailed mode (`latency_s` > 0): every request takes a log-normal time (median `latency_s`,
+`latency_sigma`), drawn from its prompt's hash, as a GPU engine's replies do when answers' lengths
+vary: a few requests take many times the median (`bench/in_flight.py`).
+
 Lengths (words): instructions median 24 (sigma 0.5), answers median 60 (sigma 0.7), capped; about
 what Alpaca-style seeds and their evolutions look like, kept modest so a million rows fit a 24 GiB
 machine. Token counts are characters / 4.
@@ -22,6 +26,7 @@ appended). Never imported by evol_ray: this lives in bench/, out of every user's
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import os
@@ -84,6 +89,13 @@ class SyntheticGenerator:
     cluster_share: float = 0.04
     clusters: int = 1000
     seed: int = 0
+    latency_s: float = 0.0  # median seconds per request; 0: none
+    latency_sigma: float = 1.0
+
+    async def _wait(self, h: int) -> None:
+        if self.latency_s > 0:
+            rng = random.Random(h ^ self.seed ^ 0x7E7E)
+            await asyncio.sleep(self.latency_s * math.exp(self.latency_sigma * rng.gauss(0.0, 1.0)))
 
     def _vocab(self) -> list:
         v = getattr(self, "_v", None)
@@ -118,6 +130,7 @@ class SyntheticGenerator:
 
     async def generate(self, prompt: str, sampling, *, seed: int, choices=None) -> Completion:
         h = _h(prompt)
+        await self._wait(h)
         if choices:
             text = choices[h % len(choices)]
         elif prompts.ORIGINAL_MARKER in prompt:
@@ -127,6 +140,7 @@ class SyntheticGenerator:
         return Completion(text, prompt_tokens=len(prompt) // 4, generated_tokens=len(text) // 4 + 1)
 
     async def score_choices(self, prompt: str, choices: Sequence[str]) -> Dict[str, float]:
+        await self._wait(_h(prompt))
         equal = (_h(prompt) % 10_000) < self.equal_share * 10_000
         return {c: (-0.05 if (c == prompts.JUDGE_EQUAL) == equal else -3.0) for c in choices}
 

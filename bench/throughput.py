@@ -80,7 +80,7 @@ def build_config(args, model: str, seeds: Path, out: Path):
     overrides = [
         f"input.path={seeds}", f"output.path={out}", f"model.source={model}", f"evolution.rounds={args.rounds}",
         f"model.load_format={args.load_format}", f"engine.device={args.device}",
-        f"engine.batch_size={args.batch_size}", f"engine.batches_in_flight={args.batches_in_flight}",
+        f"engine.batch_size={args.batch_size}", f"engine.rows_in_flight={args.rows_in_flight}",
         f"engine.max_num_seqs={args.max_num_seqs}", f"engine.enforce_eager={str(args.eager).lower()}",
         f"evolution.evolve_sampling.max_tokens={args.evolve_tokens}",
         f"evolution.answer_sampling.max_tokens={args.answer_tokens}", f"seed={args.seed}",
@@ -199,7 +199,7 @@ def main() -> int:
     p.add_argument("--load-format", default="auto", help="`dummy`: random weights of a real architecture")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches-in-flight", type=int, default=4)
+    p.add_argument("--rows-in-flight", type=int, default=256, help="engine.rows_in_flight")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--evolve-tokens", type=int, default=64)
     p.add_argument("--answer-tokens", type=int, default=192)
@@ -293,7 +293,7 @@ def measure(args, cfg, model: str) -> int:
 
     print(f"\nrows={args.rows} rounds={args.rounds} backend={args.backend} model={model} "
           f"device={local_device(args.device)} batch_size={args.batch_size} "
-          f"batches_in_flight={args.batches_in_flight}")
+          f"rows_in_flight={args.rows_in_flight}")
     print(f"{'':10}{'tokens':>9}{'wall_s':>9}{'tok/s':>9}{'start_s':>9}{'gen_s':>8}{'gen tok/s':>11}"
           f"{'busy':>7}{'in flight':>10}{'errors':>8}")
     for side, r in results.items():

@@ -72,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from evol_ray import stops
 
     kept: dict = {}  # where `run` copies its log at exit
-    code = stops.guarded(ns.command, argv, lambda log_file: _dispatch(ns, kept))
+    code = stops.guarded(ns.command, argv, lambda log_file: _dispatch(ns, kept),
+                         where=lambda: kept["cfg"].output.path if kept.get("cfg") is not None else getattr(ns, "output", None))
     if kept.get("cfg") is not None and kept.get("log") is not None:
         _keep_log(kept["cfg"], kept["log"])
     return code
@@ -257,7 +258,8 @@ def format_summary(summary: dict) -> str:
                      f"it) in {summary['output']}/method")
     for m in summary["rounds"]:
         eng = m.get("engine") or {}
-        busy = f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight)" if eng else ""
+        busy = (f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight, "
+                f"{eng.get('mean_in_flight_sending', 0.0):.1f} while sending)" if eng else "")
         if v := eng.get("vllm"):
             busy += (f"; vLLM: {v['mean_running']:.1f} running, {v['mean_waiting']:.1f} waiting, KV cache "
                      f"{v['mean_kv_cache_usage']:.0%}, prefix-cache hits {shown(v['prefix_cache_hit_rate'], '.0%')}, "
@@ -268,6 +270,10 @@ def format_summary(summary: dict) -> str:
             f"statuses {m['status_counts']}, reasons: {reasons}; "
             f"{m['generated_tokens']} tokens generated in {m['wall_seconds']:.1f}s{busy}"
         )
+    if (a := summary.get("seed_answers")) is not None:
+        reasons = ", ".join(f"{k}={v}" for k, v in a["reason_counts"].items()) or "none"
+        lines.append(f"seed answers: {a['rows_in']} seeds without an answer, {a['rows_kept']} answered and kept, "
+                     f"reasons: {reasons}")
     covered = summary["final"].get("rounds") or []
     lines.append(f"final: {summary['final']['rows']} rows"
                  + (f" from rounds {covered[0]}-{covered[-1]}" if len(covered) > 1 else

@@ -74,8 +74,17 @@ MOVED_KEYS = {"engine.endpoint.choice_scoring": ("engine.choice_scoring", {"logp
               "engine.endpoint.send_seed": ("engine.request_seeds", {})}
 
 
+# Keys replaced by one of another meaning: old name -> (new name, what to set it to).
+REPLACED_KEYS = {"engine.batches_in_flight": (
+    "engine.rows_in_flight", "the rows whose chains run at once per engine: engine.batch_size x the old value")}
+
+
 def _migrate(saved: dict) -> dict:
     saved = copy.deepcopy(saved)
+    engine = saved.get("engine")
+    if isinstance(engine, dict) and "batches_in_flight" in engine:  # rows in flight were a product
+        batches = engine.pop("batches_in_flight")
+        engine.setdefault("rows_in_flight", int(batches) * int(engine.get("batch_size", 64)))
     for old, (new, values) in MOVED_KEYS.items():
         *path, last = old.split(".")
         node = saved
@@ -110,6 +119,9 @@ def _merge(cfg: DictConfig, other: Any, source: str) -> DictConfig:
 def _describe(e: OmegaConfBaseException, source: str) -> str:
     key = getattr(e, "full_key", None) or "?"
     msg = str(getattr(e, "msg", e)).split("\n")[0]
+    if key in REPLACED_KEYS:
+        new, how = REPLACED_KEYS[key]
+        return f"{source}: config key '{key}' was replaced by '{new}' ({how})"
     if key in MOVED_KEYS:
         new, values = MOVED_KEYS[key]
         renamed = ", ".join(f"{a} is now {b}" for a, b in values.items())

@@ -73,7 +73,7 @@ def validate(cfg: Config) -> None:
               "engine.tensor_parallel_size; 1 on CPU) or a number of engines, at least 1")
     if e.wait_for_gpus_s < 0:
         _fail("engine.wait_for_gpus_s", f"got {e.wait_for_gpus_s}, expected seconds >= 0")
-    for key in ("tensor_parallel_size", "max_num_seqs", "batch_size", "batches_in_flight"):
+    for key in ("tensor_parallel_size", "max_num_seqs", "batch_size", "rows_in_flight"):
         if getattr(e, key) < 1:
             _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
     if not 0 < e.gpu_memory_utilization <= 1:
@@ -135,7 +135,7 @@ FORCED_CHOICE = ("guided", "json_schema", "parse")
 def _check_engine(e: EngineConfig) -> None:
     if e.backend not in BACKENDS:
         _fail("engine.backend", f"got {e.backend!r}, allowed: {', '.join(BACKENDS)}")
-    for key in ("clients_per_replica", "batch_size", "batches_in_flight"):
+    for key in ("clients_per_replica", "batch_size", "rows_in_flight"):
         if getattr(e, key) < 1:
             _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
     if e.max_restarts < 0:

@@ -30,7 +30,8 @@ class InputConfig:
 @dataclass
 class OutputConfig:
     path: str = MISSING
-    include_seeds: bool = False
+    include_seeds: bool = True  # the seeds join final/, as WizardLM trains on them
+    answer_seeds: bool = True  # a seed without an answer gets one from the run's engines
     start_over: bool = False
     rows_per_file: int = 100_000
     progress_every_s: float = 30.0  # a progress line this often when the output is not a terminal
@@ -83,7 +84,7 @@ class EngineConfig:
     cpus_per_replica: float = 1.0
     max_num_seqs: int = 256
     batch_size: int = 64
-    batches_in_flight: int = 4
+    rows_in_flight: int = 256  # rows whose chains run at once per engine (per stage actor with openai)
     enforce_eager: bool = False
     extra_args: Dict[str, Any] = field(default_factory=dict)
     clients_per_replica: int = 1

@@ -96,13 +96,20 @@ def cause_of(e: BaseException) -> BaseException:
     return e
 
 
-def describe(e: BaseException) -> str:
-    """What happened, in one line."""
+def _path_like(name) -> bool:
+    return isinstance(name, str) and bool(name) and " " not in name and ("/" in name or "\\" in name)
+
+
+def describe(e: BaseException, where: Optional[str] = None) -> str:
+    """What happened, in one line. `where`: the command's output path, named when the error
+    carries no file of its own (a write inside a Ray Data task reports none)."""
     c = cause_of(e)
+    target = c.filename if isinstance(c, OSError) and _path_like(c.filename) else \
+        (f"under {where}" if where else "a file")
     if isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device writing {c.filename or 'a file'}"
+        return f"no space left on the device writing {target}"
     if isinstance(c, OSError) and c.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"not allowed to write {c.filename or 'a file'} ({c.strerror})"
+        return f"not allowed to write {target} ({c.strerror})"
     if isinstance(c, OSError) and c.strerror:
         return f"{c.strerror}: {c.filename}" if c.filename else c.strerror
     text = str(c).strip().splitlines()
@@ -117,10 +124,10 @@ def exit_code(e: BaseException) -> int:
     return FAILED
 
 
-def ended(e: BaseException, command: str, argv, log_file: Optional[Path]) -> int:
+def ended(e: BaseException, command: str, argv, log_file: Optional[Path], where: Optional[str] = None) -> int:
     """The one line for a command stopped by `e` (the traceback to the log file); its exit code."""
     code = exit_code(e)
-    what = {SIGINT_EXIT: "stopped by Ctrl-C (SIGINT)", SIGTERM_EXIT: "stopped by SIGTERM"}.get(code) or describe(e)
+    what = {SIGINT_EXIT: "stopped by Ctrl-C (SIGINT)", SIGTERM_EXIT: "stopped by SIGTERM"}.get(code) or describe(e, where)
     if log_file is not None:
         with open(log_file, "a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
@@ -131,9 +138,11 @@ def ended(e: BaseException, command: str, argv, log_file: Optional[Path]) -> int
     return code
 
 
-def guarded(command: str, argv, body: Callable[[Optional[Path]], int]) -> int:
+def guarded(command: str, argv, body: Callable[[Optional[Path]], int],
+            where: Callable[[], Optional[str]] = lambda: None) -> int:
     """`body(log_file)` with its stops made readable: any exception it does not turn into an exit
-    code itself, Ctrl-C and SIGTERM end in `ended`'s line and code."""
+    code itself, Ctrl-C and SIGTERM end in `ended`'s line and code. `where()`: the output path
+    the command writes, once known."""
     with logged_to_file(command) as log_file:
         try:
             with sigterm_raises():
@@ -141,4 +150,4 @@ def guarded(command: str, argv, body: Callable[[Optional[Path]], int]) -> int:
         except (Exception, KeyboardInterrupt, Terminated, SystemExit) as e:
             if isinstance(e, SystemExit) and e.code != signal.SIGTERM:
                 raise
-            return ended(e, command, argv, log_file)
+            return ended(e, command, argv, log_file, where())

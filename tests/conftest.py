@@ -90,7 +90,7 @@ def tiny_overrides(model_dir, seeds, out, rounds=2):
     return [
         f"input.path={seeds}", f"output.path={out}", f"model.source={model_dir}",
         "model.max_model_len=4096", "engine.enforce_eager=true", "engine.device=cpu",
-        "engine.batch_size=8", "engine.batches_in_flight=4", f"evolution.rounds={rounds}",
+        "engine.batch_size=8", "engine.rows_in_flight=32", f"evolution.rounds={rounds}",
         "evolution.evolve_sampling.max_tokens=24", "evolution.answer_sampling.max_tokens=24",
         "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false",
     ]

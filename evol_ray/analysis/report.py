@@ -78,6 +78,7 @@ def round_figures(m: dict, counted: Dict[str, Counter], rows: int) -> dict:
         "wall_seconds": m.get("wall_seconds"),
         "engine_startup_seconds": engine.get("startup_s"),
         "engine_busy_share": engine.get("busy_share"),
+        "engine_in_flight_sending": engine.get("mean_in_flight_sending"),
         "vllm": engine.get("vllm") or {},
         "row_engine_seconds": m.get("row_engine_seconds"),
         "mismatches": mismatches,
@@ -185,7 +186,7 @@ def collect(out: Location, cfg: Config) -> dict:
         "judgement": sections.judgement_figures(out, manifests),
         "lineage": _lineage(lineage_rows, shown),
         "final": None if not final else {"rows": final.get("rows"), "include_seeds": final.get("include_seeds"),
-                                          "rounds": final.get("rounds")},
+                                          "rounds": final.get("rounds"), "seed_answers": final.get("seed_answers")},
         "_lengths": raw_lengths,
     }
 
@@ -289,8 +290,8 @@ def render_html(fig: dict, images: Dict[str, bytes]) -> str:
     auto_img = _img("methods", images["methods"], "Candidate methods' failure rates on the dev set, by step") \
         if "methods" in images else ""
     final = fig["final"]
-    final_p = (f"<p>Final training set: {final['rows']:,} rows (seeds included: {final['include_seeds']}).</p>"
-               if final else "<p>No final/ set written yet.</p>")
+    final_p = (f"<p>Final training set: {final['rows']:,} rows (seeds included: {final['include_seeds']}"
+               f"{sections.seed_answers_text(final.get('seed_answers'))}).</p>" if final else "<p>No final/ set written yet.</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>evol-ray report: {html.escape(fig['output'])}</title>
 <style>

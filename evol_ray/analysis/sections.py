@@ -154,7 +154,16 @@ def engine_table(per_round: List[dict]):
     """The report's engine table: header and rows, one per round (`report.round_figures`)."""
     header = ["round", "prompt tokens", "generated tokens", "wall s", "engine start s", "vLLM running (mean)",
               "waiting (mean)", "KV cache use (mean)", "prefix-cache hits", "prompt tok/s", "generated tok/s",
-              "engine busy", "row engine s"]
+              "engine busy", "requests in flight while sending", "row engine s"]
     return header, [[x["round"], x["prompt_tokens"], x["generated_tokens"], x["wall_seconds"],
                      x["engine_startup_seconds"], *vllm_cells(x.get("vllm") or {}), x["engine_busy_share"],
-                     x["row_engine_seconds"]] for x in per_round]
+                     x.get("engine_in_flight_sending"), x["row_engine_seconds"]] for x in per_round]
+
+
+def seed_answers_text(a: Optional[dict]) -> str:
+    """The seeds the run answered, for the final set's line: how many, kept, and why not."""
+    if not a or not a.get("unanswered"):
+        return ""
+    why = ", ".join(f"{k} {v}" for k, v in a["reason_counts"].items())
+    return (f"; {a['unanswered']:,} had no answer, {a['kept']:,} answered by the run and kept"
+            + (f", left out: {html.escape(why)}" if why else ""))

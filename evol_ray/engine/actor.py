@@ -2,11 +2,13 @@
 `TextGenerator` with the run's `Engines.generator_factory` (a client of the warm engine actors, or
 of an OpenAI-compatible server) and runs one row function on every row of a batch concurrently.
 
-Its `__call__` is an async generator, so Ray Data runs it on the actor's event loop and keeps
-several batches in flight per actor (`engine.batches_in_flight`) to keep the engines' continuous
-batching full. A batch leaves only when its slowest row's chain has ended, so a long-tailed batch
-holds fewer requests in flight near its end. Each actor meters its requests and
-reports to the round's `EngineStats`.
+Its `__call__` is an async generator, so Ray Data runs it on the actor's event loop with several
+batches at once (`resources.client_stage_args`). Rows run in the actor's row slots
+(`engine.rows_in_flight` per engine, `resources.rows_per_actor` per actor): a row whose chain ends
+hands its slot to a waiting row of any batch at once, so the engines' continuous batching stays
+full however long-tailed the rows are. A batch's output leaves when its last row has ended; only
+that row holds a slot meanwhile. Each actor meters its requests and reports to the round's
+`EngineStats`.
 
 A row function's failure is that row's business (it records an error status); `EngineUnavailable`
 ends the stage (and so the round), leaving the rows already written for the rerun.
@@ -25,6 +27,7 @@ import ray
 from evol_ray import columns as C
 from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
+from evol_ray.engine.resources import rows_per_actor
 from evol_ray.stage import Stage
 
 Row = Dict[str, Any]
@@ -36,8 +39,10 @@ class RowStage:
     made by `fn(generator, row)` (a module-level function or a partial of one: it is pickled)."""
 
     def __init__(self, factory: Callable[[], TextGenerator], fn: RowFn, schema: pa.Schema,
-                 columns: Optional[Sequence[str]] = None, stats: Optional[object] = None) -> None:
+                 columns: Optional[Sequence[str]] = None, stats: Optional[object] = None,
+                 slots: int = 1 << 30) -> None:
         self.meter = EngineMeter()
+        self.slots = asyncio.Semaphore(slots)  # rows whose chains run at once
         self.gen = MeteredGenerator(factory(), self.meter)
         self.fn, self.schema, self.columns, self.stats = fn, schema, columns, stats
         self.name = f"{os.uname().nodename}:{os.getpid()}"
@@ -48,7 +53,11 @@ class RowStage:
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = (batch.select(list(self.columns)) if self.columns else batch).to_pylist()
-        out = await asyncio.gather(*(self.fn(self.gen, r) for r in rows))
+        async def in_slot(row: Row) -> Row:
+            async with self.slots:
+                return await self.fn(self.gen, row)
+
+        out = await asyncio.gather(*(in_slot(r) for r in rows))
         self.rows += len(rows)
         self.statuses.update(r[C.STATUS] for r in out if r.get(C.STATUS) is not None)
         self.reasons.update(r[C.REASON] for r in out if r.get(C.REASON))
@@ -66,4 +75,5 @@ def map_rows(ds: ray.data.Dataset, engines, fn: RowFn, schema: pa.Schema, *,
     engines.start()
     stage = Stage(RowStage, engines.cfg.engine.batch_size, engines.stage_args())
     return stage(ds, constructor={"factory": engines.generator_factory, "fn": fn, "schema": schema,
-                                  "columns": columns, "stats": stats})
+                                  "columns": columns, "stats": stats,
+                                  "slots": rows_per_actor(engines.cfg.engine)})

@@ -29,6 +29,8 @@ class EngineMeter:
         self._busy = 0.0  # seconds with in_flight > 0
         self._area = 0.0  # integral of in_flight over time
         self._last = self.started
+        self._sent_at = None  # when the last request was sent, and the integral until then
+        self._area_sent = 0.0
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -40,6 +42,7 @@ class EngineMeter:
 
     def begin(self) -> None:
         self._tick()
+        self._sent_at, self._area_sent = self._last, self._area
         self.in_flight += 1
         self.requests += 1
 
@@ -59,6 +62,10 @@ class EngineMeter:
             "area_s": self._area,
             "busy_share": self._busy / lifetime,
             "mean_in_flight": self._area / lifetime,
+            # from the start until the last request was sent: what the stage kept the engines
+            # fed with, before the round's tail (its last requests' replies) drains
+            "sending_s": (self._sent_at - self.started) if self._sent_at is not None else 0.0,
+            "sending_area_s": self._area_sent,
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
@@ -113,12 +120,19 @@ class EngineStats:
 STATS_ACTOR_PREFIX = "evol-ray-engine-stats"
 
 
-def start_engine_stats(round_no: int) -> object:
-    """The round's EngineStats actor, named so that live progress can be read while the round runs
-    (`ray.util.list_named_actors()`, then `ray.get(ray.get_actor(name).get.remote())`). The name
-    carries the round and a random suffix, so concurrent runs on one cluster never collide."""
-    name = f"{STATS_ACTOR_PREFIX}-round{round_no}-{uuid.uuid4().hex[:8]}"
+def start_engine_stats(label: str) -> object:
+    """The EngineStats actor of one engine phase (`label`: "round 2", "seed answers"), named so
+    that live progress can be read while it runs (`ray.util.list_named_actors()`, then
+    `ray.get(ray.get_actor(name).get.remote())`). The name carries the label and a random suffix,
+    so concurrent runs on one cluster never collide."""
+    name = f"{STATS_ACTOR_PREFIX}-{label.replace(' ', '')}-{uuid.uuid4().hex[:8]}"
     return EngineStats.options(name=name).remote()
+
+
+def _per_actor_mean(snaps: list, area: str, seconds: str) -> float:
+    """Mean requests in flight per stage actor over the seconds each was sending."""
+    spans = [s for s in snaps if s.get(seconds, 0.0) > 0]
+    return sum(s[area] / s[seconds] for s in spans) / len(spans) if spans else 0.0
 
 
 def summarize_engines(snapshots: dict) -> dict:
@@ -132,6 +146,7 @@ def summarize_engines(snapshots: dict) -> dict:
         "actors": len(snaps),
         "busy_share": busy / life if life else 0.0,
         "mean_in_flight": sum(s["mean_in_flight"] * s["lifetime_s"] for s in snaps) / life if life else 0.0,
+        "mean_in_flight_sending": _per_actor_mean(snaps, "sending_area_s", "sending_s"),
         "rows": sum(s.get("rows", 0) for s in snaps),
         "requests": sum(s["requests"] for s in snaps),
         "prompt_tokens": sum(s["prompt_tokens"] for s in snaps),

@@ -8,6 +8,7 @@ CPU-only head node while the engines run on GPU workers (docs/cluster.md).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -48,14 +49,24 @@ def connect(cfg: Config) -> str:
     return choose_device(cfg.engine.device, ray.cluster_resources())
 
 
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """Off the console: tracebacks, and `ray.data.exceptions`' announcement of one ("please open
+    an issue ... with the full stack trace below", also for a full disk)."""
+    return record.exc_info is None and not record.exc_text and record.name != "ray.data.exceptions"
+
+
 def quiet_ray_data_console() -> None:
     """Ray Data logs to `ray-data.log` in the session's logs folder and to the console; keep the
-    file, raise the console handler to warnings (`import ray.data` configured both)."""
+    file, raise the console handler to warnings (`import ray.data` configured both), and keep
+    tracebacks off the console: a task's failure that stops the run (a full disk) is the run's
+    one stop line, its traceback in the run's log file and in ray-data.log."""
     import ray.data  # noqa: F401  (its import configures the "ray.data" logger)
 
     for h in logging.getLogger("ray.data").handlers:
         if not isinstance(h, logging.FileHandler) and type(h).__name__ != "SessionFileHandler":
             h.setLevel(logging.WARNING)
+            if _no_traceback not in h.filters:
+                h.addFilter(_no_traceback)
     # "Progress bars disabled. To enable, set ...": we disabled them, on purpose
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
@@ -197,15 +208,30 @@ def release(groups: list) -> None:
 CLIENT_CPUS = 0
 
 
+# Batches a stage actor holds per batch its rows in flight fill: the second set waits on the
+# actor's row slots, so a row that ends hands its slot to a waiting row at once, and a batch whose
+# last row is slow holds one slot, not its whole batch's. 1 is the stage before `rows_in_flight`
+# (a batch's slots came back only when its slowest row ended): `bench/in_flight.py --stage old`.
+BATCHES_PER_FILL = 2
+
+
+def rows_per_actor(e: EngineConfig) -> int:
+    """Rows whose chains one stage actor runs at once: `engine.rows_in_flight` per engine, shared
+    by its `clients_per_replica` actors (with an endpoint, each stage actor's own)."""
+    return math.ceil(e.rows_in_flight / e.clients_per_replica) if e.backend == "vllm" else e.rows_in_flight
+
+
 def client_stage_args(e: EngineConfig, actors: int) -> dict:
     """`map_batches` arguments for the rows' stage in front of the engines: `actors` light CPU
-    actors (asking for no GPU), each with `engine.batches_in_flight` batches at once, so that
-    `batches_in_flight x batch_size` rows per actor keep their engines' batches full."""
+    actors (asking for no GPU), each running `rows_per_actor` rows at once (its row slots,
+    `actor.RowStage`) and holding BATCHES_PER_FILL times the batches that fill them, so that the
+    engines see `engine.rows_in_flight` rows' requests whatever the rows' lengths."""
+    calls = BATCHES_PER_FILL * math.ceil(rows_per_actor(e) / e.batch_size)
     return {
         "num_cpus": CLIENT_CPUS,
         "compute": ray.data.ActorPoolStrategy(
             size=actors,
-            max_tasks_in_flight_per_actor=e.batches_in_flight,
-            max_concurrent_calls_per_actor=e.batches_in_flight,
+            max_tasks_in_flight_per_actor=calls,
+            max_concurrent_calls_per_actor=calls,
         ),
     }

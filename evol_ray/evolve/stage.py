@@ -1,8 +1,11 @@
-"""The engine stage of a round: every pool row's chain (`evol_ray.evolve.chain.evolve_row`: evolve,
-judge, answer) running concurrently on the run's engines, through `evol_ray.engine.actor.RowStage`.
+"""The engine stages of a run, through `evol_ray.engine.actor.RowStage` on the run's engines:
 
-Reads pool columns (`id`, `root_id`, `instruction`, `response`); writes attempt rows
-(`columns.ROUND_SCHEMA`).
+- `evolve`: a round, every pool row's chain (`evol_ray.evolve.chain.evolve_row`: evolve, judge,
+  answer) running concurrently;
+- `answer`: the seeds without an answer (`chain.answer_seed`: answer, the answer rules).
+
+Both read pool columns (`id`, `root_id`, `instruction`, `response`) and write attempt rows
+(`columns.ROUND_SCHEMA`), in blocks of ENGINE_BLOCK_BATCHES x `engine.batch_size` rows.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import ray
 from evol_ray import columns as C
 from evol_ray.config import Config
 from evol_ray.engine.actor import map_rows
-from evol_ray.evolve.chain import evolve_row
+from evol_ray.evolve.chain import answer_seed, evolve_row
 
 READS = (C.ID, C.ROOT_ID, C.INSTRUCTION, C.RESPONSE)
 # Engine batches per block of a round's input: the round writes its attempts block by block, so a
@@ -26,6 +29,14 @@ ENGINE_BLOCK_BATCHES = 4
 def evolve(ds: ray.data.Dataset, cfg: Config, round_no: int, engines, stats: Optional[object] = None) -> ray.data.Dataset:
     """Pool dataset -> attempt dataset for one round, on `engines` (`evol_ray.engine.service`),
     in blocks of ENGINE_BLOCK_BATCHES x `engine.batch_size` rows."""
-    fn = functools.partial(evolve_row, round_no=round_no, cfg=cfg)
+    return _through(ds, cfg, engines, functools.partial(evolve_row, round_no=round_no, cfg=cfg), stats)
+
+
+def answer(ds: ray.data.Dataset, cfg: Config, engines, stats: Optional[object] = None) -> ray.data.Dataset:
+    """Seeds without an answer -> their attempt rows (answered, or eliminated with a reason)."""
+    return _through(ds, cfg, engines, functools.partial(answer_seed, cfg=cfg), stats)
+
+
+def _through(ds: ray.data.Dataset, cfg: Config, engines, fn, stats: Optional[object]) -> ray.data.Dataset:
     ds = ds.repartition(target_num_rows_per_block=cfg.engine.batch_size * ENGINE_BLOCK_BATCHES)
     return map_rows(ds, engines, fn, C.ROUND_SCHEMA, columns=READS, stats=stats)

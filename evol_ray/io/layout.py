@@ -7,6 +7,9 @@
     round_N/                every attempted evolution of round N, kept or not, as Parquet
       _attempts/            engine results while the round runs (resume reads them)
       manifest.json         written last: the commit marker, with counts and the file list
+    seed_answers/           answers to the seeds that had none (output.answer_seeds), as a round's
+      _attempts/            files: kept or eliminated with a reason; manifest.json written last
+      manifest.json
     final/                  the training set: every kept row of every round (+ seeds if configured)
       _removed/             rows the final checks rejected, with their reason
       manifest.json
@@ -34,6 +37,7 @@ CONFIG_FILE = "config.yaml"
 ATTEMPTS = "_attempts"
 STAGING = "_staging"
 FINAL = "final"
+SEED_ANSWERS = "seed_answers"
 REMOVED = "_removed"
 METHOD = "method"
 SCORES = "scores"

@@ -6,6 +6,7 @@ the final set (and the scores, if `score.enabled`). It reads top to bottom as th
     -> (Auto Evol: the method of operation `auto`, optimized on the seeds, `pipeline/method.py`)
     -> for each round: skip if committed, else run it (engines started at the first one that
        runs; engine phase, commit phase) -> next pool
+    -> (the seeds without an answer answered: `pipeline/seed_answers.py`, committed alike)
     -> final set -> (scores, on the same engines) -> engines stopped
 
 A round is complete only when its manifest says so; a rerun skips complete rounds and redoes the
@@ -28,7 +29,7 @@ from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.lease import Lease, LeaseHeld
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
-from evol_ray.pipeline import calibrate, method
+from evol_ray.pipeline import calibrate, method, seed_answers
 from evol_ray.pipeline.final import write_final
 from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, run_round
 from evol_ray.run_key import THRESHOLD_KEYS, UNHASHED_KEYS
@@ -170,8 +171,9 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, legacy: Option
     if later is not None:
         log.info("round %d and later: committed earlier, left in place outside final/ (evolution.rounds=%d; "
                  "a run with more rounds reuses them)", cfg.evolution.rounds + 1, cfg.evolution.rounds)
-    final = write_final(cfg, out, manifests, seeds)
-    summary = {"output": out.url, "rounds": manifests, "final": final, "method": found,
+    answers = seed_answers.answer_seeds(cfg, out, seeds, engines, accepted, about)
+    final = write_final(cfg, out, manifests, seeds, answers)
+    summary = {"output": out.url, "rounds": manifests, "seed_answers": answers, "final": final, "method": found,
                "calibration": calibrations}
     if cfg.score.enabled:
         summary["scores"] = score_run(cfg, out, engines=engines)

@@ -1,4 +1,5 @@
-"""The final set: every kept row of every round (plus the seeds if `output.include_seeds`),
+"""The final set: every kept row of every round (plus the seeds if `output.include_seeds`: those
+given with an answer and, with `output.answer_seeds`, those answered and kept by the run),
 through the final checks, committed to `final/`; rows the checks reject go to `final/_removed/`
 with their reason, counted in the manifest (`removed_counts`), never lost.
 
@@ -8,7 +9,7 @@ Reads the committed round files; writes `columns.FINAL_COLUMNS` rows.
 from __future__ import annotations
 
 from collections import Counter
-from typing import List
+from typing import List, Optional
 
 import ray
 
@@ -21,12 +22,16 @@ from evol_ray.io.datasets import read_round
 from evol_ray.io.storage import Location
 from evol_ray.pipeline.pool import FINAL_ROWS, SEED_ROWS
 from evol_ray.pipeline.round import value_counts
+from evol_ray.pipeline.seed_answers import seed_final_rows
 
 
-def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset) -> dict:
+def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset,
+                answers: Optional[dict] = None) -> dict:
+    """`final/` from the rounds of `manifests` and (`output.include_seeds`) the seeds, with the
+    answers of `answers` (`seed_answers/`'s manifest) where the seeds had none."""
     final = out.join(layout.FINAL)
     commit.begin(final)
-    parts = [SEED_ROWS(seeds)] if cfg.output.include_seeds else []
+    parts = [SEED_ROWS(seed_final_rows(out, seeds, answers))] if cfg.output.include_seeds else []
     parts += [FINAL_ROWS(read_round(out, m)) for m in manifests]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     removed: Counter = Counter()
@@ -44,6 +49,9 @@ def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.da
         "rows": layout.row_count(final, files),
         "rounds": [m["round"] for m in manifests],
         "include_seeds": cfg.output.include_seeds,
+        "seed_answers": None if answers is None else {
+            "unanswered": answers["rows_in"], "kept": answers["rows_kept"],
+            "reason_counts": answers["reason_counts"]},
         "removed_counts": dict(sorted(removed.items())),
         "removed_files": sorted(f"{layout.REMOVED}/{p.rsplit('/', 1)[1]}" for p in removed_files),
     }, files)

@@ -119,7 +119,7 @@ def find_method(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, de
     def through(fn, table: pa.Table, schema: pa.Schema) -> pa.Table:
         nonlocal stats
         if stats is None:
-            stats = start_engine_stats(0)
+            stats = start_engine_stats("auto evol")
             engines.round_begin()
         return table_through(table, engines, fn, schema, stats=stats, label="auto evol")
 

@@ -15,7 +15,8 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -175,6 +176,102 @@ def without_attempted(pool: ray.data.Dataset, attempts: ray.data.Dataset, partit
     return tagged.groupby(_PART, num_partitions=partitions).map_groups(drop_attempted, batch_format="pyarrow")
 
 
+@dataclass
+class EnginePhase:
+    """What an engine phase left for its commit: the attempt files, their rows, the rows a crashed
+    earlier try had already written, the engines' figures, and when the phase began and ended."""
+    parts: List[str]
+    attempts: int
+    resumed: int
+    figures: dict
+    started: float
+    done: float
+
+
+def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: ray.data.Dataset, engines,
+                 expected_rows: Optional[int], attempt: Callable[[ray.data.Dataset, object], ray.data.Dataset],
+                 extra: Optional[ray.data.Dataset] = None) -> EnginePhase:
+    """Pool rows without an attempt in `rdir/_attempts/` through `attempt(rows, stats)` (the
+    engine stage) into that folder, block by block, with progress; `extra` (rows of
+    `ROUND_SCHEMA` made without the engines: repeated seeds) written beside them. Safe to run
+    again: a rerun sends only the rows still without an attempt. `label` names the phase
+    ("round 2", "seed answers") in logs, progress and errors."""
+    attempts_dir = rdir.join(layout.ATTEMPTS)
+    commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed phase is never taken for a finished one
+    started = time.monotonic()
+    done_parts = _readable_parts(attempts_dir, label)
+    resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
+    if resumed:
+        log.info("%s: resuming, %d rows already have a result", label, resumed)
+    attempted = read_files(attempts_dir, done_parts, resumed) if resumed else None
+    partitions = resume_partitions(resumed + (expected_rows or resumed))
+
+    def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
+        return ds if attempted is None else without_attempted(ds, attempted, partitions)
+
+    on = (f"{engines.replicas} engine(s) ({engines.device})" if cfg.engine.backend == "vllm"
+          else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
+    total = None if expected_rows is None else expected_rows - resumed
+    log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
+             f", {resumed} resumed" if resumed else "")
+    stats = start_engine_stats(label)
+    try:
+        engines.round_begin()
+        attempts = attempt(todo(pool), stats)
+        if extra is not None:
+            attempts = attempts.union(todo(extra))
+        try:
+            with progress.shown(label, total, stats, cfg.output.progress_every_s):
+                attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                                       max_rows_per_file=cfg.output.rows_per_file)
+        except Exception as e:
+            if (why := _engine_unavailable(e)) is None:
+                raise
+            raise RunError(f"{label}: the engine stopped serving: {why}. The rows already "
+                           f"answered are kept in {attempts_dir.url}; run again to resume") from None
+        figures = engines.round_figures(ray.get(stats.get.remote()))
+    finally:
+        ray.kill(stats)
+    done = time.monotonic()
+    parts = _readable_parts(attempts_dir, label)
+    n_attempts = layout.row_count(attempts_dir, parts)  # footers only: the counts come from the files
+    log.info("%s: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase",
+             label, done - started, figures.get("startup_s", 0.0), n_attempts)
+    if expected_rows is not None and n_attempts != expected_rows:
+        raise RunError(f"{label}: {n_attempts} attempts for {expected_rows} input rows; "
+                       f"it is left uncommitted in {attempts_dir.url}")
+    return EnginePhase(parts, n_attempts, resumed, figures, started, done)
+
+
+def commit_phase(cfg: Config, rdir: Location, phase: EnginePhase, checked: Optional[ray.data.Dataset],
+                 fields: dict) -> dict:
+    """The attempts (or `checked`, the CPU checks' rows made from them) committed into `rdir`
+    with their counts, `fields` and the phase's figures; `_attempts/` removed after. Returns the
+    manifest."""
+    if checked is None:  # no CPU check: the attempts are the result
+        files = commit.move_into(phase.parts, rdir)
+    else:
+        files = commit.write_dataset(checked, rdir, cfg.output.rows_per_file)
+    counts = count_in_ray(rdir, files)
+    manifest = commit.commit(rdir, {
+        **fields,
+        "config_hash": config_mod.config_hash(cfg),
+        "rows_in": counts["rows"],
+        "rows_kept": counts["status_counts"].get(C.KEPT, 0),
+        "rows_resumed": phase.resumed,
+        "attempt_files": len(phase.parts),  # what the engine phase wrote (and the commit read): object-store requests
+        **{k: v for k, v in counts.items() if k != "rows"},
+        "wall_seconds": round(time.monotonic() - phase.started, 3),
+        # engine phase: from the start (actors launched, engines starting) to the last attempt
+        # written; commit phase: CPU checks (dedup, quality), files moved, manifest.
+        "phase_seconds": {"engine": round(phase.done - phase.started, 3),
+                          "commit": round(time.monotonic() - phase.done, 3)},
+        "engine": phase.figures,
+    }, files)
+    remove(rdir.join(layout.ATTEMPTS))
+    return manifest
+
+
 def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset, engines,
               expected_rows: Optional[int], seeds: Optional[ray.data.Dataset] = None,
               manifests: List[dict] = (), repeats: Optional[ray.data.Dataset] = None,
@@ -184,90 +281,24 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     compares against `seeds` and the rounds of `manifests` (the earlier ones). `repeats` (round 1:
     repeated seeds) are written as `duplicate_seed` attempts beside the evolved ones, with no
     engine request. `about`: more manifest fields (Auto Evol's method digest)."""
-    device = engines.device
     rdir = layout.round_dir(out, round_no)
-    attempts_dir = rdir.join(layout.ATTEMPTS)
-    commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed round is never taken for a finished one
-    started = time.monotonic()
-    done_parts = _readable_parts(attempts_dir, round_no)
-    resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
-    if resumed:
-        log.info("round %d: resuming, %d rows already have a result", round_no, resumed)
-    attempted = read_files(attempts_dir, done_parts, resumed) if resumed else None
-    partitions = resume_partitions(resumed + (expected_rows or resumed))
-
-    def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
-        return ds if attempted is None else without_attempted(ds, attempted, partitions)
-
-    on = (f"{engines.replicas} engine(s) ({device})" if cfg.engine.backend == "vllm"
-             else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
-    log.info("round %d: engine phase: %s rows to evolve on %s%s", round_no,
-             "?" if expected_rows is None else expected_rows - resumed, on,
-             f", {resumed} resumed" if resumed else "")
-    stats = start_engine_stats(round_no)
-    try:
-        engines.round_begin()
-        attempts = evolve_stage.evolve(todo(pool), cfg, round_no, engines, stats)
-        if repeats is not None:
-            attempts = attempts.union(REPEAT_ATTEMPTS(todo(repeats)))
-        total = None if expected_rows is None else expected_rows - resumed
-        try:
-            with progress.shown(f"round {round_no}", total, stats, cfg.output.progress_every_s):
-                attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
-                                       max_rows_per_file=cfg.output.rows_per_file)
-        except Exception as e:
-            if (why := _engine_unavailable(e)) is None:
-                raise
-            raise RunError(f"round {round_no}: the engine stopped serving: {why}. The rows already "
-                           f"evolved are kept in {attempts_dir.url}; run again to resume") from None
-        engine_figures = engines.round_figures(ray.get(stats.get.remote()))
-    finally:
-        ray.kill(stats)
-    engine_done = time.monotonic()
-
-    parts = _readable_parts(attempts_dir, round_no)
-    n_attempts = layout.row_count(attempts_dir, parts)  # footers only: the counts come from the round's files
-    log.info("round %d: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase: "
-             "quality and dedup checks", round_no, engine_done - started, engine_figures.get("startup_s", 0.0),
-             n_attempts)
-    if expected_rows is not None and n_attempts != expected_rows:
-        raise RunError(f"round {round_no}: {n_attempts} attempts for {expected_rows} input rows; "
-                       f"the round is left uncommitted in {attempts_dir.url}")
+    phase = engine_phase(cfg, out, rdir, f"round {round_no}", pool, engines, expected_rows,
+                         lambda rows, stats: evolve_stage.evolve(rows, cfg, round_no, engines, stats),
+                         None if repeats is None else REPEAT_ATTEMPTS(repeats))
     earlier = [read_round(out, m) for m in manifests]
-    checked = where.round_checks(read_files(attempts_dir, parts, n_attempts), cfg, seeds, earlier)
-    if checked is None:  # no CPU check configured: the attempts are the round
-        files = commit.move_into(parts, rdir)
-    else:
-        files = commit.write_dataset(checked, rdir, cfg.output.rows_per_file)
-    counts = count_in_ray(rdir, files)
-    manifest = commit.commit(rdir, {
-        "round": round_no,
-        "config_hash": config_mod.config_hash(cfg),
-        "rows_in": counts["rows"],
-        "rows_kept": counts["status_counts"].get(C.KEPT, 0),
-        "rows_resumed": resumed,
-        "attempt_files": len(parts),  # what the engine phase wrote (and the commit read): object-store requests
-        **{k: v for k, v in counts.items() if k != "rows"},
-        "wall_seconds": round(time.monotonic() - started, 3),
-        # engine phase: from the round's start (actors launched, engines starting) to the last
-        # attempt written; commit phase: CPU checks (dedup, quality), files moved, manifest.
-        "phase_seconds": {"engine": round(engine_done - started, 3),
-                          "commit": round(time.monotonic() - engine_done, 3)},
-        "engine": engine_figures,
-        "device": device,
-        **(about or {}),
-    }, files)
-    remove(attempts_dir)
+    checked = where.round_checks(read_files(rdir.join(layout.ATTEMPTS), phase.parts, phase.attempts), cfg, seeds, earlier)
+    manifest = commit_phase(cfg, rdir, phase, checked,
+                            {"round": round_no, **(about or {}), "device": engines.device})
     log.info("round %d: committed in %s: in %d, kept %d; %s", round_no, rdir.url, manifest["rows_in"],
              manifest["rows_kept"], ", ".join(f"{k} {v}" for k, v in manifest["reason_counts"].items()) or "nothing dropped")
     return manifest
 
 
-def _readable_parts(attempts_dir: Location, round_no: int) -> List[str]:
+def _readable_parts(attempts_dir: Location, label: str) -> List[str]:
     try:
         return commit.readable_parts(attempts_dir)
     except OSError as e:
-        raise RunError(f"round {round_no}: {e}; the rows already evolved are kept in "
+        raise RunError(f"{label}: {e}; the rows already answered are kept in "
                        f"{attempts_dir.url}; run again to resume") from None
 
 

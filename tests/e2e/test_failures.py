@@ -40,8 +40,8 @@ def slow_round(model, seeds, out):
     after the engine yields it, so the answers are long enough that the round outlasts that lag
     many times over, on a fast machine too."""
     return tiny_overrides(model, seeds, out, rounds=1) + [
-        "engine.batch_size=2", "engine.batches_in_flight=1", "evolution.answer_sampling.max_tokens=384",
-        "elimination.judge=false",
+        "engine.batch_size=2", "engine.rows_in_flight=2", "evolution.answer_sampling.max_tokens=384",
+        "elimination.judge=false", "output.answer_seeds=false",  # the round is what these tests stop
     ]
 
 

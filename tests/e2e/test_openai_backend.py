@@ -220,7 +220,7 @@ def test_first_token_scoring_reads_the_choices_first_tokens_from_the_server(serv
 def test_server_killed_mid_round_stops_the_round_and_a_rerun_completes(server, key_env, tmp_path, ray_local):
     seeds, out = write_seeds(tmp_path / "seeds.jsonl", 16), tmp_path / "out"
     args = endpoint_args(server, seeds, out, "evolution.rounds=1", "engine.batch_size=2",
-                         "engine.batches_in_flight=1", "engine.endpoint.max_in_flight=2",
+                         "engine.rows_in_flight=2", "engine.endpoint.max_in_flight=2",
                          "engine.endpoint.max_retries=1", "engine.endpoint.timeout_s=30",
                          "evolution.answer_sampling.max_tokens=256")
     cfg = load_config(args)

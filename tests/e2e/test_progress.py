@@ -25,7 +25,7 @@ def test_a_round_prints_progress_lines_with_rows_total_and_estimate(tmp_path, ti
     # small batches and long answers (as test_failures' slow round): the phase lasts many progress
     # intervals, on a fast machine too
     cfg = load_config(tiny_overrides(tiny_model, seeds, tmp_path / "out", rounds=1)
-                      + ["output.progress_every_s=0.5", "engine.batch_size=2", "engine.batches_in_flight=1",
+                      + ["output.progress_every_s=0.5", "engine.batch_size=2", "engine.rows_in_flight=2",
                          "evolution.answer_sampling.max_tokens=384", "elimination.judge=false"])
     with caplog.at_level(logging.INFO, logger="evol_ray"):
         run(cfg)

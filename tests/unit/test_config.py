@@ -131,3 +131,19 @@ def test_config_hashes_of_runs_written_before_stay_the_same(extra, digest):
     assert cfgmod.legacy_hash(load_config(BASE + before + extra), then) == digest
     assert cfgmod.legacy_hash(load_config(BASE + extra), then) != digest  # the new defaults keep other rows
     assert cfgmod.legacy_hash(load_config(BASE + before + extra), {**then, "evolution.rounds": 2}) != digest
+
+
+def test_batches_in_flight_is_replaced_by_rows_in_flight(tmp_path):
+    """The product of two keys became one: a user's file naming the old key is told the new one
+    and what to set; a run saved with it reads as the same rows in flight."""
+    old = tmp_path / "old.yaml"
+    old.write_text("engine:\n  batch_size: 16\n  batches_in_flight: 2\n")
+    with pytest.raises(ConfigError, match=r"'engine.batches_in_flight' was replaced by 'engine.rows_in_flight' "
+                                          r"\(.*batch_size x the old value\)"):
+        load_config(BASE + [str(old)])
+    saved = cfgmod.to_container(load_config(BASE))
+    del saved["engine"]["rows_in_flight"]
+    saved["engine"].update(batch_size=16, batches_in_flight=2)
+    assert cfgmod.load_saved_config(saved, "config.yaml").engine.rows_in_flight == 32
+    with pytest.raises(ConfigError, match="engine.rows_in_flight"):
+        load_config(BASE + ["engine.rows_in_flight=0"])

@@ -9,7 +9,7 @@ from evol_ray.config import load_config
 from evol_ray.engine.base import Completion
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator, summarize_engines
 from evol_ray.engine.resources import (ENGINE_NICENESS_VAR, choose_device, client_stage_args,
-                                       engine_actor_options)
+                                       engine_actor_options, rows_per_actor)
 from evol_ray.engine.service import RemoteGenerator, _delta
 from evol_ray.engine.vllm_engine import engine_args
 from evol_ray.stage import Stage
@@ -95,11 +95,56 @@ def test_engine_actor_options_cpu_gpu_tensor_parallel_and_restarts():
     assert engine_actor_options(_cfg("engine.max_restarts=0").engine, "cpu")["max_task_retries"] == 0
 
 
-def test_client_stage_asks_for_no_gpu_and_keeps_batches_in_flight():
-    e = _cfg("engine.batches_in_flight=3").engine
+def test_client_stage_asks_for_no_gpu_and_holds_batches_for_its_row_slots():
+    e = _cfg("engine.rows_in_flight=100", "engine.batch_size=16").engine
     args = client_stage_args(e, 4)
     assert "num_gpus" not in args and args["num_cpus"] == 0
     assert args["compute"].min_size == args["compute"].max_size == 4
+    assert rows_per_actor(e) == 100
+    # twice the batches that fill the 100 slots (7 of 16 rows): a second set waits for slots
+    assert args["compute"].max_concurrent_calls_per_actor == 2 * 7
+    two = _cfg("engine.rows_in_flight=100", "engine.clients_per_replica=2").engine
+    assert rows_per_actor(two) == 50  # an engine's rows shared by its stage actors
+    assert rows_per_actor(_cfg("engine.rows_in_flight=100", "engine.clients_per_replica=2",
+                               "engine.backend=openai", "engine.endpoint.base_url=http://x/v1",
+                               "engine.endpoint.model=m").engine) == 100
+
+
+def test_a_row_that_ends_hands_its_slot_to_a_waiting_row_of_another_batch():
+    """Two batches on one stage actor with 3 row slots, a slow first row: the second batch's rows
+    start as soon as the first batch's fast rows end, not when its slow row does; in flight never
+    exceeds the slots."""
+    import asyncio
+
+    import pyarrow as pa
+
+    from evol_ray.engine.actor import RowStage
+
+    log, running = [], [0, 0]
+
+    async def fn(gen, row):
+        running[0] += 1
+        running[1] = max(running[1], running[0])
+        log.append(("start", row["id"]))
+        await asyncio.sleep(0.5 if row["id"] == "a0" else 0.01)
+        running[0] -= 1
+        log.append(("end", row["id"]))
+        return {"id": row["id"]}
+
+    schema = pa.schema([("id", pa.string())])
+    stage = RowStage(lambda: None, fn, schema, slots=3)
+
+    async def one(ids):
+        return [t async for t in stage(pa.table({"id": ids}))]
+
+    async def both():
+        return await asyncio.gather(one(["a0", "a1", "a2"]), one(["b0", "b1", "b2"]))
+
+    first, second = asyncio.run(both())
+    assert first[0].column("id").to_pylist() == ["a0", "a1", "a2"]  # one row per input row, in order
+    assert second[0].column("id").to_pylist() == ["b0", "b1", "b2"]
+    assert running[1] == 3
+    assert log.index(("end", "b2")) < log.index(("end", "a0"))  # batch b done while a0 still ran
 
 
 class Handle:

@@ -26,6 +26,15 @@ def test_a_full_disk_under_rays_wrapper_is_named_in_one_line():
     assert stops.describe(ValueError("first line\nsecond")) == "ValueError: first line"
 
 
+def test_a_full_disk_inside_a_ray_data_write_names_the_output():
+    """A write inside a Ray Data task (seen on a full tmpfs) carries Ray's own words where the
+    file name would be: the line names the command's output path instead."""
+    full = RayTaskError(OSError(errno.ENOSPC, "Error writing bytes to file",
+                                "Failed to apply UDF transform after 1/1 attempts (total backoff 0.0s)."))
+    assert stops.describe(full, "/data/out") == "no space left on the device writing under /data/out"
+    assert stops.describe(full) == "no space left on the device writing a file"
+
+
 @pytest.mark.parametrize("raised, code, said", [
     (KeyboardInterrupt(), 130, "stopped by Ctrl-C (SIGINT)"),
     (stops.Terminated(), 143, "stopped by SIGTERM"),
