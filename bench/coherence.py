@@ -37,7 +37,7 @@ def main(argv) -> None:
 
     from evol_ray.calibration import metrics, sets
     from evol_ray.config import load_config
-    from evol_ray.engine.sizing import prepare_models
+    from evol_ray.engine.preflight import prepare_models
     from evol_ray.engine.vllm_engine import VLLMGenerator
     from evol_ray.evolve import recipes, verdicts
     from vllm import SamplingParams

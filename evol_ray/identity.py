@@ -1,14 +1,13 @@
 """Stable identities and the per-row randomness derived from them.
 
-Every choice evol-ray makes at random (the evolution operation, the engine's sampling seed) is a hash
-of (`seed`, row id, round, ...), never global random state: the same run makes the same choices
-however the data is partitioned, retried or resumed.
+Every choice evol-ray makes at random (the evolution operation: `recipes.choose_op`; the engine's
+sampling seed) is a hash of (`seed`, row id, round, ...) through `unit_float`, never global random
+state: the same run makes the same choices however the data is partitioned, retried or resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Optional, Sequence
 
 
 def _digest(*parts: object) -> bytes:
@@ -48,19 +47,3 @@ def unit_float(*parts: object) -> float:
 def request_seed(seed: int, row_id: str, round_no: int, step: str) -> int:
     """Sampling seed for one engine request: reproducible per row, round and step."""
     return int.from_bytes(_digest("sample", seed, row_id, round_no, step)[:4], "big") & 0x7FFFFFFF
-
-
-def choose_op(seed: int, row_id: str, round_no: int, weights: Mapping[str, float],
-              ops: Optional[Sequence[str]] = None) -> str:
-    """Weighted choice of an evolution operation from a hash of (seed, row id, round), the
-    operations taken in the order `ops` (default: the order of `weights`; the chain passes
-    `recipes.op_order`). A zero weight is never chosen."""
-    names = [op for op in (weights if ops is None else ops) if weights.get(op, 0) > 0]
-    total = sum(weights[op] for op in names)
-    x = unit_float("op", seed, row_id, round_no) * total
-    acc = 0.0
-    for op in names:
-        acc += weights[op]
-        if x < acc:
-            return op
-    return names[-1]  # float rounding at the very top of the range

@@ -5,7 +5,8 @@ callable class), plus the settings Ray Data needs to run it: batch size and reso
 keeps the two together, in the spirit of Ray Data LLM's `StatefulStage`, so that the function's
 module states its batch size once and the wiring reads `STAGE(ds, key=value)`. Batches are always
 Arrow tables. Nothing here is a framework: `Stage.__call__` is one `map_batches` call.
-`without_empty_blocks` and `shuffle_map_batches` fit a dataset to Ray Data's hash shuffle.
+`by_partition` is the one hash-partition shuffle; `without_empty_blocks` and
+`shuffle_map_batches` fit a dataset to Ray Data's hash shuffle.
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def without_empty_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
     if len(rows) == len(entries) or not rows:  # nothing to drop, or nothing left (no shuffle then)
         return ds
     return ray.data.from_arrow_refs(rows)
+
+
+def by_partition(rows: ray.data.Dataset, column: str, parts: int, stage: Stage, *, drop_empty: bool = True,
+                 **fn_kwargs: Any) -> ray.data.Dataset:
+    """`stage`'s function on all rows of each value of `column` (a shuffle partition number the
+    caller wrote, from a hash of its key): Ray Data's hash shuffle, or, for `parts` 1, every row in
+    one block (the hash shuffle would start its aggregator actors for a single group: about 4 s on
+    2 cores, longer than the work). The one hash-partition shuffle of dedup, resume and repeats.
+    `drop_empty`: drop `rows`' empty blocks first (`without_empty_blocks`, which materializes);
+    False where the stages before make none (dedup's)."""
+    if parts == 1:
+        return stage(rows.repartition(1), **fn_kwargs)
+    return (without_empty_blocks(rows) if drop_empty else rows).groupby(column, num_partitions=parts).map_groups(
+        stage.fn, batch_format="pyarrow", fn_kwargs=fn_kwargs or None)
 
 
 MAP_TASKS_PER_CPU = 4

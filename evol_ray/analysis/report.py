@@ -14,10 +14,7 @@ of one size for every round (`report.sample_size`, or the smallest round's kept 
 
 from __future__ import annotations
 
-import base64
 import json
-import html
-import re
 from collections import Counter
 from typing import Dict, List, Optional
 
@@ -26,10 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from evol_ray import columns as C
-from evol_ray.analysis import diversity, plots, runread, sections
+from evol_ray.analysis import diversity, plots, report_html, runread, sections
 from evol_ray.checks import minhash
 from evol_ray.checks.text import word_counts
 from evol_ray.config import Config
+from evol_ray.counts import row_counts
 from evol_ray.figures import shown
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location
@@ -47,14 +45,6 @@ def length_stats(x: np.ndarray) -> Dict[str, float]:
     return {"rows": int(len(x)), "mean": float(x.mean()), "min": int(x.min()), "p10": float(q[0]),
             "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]), "p90": float(q[4]),
             "max": int(x.max())}
-
-
-def _file_counts(t: pa.Table) -> Dict[str, Counter]:
-    kept = t.filter(pc.equal(t[C.STATUS], C.KEPT))
-    return {"status_counts": Counter(runread.counts_by(t, C.STATUS)),
-            "reason_counts": Counter(runread.counts_by(t, C.REASON)),
-            "op_counts": Counter(runread.counts_by(t, C.OP)),
-            "op_kept_counts": Counter(runread.counts_by(kept, C.OP))}
 
 
 def round_figures(m: dict, counted: Dict[str, Counter], rows: int) -> dict:
@@ -104,12 +94,10 @@ def _lineage(rows_by_round: Dict[int, pa.Table], roots: List[str]) -> List[dict]
     return chains
 
 
-def collect(out: Location, cfg: Config) -> dict:
-    """Every figure of the report, as plain data, from one pass over the run's files.
-    Raw length arrays are kept under `_lengths` for the plots and left out of the JSON."""
-    manifests, missing = runread.round_manifests(out, cfg.evolution.rounds)
-    if not manifests:
-        raise runread.RunReadError(f"{out.url}: no complete round yet; nothing to report")
+def _read_rounds(out: Location, cfg: Config, manifests: List[dict]):
+    """The one pass over the rounds' files: per round its figures, the words of its kept rows, a
+    sample of its instructions; round 0 (the seeds, read from round 1) likewise; and the rows of
+    the sampled lineages."""
     rc = cfg.report
     lengths: Dict[str, Dict[int, List[np.ndarray]]] = {"instruction": {0: []}, "response": {0: []}}
     samples = {0: runread.Sampler(rc.sample_size, cfg.seed)}
@@ -126,7 +114,7 @@ def collect(out: Location, cfg: Config) -> dict:
         picked = []
         for t in runread.read_tables(out, runread.round_files(out, m), _READ):
             rows += t.num_rows
-            for k, v in _file_counts(t).items():
+            for k, v in row_counts(t).items():
                 counted[k].update(v)
             kept = t.filter(pc.equal(t[C.STATUS], C.KEPT))
             groups = [(r, kept)]
@@ -146,14 +134,16 @@ def collect(out: Location, cfg: Config) -> dict:
         elif picked:
             lineage_rows[r] = pa.concat_tables(picked)
         per_round.append(round_figures(m, counted, rows))
+    return per_round, lengths, samples, lineage_rows, roots
 
-    groups = [0] + [m["round"] for m in manifests]
-    raw_lengths = {kind: {g: np.concatenate(v[g]) if v[g] else np.zeros(0, np.int64) for g in groups}
-                   for kind, v in lengths.items()}
+
+def _diversity_figures(samples: dict, groups: List[int], cfg: Config) -> dict:
+    """Diversity of each group's sampled instructions, every measured group on the same number of
+    rows: the smallest group that reaches `min_sample_size` (smaller groups are shown as too few
+    rather than shrinking the rest), and the same word budget per text."""
+    rc = cfg.report
     drawn = {g: samples[g].result(pa.schema([(C.ID, pa.string()), (C.INSTRUCTION, pa.string())]))
              for g in groups}
-    # Every measured group gets the same number of rows: the smallest group that reaches
-    # `min_sample_size`; smaller groups are shown as too few rather than shrinking the rest.
     big_enough = [t.num_rows for t in drawn.values() if t.num_rows >= rc.min_sample_size]
     n_equal = min([rc.sample_size] + big_enough) if big_enough else None
     texts = {g: runread.smallest(drawn[g], n_equal, cfg.seed)[C.INSTRUCTION].to_pylist()
@@ -162,7 +152,20 @@ def collect(out: Location, cfg: Config) -> dict:
     div = {str(g): diversity.diversity(texts[g], rc.near_duplicate_threshold,
                                        minhash.params_from(cfg.dedup, cfg.seed), budget)
            if g in texts else None for g in groups}
+    return {"sample_size": n_equal, "min_sample_size": rc.min_sample_size, "threshold": rc.near_duplicate_threshold,
+            "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div}
 
+
+def collect(out: Location, cfg: Config) -> dict:
+    """Every figure of the report, as plain data, from one pass over the run's files.
+    Raw length arrays are kept under `_lengths` for the plots and left out of the JSON."""
+    manifests, missing = runread.round_manifests(out, cfg.evolution.rounds)
+    if not manifests:
+        raise runread.RunReadError(f"{out.url}: no complete round yet; nothing to report")
+    per_round, lengths, samples, lineage_rows, roots = _read_rounds(out, cfg, manifests)
+    groups = [0] + [m["round"] for m in manifests]
+    raw_lengths = {kind: {g: np.concatenate(v[g]) if v[g] else np.zeros(0, np.int64) for g in groups}
+                   for kind, v in lengths.items()}
     shown = sorted(roots.to_pylist(), key=lambda x: runread.sample_key(cfg.seed, x))
     final = layout.read_manifest(out.join(layout.FINAL))
     return {
@@ -177,9 +180,7 @@ def collect(out: Location, cfg: Config) -> dict:
         "ops": sorted({s for x in per_round for s in x["op_counts"]}),
         "per_round": per_round,
         "lengths": {kind: {str(g): length_stats(v[g]) for g in groups} for kind, v in raw_lengths.items()},
-        "diversity": {"sample_size": n_equal, "min_sample_size": rc.min_sample_size,
-                      "threshold": rc.near_duplicate_threshold,
-                      "words_per_text": budget[0], "words_per_sample": budget[1], "by_round": div},
+        "diversity": _diversity_figures(samples, groups, cfg),
         "difficulty": _difficulty(out),
         "selected": layout.read_manifest(out.join(layout.SELECTED)),
         "method": sections.method_figures(out),
@@ -209,136 +210,10 @@ def _difficulty(out: Location) -> Optional[dict]:
             "by_round": by_round}
 
 
-def _table(header: List[str], rows: List[List[object]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(v: object) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def _img(name: str, png: bytes, alt: str) -> str:
-    return (f'<figure><img id="plot-{name}" alt="{html.escape(alt)}" '
-            f'src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{html.escape(alt)}'
-            "</figcaption></figure>")
-
-
-def render_html(fig: dict, images: Dict[str, bytes]) -> str:
-    """One self-contained page: tables, inlined PNG plots and lineage text; no script, no link."""
-    pr = fig["per_round"]
-    counts = _table(
-        ["round", "rows in", "kept", "survival"] + [f"status: {s}" for s in fig["statuses"]]
-        + [f"reason: {s}" for s in fig["reasons"]],
-        [[x["round"], x["rows_in"], x["kept"], f"{x['survival']:.0%}"]
-         + [x["status_counts"].get(s, 0) for s in fig["statuses"]]
-         + [x["reason_counts"].get(s, 0) for s in fig["reasons"]] for x in pr])
-    engine = _table(*sections.engine_table(pr))
-    ops = _table(["round"] + [f"{op} (kept/tried)" for op in fig["ops"]],
-                 [[x["round"]] + [f"{x['op_kept_counts'].get(op, 0)}/{x['op_counts'].get(op, 0)}"
-                                  for op in fig["ops"]] for x in pr])
-    lens = _table(["round", "kind", "rows", "mean", "p10", "median", "p90", "max"],
-                  [[g, kind, s.get("rows"), s.get("mean"), s.get("p10"), s.get("median"), s.get("p90"), s.get("max")]
-                   for kind, by in fig["lengths"].items() for g, s in by.items()])
-    dv = fig["diversity"]
-    div = (f"<p>Rounds with fewer than {dv['min_sample_size']} kept rows (<code>report.min_sample_size</code>) "
-           "are not measured. distinct-n: distinct word n-grams over all n-grams, on an equal budget for every "
-           f"round: {dv['sample_size']} rows, the first {dv.get('words_per_text')} words of each, "
-           f"{dv.get('words_per_sample')} words in all, so that longer texts do not read as less "
-           "diverse (the columns 'all' use the whole texts and fall with length alone). "
-           "Near-duplicate share: rows of the sample with another row at MinHash Jaccard "
-           f">= {dv['threshold']}, with dedup's own signatures.</p>") + _table(
-                 ["round", "rows", "distinct-1", "distinct-2", "distinct-1 all", "distinct-2 all",
-                  "near-duplicate share"],
-                 [[g, *([f"(fewer than {dv['min_sample_size']} kept rows)", None, None, None, None, None] if d is None else
-                        [d["rows"], d["distinct_1"], d["distinct_2"], d.get("distinct_1_all"),
-                         d.get("distinct_2_all"), d["near_duplicate_share"]])]
-                  for g, d in dv["by_round"].items()])
-    dif = fig["difficulty"]
-    if dif:
-        diff_html = (f"<p>Rated by <code>{html.escape(str(dif['model']))}</code>, up to {dif['sample_size']} "
-                     "rows per round. Each row's score is its expected value under the rater's "
-                     "probabilities of the ten answers 1..10 (each scored as the whole answer, so no "
-                     "option is a prefix of another); the columns 1..10 count rows by that score, "
-                     "rounded.</p>"
-                     + _table(["round", "rated", "errors", "mean", "median", "std"] + [str(s) for s in range(1, 11)],
-                              [[g, d["rated"], d["errors"], d["mean"], d["median"], d.get("std")]
-                               + [d["histogram"][str(s)] for s in range(1, 11)] for g, d in dif["by_round"].items()])
-                     + _img("difficulty", images["difficulty"], "Difficulty score by round (0 = seeds)"))
-    else:
-        diff_html = ("<p>Not scored yet: run <code>evol-ray score OUTPUT</code> (or set "
-                     "<code>score.enabled=true</code> for the run), then this report again.</p>")
-    lineage = "".join(
-        f"<h3>root {html.escape(c['root_id'][:12])}</h3><pre>"
-        + html.escape("\n".join(
-            f"round {s['round']}: {s['status']}" + (f" ({s['reason']})" if s["reason"] else "")
-            + (f" by {s['op']}" if s["op"] else "") + "\n    " + _short(s["instruction"])
-            for s in c["steps"])) + "</pre>" for c in fig["lineage"])
-    warn = ""
-    problems = [f"round {x['round']}: {p}" for x in pr for p in x["mismatches"]]
-    if fig["rounds_missing"]:
-        problems.insert(0, f"rounds not complete: {fig['rounds_missing']}")
-    if problems:
-        warn = '<div class="warn"><b>Check:</b><ul>' + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul></div>"
-    auto_img = _img("methods", images["methods"], "Candidate methods' failure rates on the dev set, by step") \
-        if "methods" in images else ""
-    final = fig["final"]
-    final_p = (f"<p>Final training set: {final['rows']:,} rows (seeds included: {final['include_seeds']}"
-               f"{sections.seed_answers_text(final.get('seed_answers'))}).</p>" if final else "<p>No final/ set written yet.</p>")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>evol-ray report: {html.escape(fig['output'])}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1150px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f0f0f0; }}
-figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
-pre {{ background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; }}
-.warn {{ background: #fff3cd; padding: 0.5em 1em; border: 1px solid #e0c060; }}
-</style></head><body>
-<h1>evol-ray report</h1>
-<p>Output <code>{html.escape(fig['output'])}</code>, config {html.escape(str(fig['config_hash']))},
-rounds {fig['rounds']} of {fig['rounds_configured']}; generated {fig['generated']}.</p>
-{warn}{final_p}
-<h2>Rows by round</h2>{counts}
-{_img("survival", images["survival"], "Rows by round: kept and each elimination reason")}
-<h2>Operations</h2>{ops}
-{_img("operations", images["operations"], "Operation mix and survival rate by round")}
-<h2>Lengths (words, kept rows; round 0 = seeds)</h2>{lens}
-{_img("lengths", images["lengths"], "Instruction and answer length by round")}
-<h2>Diversity (instructions, {_sample_words(dv)})</h2>{div}
-{_img("diversity", images["diversity"], "Diversity by round")}
-<h2>Calibrated judgement and the elimination rules</h2>{sections.judgement_html(fig["judgement"], _table)}
-<h2>Difficulty</h2>{diff_html}
-<h2>Auto Evol-Instruct</h2>{sections.method_html(fig.get("method"), _table, auto_img, pr[0] if pr else None)}
-<h2>Selection</h2>{sections.selected_html(fig.get("selected"), _table)}
-<h2>Engine</h2>{engine}
-<h2>Lineage</h2>{lineage or "<p>No lineage (report.lineages is 0).</p>"}
-</body></html>
-"""
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def _short(text: Optional[str], limit: int = 300) -> str:
-    """One line of at most `limit` characters; control characters shown as escapes (\\x00), so
-    none reaches the page (the caller HTML-escapes the rest)."""
-    t = " ".join(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text or "").split())
-    return t if len(t) <= limit else t[:limit] + " ..."
-
-
 def write_report(out: Location, fig: dict) -> Dict[str, str]:
     """Render `fig` into OUTPUT/report/report.html and figures.json; returns their URLs."""
     images = plots.render_all(fig, fig["_lengths"])
-    page = render_html(fig, images)
+    page = report_html.render_html(fig, images)
     rdir = out.join(layout.REPORT)
     data = {k: v for k, v in fig.items() if not k.startswith("_")}
     data["plots"] = sorted(images)
@@ -347,12 +222,6 @@ def write_report(out: Location, fig: dict) -> Dict[str, str]:
                                  JSON_FILE: json.dumps(data, indent=2, sort_keys=True, default=str).encode()}, rdir)
     commit.commit(rdir, {"config_hash": fig.get("config_hash"), "rounds": fig["rounds"]}, files)
     return {"html": rdir.join(HTML_FILE).url, "json": rdir.join(JSON_FILE).url}
-
-
-def _sample_words(dv: dict) -> str:
-    if dv["sample_size"] is None:
-        return f"no round has {dv['min_sample_size']} kept rows to measure"
-    return f"{dv['sample_size']} rows per round"
 
 
 def summary_text(fig: dict, paths: Dict[str, str]) -> str:

@@ -7,7 +7,7 @@ so they are read back from round 1, where every attempt carries its seed as `par
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -125,9 +125,3 @@ def read_scores(out: Location) -> Tuple[Optional[dict], Optional[pa.Table]]:
     files = layout.committed_files(out.join(layout.SCORES), m)
     tables = list(read_tables(out, files, [c.name for c in C.SCORES_SCHEMA]))
     return m, pa.concat_tables(tables) if tables else C.SCORES_SCHEMA.empty_table()
-
-
-def counts_by(table: pa.Table, column: str) -> Dict[str, int]:
-    """value -> rows, nulls left out."""
-    vc = pc.value_counts(table[column].drop_null()) if table.num_rows else []
-    return {str(x["values"]): int(x["counts"]) for x in (vc.to_pylist() if len(vc) else [])}

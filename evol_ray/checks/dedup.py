@@ -51,7 +51,7 @@ from evol_ray.checks.clusters import (MARK_SCHEMA, NODE_COLUMNS, changed_count, 
                                       first_proposals, node_join_rows, pair_marks, propose, take_min,
                                       with_labels)
 from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
-from evol_ray.stage import WHOLE_BLOCK, Stage, shuffle_map_batches, without_empty_blocks
+from evol_ray.stage import WHOLE_BLOCK, Stage, by_partition, shuffle_map_batches, without_empty_blocks
 
 log = logging.getLogger("evol_ray")
 
@@ -348,13 +348,8 @@ def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, n_nodes:
 
 
 def _by_part(rows: ray.data.Dataset, parts: int, stage: Stage, **kwargs) -> ray.data.Dataset:
-    """`stage` on all rows of each `dedup_part`: Ray Data's hash shuffle, or, for small data,
-    every row in one block (the hash shuffle would start its aggregator actors for a single
-    group: about 4 s on 2 cores, longer than the work)."""
-    if parts == 1:
-        return stage(rows.repartition(1), **kwargs)
-    return rows.groupby(C.DEDUP_PART, num_partitions=parts).map_groups(
-        stage.fn, batch_format="pyarrow", fn_kwargs=kwargs or None)
+    """`stage` on all rows of each `dedup_part` (`stage.by_partition`)."""
+    return by_partition(rows, C.DEDUP_PART, parts, stage, drop_empty=False, **kwargs)
 
 
 def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset] = None,

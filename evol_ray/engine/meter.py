@@ -129,7 +129,7 @@ def start_engine_stats(label: str) -> object:
     return EngineStats.options(name=name).remote()
 
 
-def _per_actor_mean(snaps: list, area: str, seconds: str) -> float:
+def mean_per_actor(snaps: list, area: str, seconds: str) -> float:
     """Mean requests in flight per stage actor over the seconds each was sending."""
     spans = [s for s in snaps if s.get(seconds, 0.0) > 0]
     return sum(s[area] / s[seconds] for s in spans) / len(spans) if spans else 0.0
@@ -146,7 +146,7 @@ def summarize_engines(snapshots: dict) -> dict:
         "actors": len(snaps),
         "busy_share": busy / life if life else 0.0,
         "mean_in_flight": sum(s["mean_in_flight"] * s["lifetime_s"] for s in snaps) / life if life else 0.0,
-        "mean_in_flight_sending": _per_actor_mean(snaps, "sending_area_s", "sending_s"),
+        "mean_in_flight_sending": mean_per_actor(snaps, "sending_area_s", "sending_s"),
         "rows": sum(s.get("rows", 0) for s in snaps),
         "requests": sum(s["requests"] for s in snaps),
         "prompt_tokens": sum(s["prompt_tokens"] for s in snaps),

@@ -2,7 +2,7 @@
 
 `engine.backend=vllm` (the default): `EngineServer` actors, one per replica, each holding one vLLM
 `AsyncLLM`, started by the driver and owned by its job (never detached: a driver that dies takes
-them along). Each round's Ray Data stage is a light CPU stage (`evol_ray.engine.actor.RowStage`)
+them along). Each round's Ray Data stage is a light CPU stage (`evol_ray.engine.client_stage.RowStage`)
 whose `RemoteGenerator` sends its rows' requests to them, as Ray Data LLM's shared-engine stage
 does (ray PR #55179). An engine actor that dies is restarted by Ray (`engine.max_restarts`) and
 its unfinished requests retried on the new one (`max_task_retries`); after the last restart the
@@ -12,7 +12,7 @@ rows' stage fails with `EngineUnavailable`, and the round's resume keeps every r
 (`evol_ray.engine.openai_client`) to the configured server.
 
 Either way, everything past this module sees a `TextGenerator` made by `Engines.generator_factory`.
-Benchmarks hand their own factory (`start_engines(..., factory=...)`).
+Benchmarks hand their own factory (`make_engines(..., factory=...)`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import ray
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine import vllm_stats
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
-from evol_ray.engine.meter import EngineMeter, MeteredGenerator
+from evol_ray.engine.meter import EngineMeter, MeteredGenerator, mean_per_actor
 from evol_ray.engine.resources import (client_stage_args, engine_actor_options, release, replica_count,
                                        reserve, wait_until_placeable)
 
@@ -151,10 +151,10 @@ class Engines:
         self.device = device
         self.generator_factory = factory
         self.replicas = replica_count(cfg.engine, device)
-        self.actors = actors or self.replicas
+        self.stage_actors = actors or self.replicas
 
     def stage_args(self) -> dict:
-        return client_stage_args(self.cfg.engine, self.actors)
+        return client_stage_args(self.cfg.engine, self.stage_actors)
 
     def start(self) -> None:
         """Engines start here (once; later calls do nothing)."""
@@ -191,7 +191,7 @@ class VLLMEngines(Engines):
         self.groups: list = []
         self._reported: set = set()  # engine processes whose start-up a round manifest holds
         super().__init__(cfg, device, factory=None)
-        self.actors = self.replicas * cfg.engine.clients_per_replica
+        self.stage_actors = self.replicas * cfg.engine.clients_per_replica
         self.model = model or cfg.model
 
     def gpus(self) -> int:
@@ -248,11 +248,13 @@ class VLLMEngines(Engines):
         busy = sum(p["busy_s"] for p in per.values())
         return {
             "actors": len(per),
-            "stage_actors": self.actors,
+            "stage_actors": self.stage_actors,
             "engine_starts": starts,
             "startup_s": startup,
             "busy_share": busy / life if life else 0.0,
             "mean_in_flight": sum(p["mean_in_flight"] * p["lifetime_s"] for p in per.values()) / life if life else 0.0,
+            # per stage actor, from the stage's own meters (the round's requests as sent)
+            "mean_in_flight_sending": mean_per_actor(list(stage_snapshots.values()), "sending_area_s", "sending_s"),
             "rows": sum(s.get("rows", 0) for s in stage_snapshots.values()),
             "requests": sum(p["requests"] for p in per.values()),
             "prompt_tokens": sum(p["prompt_tokens"] for p in per.values()),
@@ -300,8 +302,8 @@ def engines_for(cfg: Config, model: ModelConfig, running: Optional[Engines] = No
             and running.model.tokenizer == model.tokenizer:
         yield running
         return
+    from evol_ray.engine.preflight import check_cpu_engine, check_engine_source
     from evol_ray.engine.resources import connect
-    from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
 
     e = cfg.engine
     sub = dataclasses.replace(cfg, model=model, engine=dataclasses.replace(
@@ -311,7 +313,7 @@ def engines_for(cfg: Config, model: ModelConfig, running: Optional[Engines] = No
     device = connect(sub)
     if device == "cpu" and e.backend == "vllm":
         check_cpu_engine(sub)
-    engines = start_engines(sub, device, pooling=pooling)
+    engines = make_engines(sub, device, pooling=pooling)
     make_room(engines, running)
     try:
         yield engines
@@ -337,7 +339,7 @@ def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
     reports to `stats` (an `EngineStats`) when given. `label`: the phase's progress is shown
     under it (`evol_ray.progress`; a stats actor is started for it when none is given)."""
     from evol_ray import progress
-    from evol_ray.engine.actor import map_rows
+    from evol_ray.engine.client_stage import map_rows
     from evol_ray.engine.meter import EngineStats
 
     own = label is not None and stats is None
@@ -353,8 +355,8 @@ def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def start_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,
-                  factory: Optional[Callable[[], TextGenerator]] = None, pooling: bool = False) -> Engines:
+def make_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,
+                 factory: Optional[Callable[[], TextGenerator]] = None, pooling: bool = False) -> Engines:
     """The run's engines, not started yet (`Engines.start` or the first round starts them).
     `factory`: a benchmark's own generator instead of the backend's."""
     if factory is not None:

@@ -85,7 +85,7 @@ class VLLMGenerator:
         # engine.request_seeds: vLLM draws a seeded request's noise one request at a time; off by
         # default, the engine-wide seed applies. The CPU build fails a seeded request whose sampled
         # token is discarded during chunked prefill ("CPU Generator does not use offset"): refused
-        # there before the engine starts (sizing.check_request_seeds).
+        # there before the engine starts (preflight.check_request_seeds).
         self._per_request_seed = engine.request_seeds and device == "gpu"
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]

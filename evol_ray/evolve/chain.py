@@ -123,7 +123,7 @@ async def evolve_row(gen: TextGenerator, row: Dict[str, Any], round_no: int, cfg
         out.update({C.STATUS: C.INVALID_INPUT, C.REASON: C.R_EMPTY_INSTRUCTION})
         return out
 
-    op = op or identity.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights,
+    op = op or recipes.choose_op(cfg.seed, row[C.ID], round_no, cfg.evolution.op_weights,
                                   recipes.op_order(cfg.evolution))
     out = _attempt(row, round_no, op)
     chain = _Chain(gen, out, cfg, row[C.ID], round_no)

@@ -23,8 +23,9 @@ recipe's weights, frames and methods under the user's overrides).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from evol_ray import identity
 from evol_ray.evolve import prompts
 
 if TYPE_CHECKING:
@@ -169,6 +170,22 @@ def op_order(ev: EvolutionConfig) -> List[str]:
     YAML files that differ only in key order choose alike, as their config hashes are alike)."""
     ops = RECIPES[ev.recipe].ops
     return [op for op in ops if op in ev.op_weights] + sorted(op for op in ev.op_weights if op not in ops)
+
+
+def choose_op(seed: int, row_id: str, round_no: int, weights: Mapping[str, float],
+              ops: Optional[Sequence[str]] = None) -> str:
+    """Weighted choice of an evolution operation from a hash of (seed, row id, round), the
+    operations taken in the order `ops` (default: the order of `weights`; the chain passes
+    `recipes.op_order`). A zero weight is never chosen."""
+    names = [op for op in (weights if ops is None else ops) if weights.get(op, 0) > 0]
+    total = sum(weights[op] for op in names)
+    x = identity.unit_float("op", seed, row_id, round_no) * total
+    acc = 0.0
+    for op in names:
+        acc += weights[op]
+        if x < acc:
+            return op
+    return names[-1]  # float rounding at the very top of the range
 
 
 def evolve_prompt(ev: EvolutionConfig, op: str, instruction: str, method: str | None = None) -> str:

@@ -23,7 +23,7 @@ from evol_ray.io.datasets import BLOCK_ROWS
 from evol_ray.io.json_files import (JSON_FILE_ROWS, InputError, file_encoding, is_json_array, json_records,
                                     read_head)
 from evol_ray.io.storage import Location, describe_error, locate
-from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
+from evol_ray.stage import WHOLE_BLOCK, Stage, by_partition
 
 _EXT = {".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -188,7 +188,7 @@ SEED_PART = "seed_part"  # shuffle partition of `seed_key`, between `with_part` 
 SEEDS_PER_PARTITION = 500_000
 # Rows per block of the seeds as the run holds them: dedup and the final set read them whole every
 # round, so blocks are large (one batch of dedup's stages); the engine stage cuts its own input
-# into small blocks (`evolve.stage.ENGINE_BLOCK_BATCHES`). 256-row blocks here made every later
+# into small blocks (`evolve.engine_stages.ENGINE_BLOCK_BATCHES`). 256-row blocks here made every later
 # pass over 1M seeds schedule 3,900 tasks.
 SEED_BLOCK_ROWS = BLOCK_ROWS
 
@@ -240,11 +240,8 @@ def unique_seeds(ds, rows: int, ic: InputConfig):
     The result is cut into blocks of SEED_BLOCK_ROWS rows, so later passes run in parallel."""
     parts = max(1, -(-rows // SEEDS_PER_PARTITION))
     content_ids = not ic.id_column
-    if parts == 1:
-        marked = MARK_REPEATS(ds.repartition(1), content_ids=content_ids)
-    else:
-        marked = without_empty_blocks(WITH_PART(ds, parts=parts)).groupby(SEED_PART, num_partitions=parts).map_groups(
-            mark_repeats, fn_kwargs={"content_ids": content_ids}, batch_format="pyarrow")
+    marked = by_partition(WITH_PART(ds, parts=parts) if parts > 1 else ds, SEED_PART, parts, MARK_REPEATS,
+                          content_ids=content_ids)
     return marked.repartition(target_num_rows_per_block=SEED_BLOCK_ROWS)
 
 

@@ -24,8 +24,8 @@ from evol_ray.analysis.score import score_run
 from evol_ray.config import Config
 from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.resources import connect
-from evol_ray.engine.service import start_engines
-from evol_ray.engine.sizing import check_cpu_engine, check_engine_source
+from evol_ray.engine.service import make_engines
+from evol_ray.engine.preflight import check_cpu_engine, check_engine_source
 from evol_ray.io import layout, seeds as seeds_mod
 from evol_ray.io.lease import Lease, LeaseHeld
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
@@ -126,7 +126,7 @@ def _engines_and_rounds(cfg: Config, out: Location, urls, fmt, cols, legacy: Opt
     device = connect(cfg)
     if device == "cpu" and generator_factory is None and cfg.engine.backend == "vllm":
         check_cpu_engine(cfg)
-    engines = start_engines(cfg, device, factory=generator_factory)
+    engines = make_engines(cfg, device, factory=generator_factory)
     log.info("evol-ray: %d seed file(s), engine on %s, %d round(s) into %s",
              len(urls), engines.device, cfg.evolution.rounds, out.url)
     try:

@@ -3,7 +3,8 @@ given with an answer and, with `output.answer_seeds`, those answered and kept by
 through the final checks, committed to `final/`; rows the checks reject go to `final/_removed/`
 with their reason, counted in the manifest (`removed_counts`), never lost.
 
-Reads the committed round files; writes `columns.FINAL_COLUMNS` rows.
+Reads the committed round files; writes `columns.FINAL_COLUMNS` rows (`final_rows` keeps a round's
+`kept` rows, `seed_rows` shapes the seeds alike).
 """
 
 from __future__ import annotations
@@ -11,18 +12,47 @@ from __future__ import annotations
 from collections import Counter
 from typing import List, Optional
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from evol_ray import columns as C
 from evol_ray import config as config_mod
 from evol_ray.checks import where
 from evol_ray.config import Config
+from evol_ray.counts import value_counts
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_round
 from evol_ray.io.storage import Location
-from evol_ray.pipeline.pool import FINAL_ROWS, SEED_ROWS
-from evol_ray.pipeline.round import value_counts
 from evol_ray.pipeline.seed_answers import seed_final_rows
+from evol_ray.stage import WHOLE_BLOCK, Stage
+
+
+def final_rows(batch: pa.Table) -> pa.Table:
+    """Round attempts -> training rows: only `kept` ones."""
+    return batch.filter(pc.equal(batch[C.STATUS], C.KEPT)).select(list(C.FINAL_COLUMNS))
+
+
+def seed_rows(batch: pa.Table) -> pa.Table:
+    """Pool rows of the seeds -> training rows (round 0, no parent, no operation). Blank seeds are
+    left out: round 1 recorded them as `invalid_input`."""
+    batch = batch.filter(pc.not_equal(pc.utf8_trim_whitespace(batch[C.INSTRUCTION]), ""))
+    n = batch.num_rows
+    return pa.table(
+        {
+            C.ID: batch[C.ID],
+            C.PARENT_ID: pa.nulls(n, pa.string()),
+            C.ROOT_ID: batch[C.ROOT_ID],
+            C.ROUND: pa.array([0] * n, pa.int32()),
+            C.OP: pa.nulls(n, pa.string()),
+            C.INSTRUCTION: batch[C.INSTRUCTION],
+            C.RESPONSE: batch[C.RESPONSE],
+        }
+    )
+
+
+FINAL_ROWS = Stage(final_rows, WHOLE_BLOCK)
+SEED_ROWS = Stage(seed_rows, WHOLE_BLOCK)
 
 
 def write_final(cfg: Config, out: Location, manifests: List[dict], seeds: ray.data.Dataset,

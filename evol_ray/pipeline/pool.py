@@ -1,9 +1,9 @@
-"""Pure batch functions between rounds: which row goes on to the next round, and what is training data.
+"""Pure batch functions between rounds: which row goes on to the next round.
 
 `next_pool` implements WizardLM's rule that a failed evolution hands its parent on unchanged
 (arXiv 2304.12244, sec. 3.3): reads `status`, `id`/`instruction`/`response` and their `parent_*`
 twins and `root_id`; writes pool rows (`columns.POOL_SCHEMA`).
-`final_rows` keeps the `kept` rows with `columns.FINAL_COLUMNS`; `seed_rows` shapes seeds alike.
+`repeat_attempts` records repeated seeds in round 1 without an engine request.
 """
 
 from __future__ import annotations
@@ -54,30 +54,5 @@ def repeat_attempts(batch: pa.Table) -> pa.Table:
     return pa.table(cols, schema=C.ROUND_SCHEMA)
 
 
-def final_rows(batch: pa.Table) -> pa.Table:
-    """Round attempts -> training rows: only `kept` ones."""
-    return batch.filter(pc.equal(batch[C.STATUS], C.KEPT)).select(list(C.FINAL_COLUMNS))
-
-
-def seed_rows(batch: pa.Table) -> pa.Table:
-    """Pool rows of the seeds -> training rows (round 0, no parent, no operation). Blank seeds are
-    left out: round 1 recorded them as `invalid_input`."""
-    batch = batch.filter(pc.not_equal(pc.utf8_trim_whitespace(batch[C.INSTRUCTION]), ""))
-    n = batch.num_rows
-    return pa.table(
-        {
-            C.ID: batch[C.ID],
-            C.PARENT_ID: pa.nulls(n, pa.string()),
-            C.ROOT_ID: batch[C.ROOT_ID],
-            C.ROUND: pa.array([0] * n, pa.int32()),
-            C.OP: pa.nulls(n, pa.string()),
-            C.INSTRUCTION: batch[C.INSTRUCTION],
-            C.RESPONSE: batch[C.RESPONSE],
-        }
-    )
-
-
 NEXT_POOL = Stage(next_pool, WHOLE_BLOCK)
 REPEAT_ATTEMPTS = Stage(repeat_attempts, WHOLE_BLOCK)
-FINAL_ROWS = Stage(final_rows, WHOLE_BLOCK)
-SEED_ROWS = Stage(seed_rows, WHOLE_BLOCK)

@@ -1,7 +1,7 @@
 """One round: engine phase, then commit phase, each safe to run again; and the pool after it.
 
 1. engine: pool rows without an attempt in `round_N/_attempts/` go through the engine stage
-   (`evol_ray.evolve.stage`), whose output Ray Data writes there block by block; after a crash, a
+   (`evol_ray.evolve.engine_stages`), whose output Ray Data writes there block by block; after a crash, a
    rerun finds the finished blocks and sends only the missing rows to the engine again;
 2. commit: the attempts pass the CPU checks (`evol_ray.checks.where`) into `round_N/`, then the
    manifest is written last (`evol_ray.io.commit`), then `_attempts/` is removed.
@@ -24,18 +24,19 @@ import pyarrow.compute as pc
 import ray
 
 from evol_ray import columns as C
+from evol_ray.counts import row_counts
 from evol_ray import config as config_mod
 from evol_ray.checks import text, where
 from evol_ray.config import Config
 from evol_ray.engine.base import EngineUnavailable
 from evol_ray import progress
 from evol_ray.engine.meter import start_engine_stats
-from evol_ray.evolve import stage as evolve_stage
+from evol_ray.evolve import engine_stages
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files, read_round
 from evol_ray.io.storage import Location, remove
 from evol_ray.pipeline.pool import NEXT_POOL, REPEAT_ATTEMPTS
-from evol_ray.stage import WHOLE_BLOCK, Stage, without_empty_blocks
+from evol_ray.stage import WHOLE_BLOCK, Stage, by_partition
 
 log = logging.getLogger("evol_ray")
 
@@ -50,22 +51,11 @@ class RunError(RuntimeError):
 COUNT_THREADS = 8
 
 
-def value_counts(values) -> Counter:
-    """`Counter` of an Arrow column's values, nulls and empty strings left out."""
-    vc = pc.value_counts(values)
-    return Counter({v: n for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()) if v})
-
-
 def _file_counts(t: pa.Table) -> Dict[str, object]:
     """One file's partial counts (`count_files`), by Arrow kernels: no per-row Python."""
-    vc = pc.value_counts(t[C.STATUS])
-    kept_ops = t[C.OP].filter(pc.fill_null(pc.equal(t[C.STATUS], C.KEPT), False))
     return {
         "rows": t.num_rows,
-        "status_counts": Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))),
-        "reason_counts": value_counts(t[C.REASON]),
-        "op_counts": value_counts(t[C.OP]),
-        "op_kept_counts": value_counts(kept_ops),
+        **row_counts(t),
         "prompt_tokens": pc.sum(t[C.PROMPT_TOKENS]).as_py() or 0,
         "generated_tokens": pc.sum(t[C.GENERATED_TOKENS]).as_py() or 0,
         "row_engine_seconds": pc.sum(t[C.ENGINE_SECONDS]).as_py() or 0.0,
@@ -79,13 +69,18 @@ def _no_counts() -> Dict[str, object]:
 
 def _add(total: Dict[str, object], part: Dict[str, object]) -> Dict[str, object]:
     for k, v in part.items():
-        total[k] += v
+        if isinstance(total[k], Counter):
+            total[k].update(v)  # a task's counts come back as plain dicts
+        else:
+            total[k] += v
     return total
 
 
-def _partial_counts(loc: Location, files: List[str]) -> Dict[str, object]:
-    """`files` counted each on its own (a few threads; Arrow reads and kernels release the GIL),
-    the partial counts added in file order (the same sums on every run)."""
+def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
+    """Counts of a round's written files: read back from storage, never by re-running the stage.
+    Each file is counted on its own (a few threads; Arrow reads and kernels release the GIL) and
+    the partial counts are added in file order (the same sums on every run), so what is held is a
+    few files' counted columns at a time. The body of `count_in_ray`'s tasks."""
     def one(path: str) -> Dict[str, object]:
         return _file_counts(next(layout.read_tables(loc, [path], _COUNTED)))
 
@@ -93,21 +88,14 @@ def _partial_counts(loc: Location, files: List[str]) -> Dict[str, object]:
     with ThreadPoolExecutor(max(1, min(COUNT_THREADS, len(files)))) as threads:
         for part in threads.map(one, files):
             _add(total, part)
-    return total
+    return _sorted(total)
 
 
 def _sorted(total: Dict[str, object]) -> Dict[str, object]:
     return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in total.items()}
 
 
-def count_files(loc: Location, files: List[str]) -> Dict[str, object]:
-    """Counts of a round's written files: read back from storage, never by re-running the stage.
-    Each file is counted on its own and the partial counts are added, so what is held is a few
-    files' counted columns at a time. In this process: `count_in_ray` is the round's."""
-    return _sorted(_partial_counts(loc, files))
-
-
-_partial_counts_task = ray.remote(num_cpus=1)(_partial_counts)
+_count_files_task = ray.remote(num_cpus=1)(count_files)
 COUNT_FILES_PER_TASK = 16
 
 
@@ -117,7 +105,7 @@ def count_in_ray(loc: Location, files: List[str]) -> Dict[str, object]:
     freed Arrow memory in the driver at 1M rows)."""
     chunks = [files[i:i + COUNT_FILES_PER_TASK] for i in range(0, len(files), COUNT_FILES_PER_TASK)]
     total = _no_counts()
-    for part in ray.get([_partial_counts_task.remote(loc, c) for c in chunks]):
+    for part in ray.get([_count_files_task.remote(loc, c) for c in chunks]):
         _add(total, part)
     return _sorted(total)
 
@@ -167,13 +155,14 @@ def drop_attempted(group: pa.Table) -> pa.Table:
 
 TAG_POOL = Stage(tag_pool, WHOLE_BLOCK)
 TAG_ATTEMPTED = Stage(tag_attempted, WHOLE_BLOCK)
+DROP_ATTEMPTED = Stage(drop_attempted, WHOLE_BLOCK)
 
 
 def without_attempted(pool: ray.data.Dataset, attempts: ray.data.Dataset, partitions: int) -> ray.data.Dataset:
     """`pool` rows whose id is not the `parent_id` of any row of `attempts`."""
-    tagged = without_empty_blocks(TAG_POOL(pool, partitions=partitions).union(
-        TAG_ATTEMPTED(attempts.select_columns([C.PARENT_ID]), partitions=partitions)))
-    return tagged.groupby(_PART, num_partitions=partitions).map_groups(drop_attempted, batch_format="pyarrow")
+    tagged = TAG_POOL(pool, partitions=partitions).union(
+        TAG_ATTEMPTED(attempts.select_columns([C.PARENT_ID]), partitions=partitions))
+    return by_partition(tagged, _PART, partitions, DROP_ATTEMPTED)
 
 
 @dataclass
@@ -210,7 +199,7 @@ def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: r
         return ds if attempted is None else without_attempted(ds, attempted, partitions)
 
     on = (f"{engines.replicas} engine(s) ({engines.device})" if cfg.engine.backend == "vllm"
-          else f"{engines.actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
+          else f"{engines.stage_actors} stage actor(s) to {cfg.engine.endpoint.base_url}")
     total = None if expected_rows is None else expected_rows - resumed
     log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
              f", {resumed} resumed" if resumed else "")
@@ -283,7 +272,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     engine request. `about`: more manifest fields (Auto Evol's method digest)."""
     rdir = layout.round_dir(out, round_no)
     phase = engine_phase(cfg, out, rdir, f"round {round_no}", pool, engines, expected_rows,
-                         lambda rows, stats: evolve_stage.evolve(rows, cfg, round_no, engines, stats),
+                         lambda rows, stats: engine_stages.evolve(rows, cfg, round_no, engines, stats),
                          None if repeats is None else REPEAT_ATTEMPTS(repeats))
     earlier = [read_round(out, m) for m in manifests]
     checked = where.round_checks(read_files(rdir.join(layout.ATTEMPTS), phase.parts, phase.attempts), cfg, seeds, earlier)

@@ -23,7 +23,7 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.config import Config
-from evol_ray.evolve import stage as evolve_stage
+from evol_ray.evolve import engine_stages
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files
 from evol_ray.io.storage import Location
@@ -84,7 +84,7 @@ def answer_seeds(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, a
         m = commit_phase(cfg, sdir, EnginePhase([], 0, 0, {}, now, now), None, fields)
     else:
         phase = engine_phase(cfg, out, sdir, LABEL, todo, engines, n,
-                             lambda rows, stats: evolve_stage.answer(rows, cfg, engines, stats))
+                             lambda rows, stats: engine_stages.answer(rows, cfg, engines, stats))
         m = commit_phase(cfg, sdir, phase, None, {**fields, "device": engines.device})
     log.info("%s: committed in %s: %d seeds without an answer, %d answered and kept; %s", LABEL, sdir.url,
              m["rows_in"], m["rows_kept"],

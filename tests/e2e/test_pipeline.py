@@ -78,6 +78,8 @@ def test_every_row_accounted_for_in_every_round(finished_run):
         assert sum(m["op_counts"].values()) == len(attempted)
         assert m["generated_tokens"] > 0 and m["engine"]["requests"] > 0
         assert 0 < m["engine"]["busy_share"] <= 1
+        # the stage's rows in flight until its last request (engine.rows_in_flight=32, 8 seeds)
+        assert 0 < m["engine"]["mean_in_flight_sending"] <= 32
         # engines run at normal priority, not at Ray's worker niceness of 15
         assert {a["niceness"] for a in m["engine"]["per_actor"].values()} == {0}
         assert set(m["phase_seconds"]) == {"engine", "commit"}

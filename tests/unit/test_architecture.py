@@ -1,6 +1,6 @@
-"""The package layout keeps its promises: every module imports on its own (no import cycle hidden
-by import order), none grows past 400 lines, and nothing outside the stage spec spells Ray Data's
-batch format."""
+"""The package layout keeps its promises: no import cycle, type-only and in-function imports
+included (so no module's import depends on another's being imported first), every module imports,
+none grows past 400 lines, and nothing outside the stage spec spells Ray Data's batch format."""
 
 import pathlib
 import subprocess
@@ -15,18 +15,18 @@ MODULES = sorted(
 )
 
 
-def test_every_module_imports_alone():
-    """Each module in a fresh interpreter: a cycle shows up as an ImportError for some entry point."""
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
-    failed = []
-    for m in MODULES:
-        r = subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True)
-        if r.returncode:
-            failed.append(f"{m}: {r.stderr.strip().splitlines()[-1]}")
-    assert failed == []
+def test_every_module_imports():
+    """Every module in one fresh interpreter (with no cycle in the graph below, the order in which
+    they are imported cannot matter)."""
+    code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
+            "    except Exception as e:\n        print(f'{m}: {type(e).__name__}: {e}')\n")
+    r = subprocess.run([sys.executable, "-c", code, *MODULES], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr[-2000:]
 
 
 def test_import_graph_has_no_cycle():
+    """A type-only import counts: a cycle of types is one of meaning (a module and what it
+    describes each needing the other)."""
     import ast
 
     graph = {}
@@ -34,11 +34,7 @@ def test_import_graph_has_no_cycle():
         mod = ".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
         deps = set()
         tree = ast.parse(p.read_text())
-        typing_only = {id(n) for i in ast.walk(tree) if isinstance(i, ast.If)
-                       and getattr(i.test, "id", None) == "TYPE_CHECKING" for b in i.body for n in ast.walk(b)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:  # annotations only, never executed
-                continue
+        for node in ast.walk(tree):  # every import: top level, under TYPE_CHECKING, inside functions
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evol_ray"):
                 deps.add(node.module)
                 deps.update(f"{node.module}.{a.name}" for a in node.names)

@@ -291,7 +291,7 @@ def test_committed_steps_are_reused_and_a_missing_one_is_redone_with_those_after
 
 def test_the_report_section_lists_every_candidate_and_the_chosen_method():
     from evol_ray.analysis import plots, sections
-    from evol_ray.analysis.report import _table
+    from evol_ray.analysis.report_html import table as _table
 
     cfg, gen, store, out = run_loop(["BAD: copy it.", "GOOD: add a table."], candidates=2)
     fig = {**method.summary(out), "recipe": "general", "dev_size": 6, "batch_size": 4, "steps": 1,
@@ -349,7 +349,7 @@ def test_trials_pass_the_rounds_quality_rules_and_the_analysis_hears_of_them():
 def test_a_missing_rate_reads_as_a_dash_wherever_a_rate_is_shown():
     """Rates documented as possibly null (a method never tried) never stop a summary or the report."""
     from evol_ray.analysis import sections
-    from evol_ray.analysis.report import _table
+    from evol_ray.analysis.report_html import table as _table
     from evol_ray.cli import format_summary
     from evol_ray.figures import shown
 

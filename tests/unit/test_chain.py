@@ -4,6 +4,7 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray import identity
+from evol_ray.evolve import recipes
 from evol_ray.evolve.chain import evolve_row
 from evol_ray.config import load_config
 from tests.fakes import ScriptedGenerator
@@ -29,7 +30,7 @@ def test_kept_row_has_lineage_and_all_columns():
     assert (out[C.PARENT_ID], out[C.ROOT_ID], out[C.ROUND]) == ("p1", "r1", 1)
     assert out[C.PARENT_INSTRUCTION] == ROW[C.INSTRUCTION]
     assert out[C.INSTRUCTION] == gen.evolved and out[C.RESPONSE] == gen.answer
-    assert out[C.OP] == identity.choose_op(0, "p1", 1, CFG.evolution.op_weights)
+    assert out[C.OP] == recipes.choose_op(0, "p1", 1, CFG.evolution.op_weights)
     assert steps(gen) == ["evolve", "judge", "judge", "answer"]  # the judge asked in both orders
     assert out[C.GENERATED_TOKENS] > 0 and out[C.PROMPT_TOKENS] > 0
     # The answer prompt is the evolved instruction itself; the judge sees parent and child, each

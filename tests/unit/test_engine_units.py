@@ -58,6 +58,13 @@ def test_meter_busy_share_and_mean_in_flight(monkeypatch):
     assert snap["busy_share"] == pytest.approx(0.75)
     assert snap["mean_in_flight"] == pytest.approx(5 / 4)
     assert (snap["requests"], snap["prompt_tokens"], snap["generated_tokens"]) == (2, 3, 4)
+    # while sending: from the start to the last request sent (t=1, nothing in flight before it)
+    assert snap["sending_s"] == pytest.approx(1.0) and snap["sending_area_s"] == pytest.approx(0.0)
+    m.begin()  # a third request at t=4: the 5 request-seconds before it count
+    clock.t += 1
+    m.end(None)
+    later = m.snapshot()
+    assert later["sending_s"] == pytest.approx(4.0) and later["sending_area_s"] == pytest.approx(5.0)
 
 
 def test_metered_generator_counts_failed_requests_as_ended():
@@ -82,6 +89,9 @@ def test_summarize_engines_weights_by_lifetime():
     assert s["mean_in_flight"] == pytest.approx((40 + 240) / 40)
     assert (s["rows"], s["requests"], s["startup_s"]) == (7, 12, 5.0)
     assert summarize_engines({}) == {}
+    snaps["a"].update(sending_s=4.0, sending_area_s=32.0)  # 8 in flight while sending
+    snaps["b"].update(sending_s=2.0, sending_area_s=4.0)  # 2
+    assert summarize_engines(snaps)["mean_in_flight_sending"] == pytest.approx(5.0)  # per actor
 
 
 def test_engine_actor_options_cpu_gpu_tensor_parallel_and_restarts():
@@ -118,7 +128,7 @@ def test_a_row_that_ends_hands_its_slot_to_a_waiting_row_of_another_batch():
 
     import pyarrow as pa
 
-    from evol_ray.engine.actor import RowStage
+    from evol_ray.engine.client_stage import RowStage
 
     log, running = [], [0, 0]
 

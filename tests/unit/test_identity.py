@@ -1,21 +1,21 @@
 from collections import Counter
 
 from evol_ray import identity
-from evol_ray.evolve import prompts
+from evol_ray.evolve import prompts, recipes
 
 
 def test_op_choice_is_deterministic_and_depends_on_seed_id_round():
     w = {op: 1.0 for op in prompts.OPS}
-    a = [identity.choose_op(1, f"id{i}", 2, w) for i in range(200)]
-    assert a == [identity.choose_op(1, f"id{i}", 2, w) for i in range(200)]
-    assert a != [identity.choose_op(2, f"id{i}", 2, w) for i in range(200)]
-    assert a != [identity.choose_op(1, f"id{i}", 3, w) for i in range(200)]
+    a = [recipes.choose_op(1, f"id{i}", 2, w) for i in range(200)]
+    assert a == [recipes.choose_op(1, f"id{i}", 2, w) for i in range(200)]
+    assert a != [recipes.choose_op(2, f"id{i}", 2, w) for i in range(200)]
+    assert a != [recipes.choose_op(1, f"id{i}", 3, w) for i in range(200)]
 
 
 def test_op_choice_is_near_uniform():
     w = {op: 1.0 for op in prompts.OPS}
     n = 60_000
-    counts = Counter(identity.choose_op(0, f"row-{i}", 1, w) for i in range(n))
+    counts = Counter(recipes.choose_op(0, f"row-{i}", 1, w) for i in range(n))
     assert set(counts) == set(prompts.OPS)
     expected = n / len(prompts.OPS)
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
@@ -26,7 +26,7 @@ def test_op_weights_are_respected():
     w = {op: 0.0 for op in prompts.OPS}
     w[prompts.BREADTH] = 3.0
     w[prompts.DEEPEN] = 1.0
-    counts = Counter(identity.choose_op(0, str(i), 1, w) for i in range(20_000))
+    counts = Counter(recipes.choose_op(0, str(i), 1, w) for i in range(20_000))
     assert set(counts) == {prompts.BREADTH, prompts.DEEPEN}
     assert 0.72 < counts[prompts.BREADTH] / 20_000 < 0.78
 

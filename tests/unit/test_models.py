@@ -8,7 +8,7 @@ import pytest
 
 from evol_ray.config import load_config
 from evol_ray.config_checks import ConfigError
-from evol_ray.engine import models, sizing
+from evol_ray.engine import models, preflight
 
 
 def _cfg(source, *extra):
@@ -28,14 +28,14 @@ def _model_folder(tmp_path, layers=30, kv_heads=3, head_dim=64, positions=8192):
 
 def test_kv_cache_check_names_the_key_and_a_size_that_works(tmp_path):
     d = _model_folder(tmp_path)
-    assert sizing.kv_bytes_per_token(_cfg(d).model) == 2 * 30 * 3 * 64 * 2
-    sizing.check_cpu_engine(_cfg(d, "model.max_model_len=2048"))  # 47 MB in 1 GiB: fits
+    assert preflight.kv_bytes_per_token(_cfg(d).model) == 2 * 30 * 3 * 64 * 2
+    preflight.check_cpu_engine(_cfg(d, "model.max_model_len=2048"))  # 47 MB in 1 GiB: fits
     with pytest.raises(ConfigError, match=r"engine\.cpu_kv_cache_gib.*set engine\.cpu_kv_cache_gib=0\.25"):
-        sizing.check_cpu_engine(_cfg(d, "model.max_model_len=8192", "engine.cpu_kv_cache_gib=0.1"))
+        preflight.check_cpu_engine(_cfg(d, "model.max_model_len=8192", "engine.cpu_kv_cache_gib=0.1"))
     with pytest.raises(ConfigError, match="model.max_model_len=8192"):  # unset: the model's own length
-        sizing.check_cpu_engine(_cfg(d, "engine.cpu_kv_cache_gib=0.1"))
+        preflight.check_cpu_engine(_cfg(d, "engine.cpu_kv_cache_gib=0.1"))
     with pytest.raises(ConfigError, match=r"'engine.request_seeds'.*set it false on CPU"):
-        sizing.check_cpu_engine(_cfg(d, "model.max_model_len=2048", "engine.request_seeds=true"))
+        preflight.check_cpu_engine(_cfg(d, "model.max_model_len=2048", "engine.request_seeds=true"))
 
 
 def test_check_source_explains_how_to_get_a_model_offline(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 import pyarrow as pa
 
 from evol_ray import columns as C
-from evol_ray.pipeline.pool import final_rows, next_pool, seed_rows
+from evol_ray.pipeline.final import final_rows, seed_rows
+from evol_ray.pipeline.pool import next_pool
 
 
 def attempts(rows):

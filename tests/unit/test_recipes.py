@@ -11,7 +11,6 @@ import pytest
 
 from evol_ray import columns as C
 from evol_ray import config as cfgmod
-from evol_ray import identity
 from evol_ray.config import ConfigError, load_config, load_saved_config
 from evol_ray.evolve import prompts, recipes
 from evol_ray.evolve.chain import evolve_row
@@ -26,7 +25,7 @@ CODE = "```python\ndef reverse(s):\n    return s[::-1]\n```"
 
 def choices(cfg, n=4000, round_no=1):
     ev = cfg.evolution
-    return Counter(identity.choose_op(cfg.seed, f"row-{i}", round_no, ev.op_weights, recipes.op_order(ev))
+    return Counter(recipes.choose_op(cfg.seed, f"row-{i}", round_no, ev.op_weights, recipes.op_order(ev))
                    for i in range(n))
 
 
@@ -47,8 +46,8 @@ def test_general_recipe_chooses_as_before_recipes():
     cfg = load_config(BASE)
     old = {op: 1.0 for op in prompts.OPS}
     for i in range(500):
-        assert (identity.choose_op(0, f"r{i}", 2, cfg.evolution.op_weights, recipes.op_order(cfg.evolution))
-                == identity.choose_op(0, f"r{i}", 2, old, prompts.OPS))
+        assert (recipes.choose_op(0, f"r{i}", 2, cfg.evolution.op_weights, recipes.op_order(cfg.evolution))
+                == recipes.choose_op(0, f"r{i}", 2, old, prompts.OPS))
 
 
 def test_zero_weights_are_never_chosen_and_user_weights_win():

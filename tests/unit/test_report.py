@@ -17,10 +17,10 @@ from PIL import Image
 
 from evol_ray import columns as C
 from evol_ray import config as cfgmod
-from evol_ray.analysis import diversity, report, runread, score
+from evol_ray.analysis import diversity, report, report_html, runread, score
 from evol_ray.cli import main
 from evol_ray.config import ConfigError, load_config
-from evol_ray.engine.actor import RowStage
+from evol_ray.engine.client_stage import RowStage
 
 SEEDS = [f"Seed question number {i} about {w}." for i, w in enumerate(["rivers", "tax law", "proteins",
                                                                          "chess", "jazz", "volcanoes"])]
@@ -186,7 +186,7 @@ def test_rounds_below_the_minimum_are_not_measured_and_do_not_shrink_the_others(
     assert div["sample_size"] == 6 and div["min_sample_size"] == 5
     assert div["by_round"]["0"]["rows"] == 6
     assert div["by_round"]["1"] is None and div["by_round"]["2"] is None
-    page = report.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
+    page = report_html.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
     assert "(fewer than 5 kept rows)" in page and "6 rows per round" in page
 
 
@@ -197,7 +197,7 @@ def test_no_round_big_enough_measures_nothing(tmp_path):
     fig = report.collect(loc, saved)
     assert fig["diversity"]["sample_size"] is None
     assert all(v is None for v in fig["diversity"]["by_round"].values())
-    page = report.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
+    page = report_html.render_html(fig, report.plots.render_all(fig, fig["_lengths"]))
     assert "no round has 20 kept rows to measure" in page
 
 

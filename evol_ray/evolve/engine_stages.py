@@ -1,4 +1,4 @@
-"""The engine stages of a run, through `evol_ray.engine.actor.RowStage` on the run's engines:
+"""The engine stages of a run, through `evol_ray.engine.client_stage.RowStage` on the run's engines:
 
 - `evolve`: a round, every pool row's chain (`evol_ray.evolve.chain.evolve_row`: evolve, judge,
   answer) running concurrently;
@@ -17,7 +17,7 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.config import Config
-from evol_ray.engine.actor import map_rows
+from evol_ray.engine.client_stage import map_rows
 from evol_ray.evolve.chain import answer_seed, evolve_row
 
 READS = (C.ID, C.ROOT_ID, C.INSTRUCTION, C.RESPONSE)

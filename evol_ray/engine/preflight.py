@@ -1,10 +1,12 @@
-"""Will the model start? Checked on the driver before any engine starts: the model can be loaded
-(`models.check_source`), and on the CPU build the KV cache holds at least one whole sequence.
+"""Will the engines start? Checked on the driver before any engine starts, so a problem is one
+message naming its key, not a failure deep in an engine actor's log:
 
-The CPU build's KV cache is a fixed size (`engine.cpu_kv_cache_gib`); a sequence of
-`model.max_model_len` tokens needs 2 (keys and values) x layers x KV heads x head size x bytes per
-value for each token. vLLM would fail inside the engine actor, its message deep in a worker's
-log; here the message names the key and a value that works.
+- `check_engine_source`: the model can be had (a named model fetched once into the cache,
+  `models.check_source`) or, with `engine.backend=openai`, the endpoint answers one request;
+- `prepare_models`: the same for every model the run and its scorer will load;
+- `check_cpu_engine`: on the CPU build, the KV cache (`engine.cpu_kv_cache_gib`, a fixed size)
+  holds one whole sequence of `model.max_model_len` tokens: 2 (keys and values) x layers x KV
+  heads x head size x bytes per value for each token; the message names a size that works.
 """
 
 from __future__ import annotations
