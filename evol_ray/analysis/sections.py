@@ -143,7 +143,7 @@ def selected_html(m: Optional[dict], table: Callable) -> str:
 
 def vllm_cells(v: dict) -> list:
     """A round's vLLM statistics as table cells; "not available" where the engines report none (an
-    OpenAI-compatible endpoint, a benchmark's own engine)."""
+    endpoint whose server has no vLLM /metrics, a benchmark's own engine)."""
     if not v:
         return ["not available"] + [""] * 5
     return [round(v["mean_running"], 1), round(v["mean_waiting"], 1), f"{v['mean_kv_cache_usage']:.0%}",

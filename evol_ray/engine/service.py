@@ -160,16 +160,38 @@ class Engines:
         """Engines start here (once; later calls do nothing)."""
 
     def round_begin(self) -> None:
-        pass
+        """With an endpoint: its server's own statistics polled while the phase runs (a phase
+        that failed before its figures leaves its poller to the next, which stops it)."""
+        if getattr(self, "_server", None) is not None:
+            self._server.stop()
+        self._server = None
+        if self.cfg.engine.backend == "openai" and self.device == "endpoint":
+            from evol_ray.engine import server_metrics
+            from evol_ray.engine.openai_client import api_key
+
+            ep = self.cfg.engine.endpoint
+            self._server = server_metrics.ServerMetrics(
+                server_metrics.metrics_url(ep.base_url), server_metrics.http_fetch(str(api_key(ep)))).start()
 
     def round_figures(self, stage_snapshots: dict) -> dict:
-        """The round's engine figures for its manifest (`meter.summarize_engines`)."""
+        """The round's engine figures for its manifest (`meter.summarize_engines`), with the
+        endpoint's vLLM statistics where its server has them (`server_metrics`)."""
         from evol_ray.engine.meter import summarize_engines
 
-        return summarize_engines(stage_snapshots)
+        figures = summarize_engines(stage_snapshots)
+        server, self._server = getattr(self, "_server", None), None
+        end = server.stop() if server is not None else None
+        if server is not None and figures:  # a phase with rows (an empty one has no figures)
+            if end is not None:
+                figures["vllm"] = vllm_stats.combine([vllm_stats.round_figures(end, None)])
+            else:
+                figures["vllm_not_available"] = server.unavailable
+        return figures
 
     def stop(self) -> None:
-        pass
+        if getattr(self, "_server", None) is not None:
+            self._server.stop()
+            self._server = None
 
 
 class VLLMEngines(Engines):

@@ -52,6 +52,14 @@ class VllmStats:
             self.count["prompt_tokens"] += iteration_stats.num_prompt_tokens
             self.count["generated_tokens"] += iteration_stats.num_generation_tokens
 
+    def observe(self, gauges: Dict[str, float], totals: Dict[str, int]) -> None:
+        """A polled server's state (`server_metrics`): its gauges now (running, waiting,
+        kv_cache), its counters since the first poll; each poll counts as a step."""
+        self._advance()
+        self.now = dict(gauges)
+        self.count.update(totals)
+        self.count["steps"] += 1
+
     def snapshot(self) -> dict:
         self._advance()
         return {"time_s": self.last_t - self.t0, **{f"{k}_area": v for k, v in self.area.items()}, **self.count}

@@ -106,6 +106,11 @@ def test_a_run_on_the_endpoint_keeps_every_invariant(server, key_env, tmp_path, 
         assert m["rows_in"] == len(rows) == N == sum(m["status_counts"].values())
         assert sum(m["reason_counts"].values()) == N - m["status_counts"].get(C.KEPT, 0)
         assert m["device"] == "endpoint" and m["engine"]["requests"] > 0 and m["generated_tokens"] > 0
+        # the server's own statistics, read from its /metrics while the round ran
+        v = m["engine"]["vllm"]
+        assert v["engines"] == 1 and v["generated_tokens_per_s"] > 0 and v["prompt_tokens_per_s"] > 0
+        assert 0 < v["mean_running"] and 0 <= v["mean_kv_cache_usage"] <= 1
+        assert v["prefix_cache_hit_rate"] is None or 0 <= v["prefix_cache_hit_rate"] <= 1
         assert len({x[C.PARENT_ID] for x in rows}) == N
         if pool is not None:
             assert {x[C.PARENT_ID] for x in rows} == pool  # parents are the previous pool
