@@ -121,7 +121,9 @@ def test_a_run_on_the_endpoint_keeps_every_invariant(server, key_env, tmp_path, 
     kept = {x[C.ID] for r in (1, 2) for x in rows_of(out, r)[1] if x[C.STATUS] == C.KEPT}
     fm = json.loads((out / "final" / "manifest.json").read_text())
     final = pq.read_table([str(out / "final" / f) for f in fm["files"]]).to_pylist()
-    assert {x[C.ID] for x in final} == kept
+    assert {x[C.ID] for x in final if x[C.ROUND] > 0} == kept
+    seeds = {x[C.PARENT_ID] for x in rows_of(out, 1)[1]}  # with output.include_seeds (the default)
+    assert {x[C.ID] for x in final if x[C.ROUND] == 0} <= seeds and all(x[C.RESPONSE] for x in final)
     before = {r: (out / f"round_{r}" / "manifest.json").read_text() for r in (1, 2)}
     run(cfg)  # rerun: both rounds complete, skipped untouched
     assert {r: (out / f"round_{r}" / "manifest.json").read_text() for r in (1, 2)} == before
