@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from evol_ray.config_checks import BACKENDS, ConfigError, validate
 from evol_ray.run_key import LATER_KEYS, config_hash, differing_keys, legacy_hash, result_values  # noqa: F401 (callers use config.*)
-from evol_ray.evolve import recipes
+from evol_ray.evolve import prompts, recipes
 from evol_ray.schema import (  # noqa: F401 (the schema's names are imported from here)
     InputConfig, OutputConfig, StorageConfig, ModelConfig, EndpointConfig, EngineConfig,
     SamplingConfig, TemplatesConfig, AutoTemplatesConfig, AutoConfig, EvolutionConfig, CalibrationConfig,
@@ -60,6 +60,7 @@ def _finish(cfg: DictConfig, source: str) -> Config:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, source)) from None
+    _fill_prompts(obj)
     if obj.evolution.recipe not in recipes.RECIPES:
         raise ConfigError(f"config key 'evolution.recipe': got {obj.evolution.recipe!r}, allowed: "
                           f"{', '.join(recipes.RECIPES)}")
@@ -72,6 +73,21 @@ def _finish(cfg: DictConfig, source: str) -> Config:
 # migrated; a user's file or override naming the old key is told the new one.
 MOVED_KEYS = {"engine.endpoint.choice_scoring": ("engine.choice_scoring", {"logprobs": "whole_answer"}),
               "engine.endpoint.send_seed": ("engine.request_seeds", {})}
+
+
+def _fill_prompts(obj: Config) -> None:
+    """The prompt texts the schema leaves null (it imports nothing of the project): the project's
+    own, from `evolve/prompts.py`. A text given (a file, an override, a saved run) is kept."""
+    auto, el = obj.evolution.auto.templates, obj.elimination
+    for node, key, text in ((auto, "method", prompts.INITIAL_METHOD), (auto, "analysis", prompts.ANALYSIS_TEMPLATE),
+                            (auto, "optimizer", prompts.OPTIMIZER_TEMPLATE),
+                            (el.coherence, "template", prompts.COHERENCE_TEMPLATE),
+                            (el, "judge_template", prompts.JUDGE_TEMPLATE),
+                            (el, "copied_phrases", list(prompts.COPIED_PROMPT_PHRASES)),
+                            (obj.score, "template", prompts.DIFFICULTY_TEMPLATE),
+                            (obj.select, "quality_template", prompts.QUALITY_TEMPLATE)):
+        if getattr(node, key) is None:
+            setattr(node, key, text)
 
 
 # Keys replaced by one of another meaning: old name -> (new name, what to set it to).

@@ -1,8 +1,10 @@
 """The config schema: OmegaConf structured dataclasses, one per section, with their defaults.
 
-`conf/default.yaml` documents every key; the dataclass defaults below are the same values. Loading
-(merge, recipe resolution, checks) is `evol_ray.config`, which re-exports these names: import
-them from there.
+`conf/default.yaml` documents every key; the dataclass defaults below are the same values, but
+for the prompt texts, null here and filled in at load from `evolve/prompts.py` (and the recipe's
+templates, from `evolve/recipes.py`): the schema imports nothing of the project, and loading
+(merge, prompt texts, recipe resolution, checks: `evol_ray.config`), the checks and the run key
+are built on it. `evol_ray.config` re-exports these names: import them from there.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-from evol_ray.evolve import prompts
 
 
 @dataclass
@@ -113,9 +114,10 @@ class TemplatesConfig:
 
 @dataclass
 class AutoTemplatesConfig:
-    method: str = prompts.INITIAL_METHOD  # the method of step 0
-    analysis: str = prompts.ANALYSIS_TEMPLATE  # {method}, {instruction}, {evolved}, {outcome}
-    optimizer: str = prompts.OPTIMIZER_TEMPLATE  # {method}, {feedback}
+    # null: the project's text (evolve/prompts.py), filled in at load (`config.PROMPT_DEFAULTS`)
+    method: Optional[str] = None  # the method of step 0
+    analysis: Optional[str] = None  # {method}, {instruction}, {evolved}, {outcome}
+    optimizer: Optional[str] = None  # {method}, {feedback}
 
 
 @dataclass
@@ -163,19 +165,19 @@ class CalibrationConfig:
 class CoherenceConfig:
     enabled: bool = True
     threshold: str = AUTO
-    template: str = prompts.COHERENCE_TEMPLATE  # {what}, {text}
+    template: Optional[str] = None  # {what}, {text}; null: the project's, filled in at load
 
 
 @dataclass
 class EliminationConfig:
     judge: bool = True
-    judge_template: str = prompts.JUDGE_TEMPLATE
+    judge_template: Optional[str] = None  # {first}, {second}; null: the project's, filled in at load
     judge_threshold: str = AUTO
     judge_both_orders: bool = True  # ask (parent, evolution) and (evolution, parent); P(Equal) their mean
     sorry_phrases: List[str] = field(default_factory=lambda: ["sorry"])
     sorry_max_words: int = 80
     stopwords_only: bool = True
-    copied_phrases: List[str] = field(default_factory=lambda: list(prompts.COPIED_PROMPT_PHRASES))
+    copied_phrases: Optional[List[str]] = None  # null: the evolving prompts' phrases, filled in at load
     not_instruction: bool = True
     code_answer: Optional[bool] = None  # null: on when the recipe lists it (filled in at load)
     math_answer: Optional[bool] = None
@@ -190,7 +192,7 @@ class ScoreConfig:
     enabled: bool = False
     sample_size: int = 50
     model: Optional[str] = None
-    template: str = prompts.DIFFICULTY_TEMPLATE
+    template: Optional[str] = None  # {instruction}; null: the project's, filled in at load
 
 
 @dataclass
@@ -264,7 +266,7 @@ class RayConfig:
 @dataclass
 class SelectConfig:
     model: Optional[str] = None
-    quality_template: str = prompts.QUALITY_TEMPLATE
+    quality_template: Optional[str] = None  # {instruction}, {response}; null: the project's, at load
     diversity_threshold: float = 0.7
     embedding_model: Optional[str] = None
     embedding_threshold: float = 0.95

@@ -24,6 +24,18 @@ def test_every_module_imports():
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr[-2000:]
 
 
+def test_the_config_schema_imports_nothing_of_the_project():
+    """Checks, recipes and the run key are built on the schema, never the other way (its prompt
+    texts are filled in at load: `config._fill_prompts`)."""
+    import ast
+
+    tree = ast.parse((ROOT / "schema.py").read_text())
+    ours = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+            and any(name.startswith("evol_ray") for name in
+                    ([getattr(n, "module", None) or ""] + [a.name for a in n.names]))]
+    assert ours == []
+
+
 def test_import_graph_has_no_cycle():
     """A type-only import counts: a cycle of types is one of meaning (a module and what it
     describes each needing the other)."""
