@@ -308,6 +308,8 @@ def measure(args, cfg, model: str) -> int:
         print(f"pipeline rounds {a['round_s']:.1f} s = engine start-up {a['startup_s']:.1f} + generation "
               f"{a['gen_s']:.1f} + outside the engine {outside:.1f} (of which commit phase "
               f"{a['phases']['commit']:.1f}); after the round (final set) {a['final_s']:.1f} s")
+        print(f"fixed cost per round (outside the engine: stage start, commit, next pool): "
+              f"{outside / max(1, args.rounds):.2f} s")
         for r, v in enumerate(a.get("vllm", []), 1):  # what "busy" cannot say on a GPU
             if v:
                 hits = "-" if v["prefix_cache_hit_rate"] is None else f"{v['prefix_cache_hit_rate']:.0%}"
@@ -315,7 +317,7 @@ def measure(args, cfg, model: str) -> int:
                       f"KV cache {v['mean_kv_cache_usage']:.0%}, prefix-cache hits {hits}, "
                       f"{v['prompt_tokens_per_s']:.0f} prompt + {v['generated_tokens_per_s']:.0f} generated tok/s")
             else:
-                print(f"round {r} vLLM: not available (an OpenAI-compatible endpoint)")
+                print(f"round {r} vLLM: not available (an endpoint whose server has no vLLM /metrics)")
     if args.only:
         return 0
     a, b = results["pipeline"], results["bare"]
