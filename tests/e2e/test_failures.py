@@ -38,10 +38,14 @@ def slow_round(model, seeds, out):
     """One round in small batches with long answers, so the round lasts long enough to be hit.
     The tiny model decodes a step in milliseconds, and Ray Data writes a finished block a moment
     after the engine yields it, so the answers are long enough that the round outlasts that lag
-    many times over, on a fast machine too."""
+    many times over, on a fast machine too. Every row gets its answer: the rules that would drop a
+    random model's rewrite before it (a full run once dropped 37 of 48, and the round ended before
+    the stop could land) are off."""
     return tiny_overrides(model, seeds, out, rounds=1) + [
         "engine.batch_size=2", "engine.rows_in_flight=2", "evolution.answer_sampling.max_tokens=384",
-        "elimination.judge=false", "output.answer_seeds=false",  # the round is what these tests stop
+        "elimination.judge=false", "elimination.not_instruction=false", "elimination.lost_input=false",
+        "elimination.language_drift=false", "elimination.copied_phrases=[]",
+        "output.answer_seeds=false",  # the round is what these tests stop
     ]
 
 
