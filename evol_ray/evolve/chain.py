@@ -18,6 +18,9 @@ eliminated earlier stops there, and the rules that read text alone cost none.
 The judge runs before the answer: its prompt is short and its output one token, while an answer
 may run to thousands, so an instruction without information gain costs no answer.
 
+`answer_seed` is the chain's second half alone, for a seed without an answer
+(`output.answer_seeds`): answer -> the rules that read the answer.
+
 Reads the pool columns (`id`, `root_id`, `instruction`, `response`); returns one attempt row with
 every column of `columns.ROUND_SCHEMA`. An engine error becomes status `error` on that row only.
 """

@@ -1,10 +1,13 @@
 """One round: engine phase, then commit phase, each safe to run again; and the pool after it.
 
-1. engine: pool rows without an attempt in `round_N/_attempts/` go through the engine stage
-   (`evol_ray.evolve.engine_stages`), whose output Ray Data writes there block by block; after a crash, a
-   rerun finds the finished blocks and sends only the missing rows to the engine again;
-2. commit: the attempts pass the CPU checks (`evol_ray.checks.where`) into `round_N/`, then the
-   manifest is written last (`evol_ray.io.commit`), then `_attempts/` is removed.
+1. `engine_phase`: pool rows without an attempt in `round_N/_attempts/` go through the engine
+   stage (`evol_ray.evolve.engine_stages`), whose output Ray Data writes there block by block;
+   after a crash, a rerun finds the finished blocks and sends only the missing rows again;
+2. `commit_phase`: the attempts (through the CPU checks, `evol_ray.checks.where`) into
+   `round_N/`, counted (`count_in_ray`), the manifest written last (`evol_ray.io.commit`), then
+   `_attempts/` removed.
+
+The seeds' answers (`pipeline/seed_answers.py`) are the same two phases on another stage.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import pyarrow.compute as pc
 import ray
 
 from evol_ray import columns as C
-from evol_ray.counts import row_counts
 from evol_ray import config as config_mod
 from evol_ray.checks import text, where
 from evol_ray.config import Config
+from evol_ray.counts import row_counts
 from evol_ray.engine.base import EngineUnavailable
 from evol_ray import progress
 from evol_ray.engine.meter import start_engine_stats
