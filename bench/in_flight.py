@@ -10,7 +10,7 @@ over 5x the median), as a GPU engine's replies do when answers' lengths vary. Ru
 
   old  the stage before `engine.rows_in_flight`: a stage actor held rows_in_flight / batch_size
        batches, and a batch's rows came back only when its slowest row had ended;
-  new  row slots (`actor.RowStage`): a row that ends hands its slot to a waiting row at once.
+  new  row slots (`client_stage.RowStage`): a row that ends hands its slot to a waiting row at once.
 
 Printed per stage: the mean requests in flight per stage actor (one engine's) from the engine
 phase's start until its last request was sent (`mean_in_flight_sending` of the round manifest),

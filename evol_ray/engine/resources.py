@@ -211,7 +211,7 @@ CLIENT_CPUS = 0
 # Batches a stage actor holds per batch its rows in flight fill: the second set waits on the
 # actor's row slots, so a row that ends hands its slot to a waiting row at once, and a batch whose
 # last row is slow holds one slot, not its whole batch's. 1 is the stage before `rows_in_flight`
-# (a batch's slots came back only when its slowest row ended): `bench/in_flight.py --stage old`.
+# (a batch's slots came back only when its slowest row ended): `bench/in_flight.py`, its "old" stage.
 BATCHES_PER_FILL = 2
 
 
@@ -224,7 +224,7 @@ def rows_per_actor(e: EngineConfig) -> int:
 def client_stage_args(e: EngineConfig, actors: int) -> dict:
     """`map_batches` arguments for the rows' stage in front of the engines: `actors` light CPU
     actors (asking for no GPU), each running `rows_per_actor` rows at once (its row slots,
-    `actor.RowStage`) and holding BATCHES_PER_FILL times the batches that fill them, so that the
+    `client_stage.RowStage`) and holding BATCHES_PER_FILL times the batches that fill them, so that the
     engines see `engine.rows_in_flight` rows' requests whatever the rows' lengths."""
     calls = BATCHES_PER_FILL * math.ceil(rows_per_actor(e) / e.batch_size)
     return {

@@ -152,6 +152,7 @@ class Engines:
         self.generator_factory = factory
         self.replicas = replica_count(cfg.engine, device)
         self.stage_actors = actors or self.replicas
+        self._server = None  # an endpoint's statistics, polled during a phase
 
     def stage_args(self) -> dict:
         return client_stage_args(self.cfg.engine, self.stage_actors)
@@ -162,9 +163,9 @@ class Engines:
     def round_begin(self) -> None:
         """With an endpoint: its server's own statistics polled while the phase runs (a phase
         that failed before its figures leaves its poller to the next, which stops it)."""
-        if getattr(self, "_server", None) is not None:
+        if self._server is not None:
             self._server.stop()
-        self._server = None
+            self._server = None
         if self.cfg.engine.backend == "openai" and self.device == "endpoint":
             from evol_ray.engine import server_metrics
             from evol_ray.engine.openai_client import api_key
@@ -179,7 +180,7 @@ class Engines:
         from evol_ray.engine.meter import summarize_engines
 
         figures = summarize_engines(stage_snapshots)
-        server, self._server = getattr(self, "_server", None), None
+        server, self._server = self._server, None
         end = server.stop() if server is not None else None
         if server is not None and figures:  # a phase with rows (an empty one has no figures)
             if end is not None:
@@ -189,7 +190,7 @@ class Engines:
         return figures
 
     def stop(self) -> None:
-        if getattr(self, "_server", None) is not None:
+        if self._server is not None:
             self._server.stop()
             self._server = None
 

@@ -31,7 +31,7 @@ from evol_ray.io.lease import Lease, LeaseHeld
 from evol_ray.io.storage import Location, describe_error, locate, read_json, remove, write_json
 from evol_ray.pipeline import calibrate, method, seed_answers
 from evol_ray.pipeline.final import write_final
-from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, run_round
+from evol_ray.pipeline.round import RunError, pool_after, pool_size_after, reusable_commit, run_round
 from evol_ray.run_key import THRESHOLD_KEYS, UNHASHED_KEYS
 
 log = logging.getLogger("evol_ray")
@@ -157,8 +157,7 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, legacy: Option
     for r in range(1, cfg.evolution.rounds + 1):
         m = None if redone else layout.read_manifest(layout.round_dir(out, r))
         # a round counts as done when made with this config (and with this Auto Evol method)
-        if m is not None and m.get("config_hash") in accepted \
-                and all(m.get(k) == v for k, v in about.items()):
+        if reusable_commit(m, accepted, about):
             log.info("round %d: complete in %s, skipped", r, out.url)
         else:
             m = run_round(cfg, out, r, pool, engines, expected, seeds, manifests,

@@ -168,6 +168,12 @@ def without_attempted(pool: ray.data.Dataset, attempts: ray.data.Dataset, partit
     return by_partition(tagged, _PART, partitions, DROP_ATTEMPTED)
 
 
+def reusable_commit(m: Optional[dict], accepted, about: dict) -> bool:
+    """A committed phase (a round, the seed answers) is this run's: made under a config hash of
+    `accepted` and with the same `about` (calibrated thresholds, Auto Evol's method)."""
+    return m is not None and m.get("config_hash") in accepted and all(m.get(k) == v for k, v in about.items())
+
+
 @dataclass
 class EnginePhase:
     """What an engine phase left for its commit: the attempt files, their rows, the rows a crashed

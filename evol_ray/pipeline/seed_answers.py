@@ -27,7 +27,7 @@ from evol_ray.evolve import engine_stages
 from evol_ray.io import commit, layout
 from evol_ray.io.datasets import read_files
 from evol_ray.io.storage import Location
-from evol_ray.pipeline.round import EnginePhase, commit_phase, engine_phase
+from evol_ray.pipeline.round import EnginePhase, commit_phase, engine_phase, reusable_commit
 from evol_ray.stage import WHOLE_BLOCK, Stage
 
 log = logging.getLogger("evol_ray")
@@ -72,7 +72,7 @@ def answer_seeds(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, a
         return None
     sdir = out.join(layout.SEED_ANSWERS)
     m = layout.read_manifest(sdir)
-    if m is not None and m.get("config_hash") in accepted and all(m.get(k) == v for k, v in about.items()):
+    if reusable_commit(m, accepted, about):
         log.info("%s: complete in %s, skipped", LABEL, sdir.url)
         return m
     todo = UNANSWERED(seeds).materialize()
