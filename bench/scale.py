@@ -3,6 +3,7 @@
     python bench/scale.py --rows 100000                      # one node, 2 rounds
     python bench/scale.py --rows 1000000 --rounds 2 --growth # a warm-up, N/10, then N: `growth`
     python bench/scale.py --rows 20000 --nodes 2             # a local two-node Ray cluster
+    python bench/scale.py --rows 200000 --store s3           # output on a loopback S3 server, 20 ms a request
 
 Seeds (`bench/synthetic.py`: a planted share of exact and near duplicates) go through the real
 driver (`evol_ray.pipeline.driver.run`: read, unique seeds, pool, engine stage, attempts, commit,
@@ -10,12 +11,16 @@ quality and dedup against earlier rounds and seeds, next pool, final set) on Ray
 `SyntheticGenerator` in the engine actors instead of vLLM. What it costs per row is then what the
 pipeline costs around the model.
 
+With `--store s3` the output goes to an S3-protocol server on loopback (moto's server, in a process
+of its own) that waits `--s3-delay-ms` before answering each request (loopback has no latency; a
+store in the same region has some), and every stage also prints the requests it made.
+
 Printed per stage and per round: seconds, rows/s, driver peak RSS and its private part (USS: RSS
 less the shared pages, such as the object store's the driver has read), object store peak (all nodes)
 and bytes spilled during the stage; then the invariants (every row accounted for in every round,
 final = kept, the planted duplicates found; a broken one exits 1); the last line is
-`rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g> attempt_files=<f>`
-(the engine phases' result files, all rounds), where growth
+`rows=<N> rounds=<R> seconds=<s> rows_per_s=<x> driver_peak_rss_mb=<m> growth=<g> commit_s=<c> attempt_files=<f>`
+(the commit phases' seconds and the engine phases' result files, all rounds), where growth
 is (seconds per row at N) / (seconds per row at N/10), both measured here when `--growth` is given
 (else `growth=nan`). With `--growth` a warm-up run (N/100 rows, at least 1,000) goes first and is
 not compared: the first run in a process pays Ray's worker start-up and the driver's one-time
@@ -122,8 +127,9 @@ class Stages:
     """Times named pipeline functions by wrapping them where the pipeline looks them up (this
     process only: nothing in evol_ray knows about it)."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, requests=None) -> None:
         self.sampler = sampler
+        self.requests = requests  # the S3 server's request counter (a multiprocessing.Value), or None
         self.rows: List[dict] = []
         self.round = 0
         self.depth = 0
@@ -134,7 +140,7 @@ class Stages:
         def timed(*args, **kwargs):
             if label == "round":
                 self.round = args[2]
-            t0 = time.perf_counter()
+            t0, r0 = time.perf_counter(), self._requests()
             self.depth += 1
             try:
                 out = fn(*args, **kwargs)
@@ -143,17 +149,23 @@ class Stages:
             t1 = time.perf_counter()
             self.rows.append({"stage": label, "round": self.round if label != "seeds" else 0,
                               "t0": t0, "t1": t1, "seconds": t1 - t0, "depth": self.depth,
-                              "rows": rows_of(out) if rows_of else None})
+                              "rows": rows_of(out) if rows_of else None, "requests": self._requests() - r0})
             if label == "round":
                 m = out
-                eng = m["phase_seconds"]["engine"]
+                eng, com = m["phase_seconds"]["engine"], m["phase_seconds"]["commit"]
                 self.rows.append({"stage": "engine phase", "round": m["round"], "t0": t0, "t1": t0 + eng,
-                                  "seconds": eng, "depth": 1, "rows": m["rows_in"]})
+                                  "seconds": eng, "depth": 1, "rows": m["rows_in"], "requests": None})
+                self.rows.append({"stage": "commit phase", "round": m["round"], "t0": t1 - com, "t1": t1,
+                                  "seconds": com, "depth": 1, "rows": m["rows_in"], "requests": None,
+                                  "files": m["attempt_files"]})
                 self.round = 0
             return out
 
         setattr(module, name, timed)
         return fn
+
+    def _requests(self) -> int:
+        return self.requests.value if self.requests is not None else 0
 
     def install(self) -> list:
         spots = [(seeds_mod, "load_seeds", "seeds", lambda out: out[1]),
@@ -173,6 +185,47 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _serve_s3(port: int, delay_s: float, requests) -> None:
+    """moto's S3 server (the app its `ThreadedMotoServer` serves), each request answered after
+    `delay_s` and counted in `requests`. Runs in a process of its own."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def delayed(environ, start_response):
+        with requests.get_lock():
+            requests.value += 1
+        time.sleep(delay_s)
+        return app(environ, start_response)
+
+    make_server("127.0.0.1", port, delayed, threaded=True).serve_forever()
+
+
+def start_s3(delay_ms: float):
+    """A loopback S3 server with `delay_ms` per request: (process, endpoint, request counter)."""
+    import boto3
+
+    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                 ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ[k] = v  # before Ray starts: its workers take the same environment
+    ctx = multiprocessing.get_context("spawn")
+    requests = ctx.Value("q", 0)
+    port = _free_port()
+    proc = ctx.Process(target=_serve_s3, args=(port, delay_ms / 1000, requests), daemon=True)
+    proc.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="evol-scale")
+            break
+        except Exception:
+            time.sleep(0.1)
+    else:
+        raise SystemExit(f"the S3 server on {endpoint} did not start")
+    return proc, endpoint, requests
 
 
 def start_ray(nodes: int, store_gib: float):
@@ -236,8 +289,12 @@ def check(cfg, n: int, planted: dict, manifests: List[dict], final: dict) -> Lis
     return bad
 
 
-def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
+def run_once(n: int, args, work: str, sampler: Sampler, label: str, s3=None) -> dict:
     seeds_dir, out_dir = os.path.join(work, f"seeds-{n}"), os.path.join(work, f"out-{n}")
+    store = []
+    if s3 is not None:
+        out_dir = f"s3://evol-scale/{label.replace('/', '')}-{n}"
+        store = [f"storage.endpoint_url={s3[1]}", "storage.region=us-east-1"]
     ctx = multiprocessing.get_context("spawn")  # the seeds never enter this process's memory
     with ctx.Pool(1) as pool:
         planted = pool.apply(synthetic.write_seeds, (seeds_dir, n, args.exact_share, args.near_share, args.seed))
@@ -247,10 +304,10 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
         f"engine.cpus_per_replica={args.cpus_per_replica}", f"engine.batch_size={args.batch_size}",
         "output.include_seeds=true", f"seed={args.seed}",
         # the synthetic engine's verdicts are drawn, not read from text: nothing to calibrate
-        "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false", *args.set])
+        "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false", *store, *args.set])
     # built in each engine actor; the module travels by value, so workers need no bench/ path
     factory = functools.partial(synthetic.SyntheticGenerator, seed=args.seed, clusters=max(10, n // 200))
-    stages = Stages(sampler)
+    stages = Stages(sampler, None if s3 is None else s3[2])
     originals = stages.install()
     t0, load_at = time.perf_counter(), len(sampler.load)
     try:
@@ -266,13 +323,14 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
           f"driver peak RSS {peak:.0f} MB (private {whole['uss_mb']:.0f} MB), load (1 min) {load[0]:.1f}-{load[-1]:.1f}, median "
           f"{load[len(load) // 2]:.1f} on {os.cpu_count()} cores, engine.batch_size {args.batch_size}", flush=True)
     print(f"{'stage':<20}{'round':>6}{'seconds':>9}{'rows':>10}{'rows/s':>11}{'rss_mb':>8}{'uss_mb':>8}"
-          f"{'store_mb':>9}{'spill_mb':>9}")
+          f"{'store_mb':>9}{'spill_mb':>9}" + (f"{'s3_req':>8}" if s3 else ""))
     for s in sorted(stages.rows, key=lambda s: (s["t0"], s["depth"])):
         w = sampler.window(s["t0"], s["t1"])
         rate = f"{s['rows'] / s['seconds']:,.0f}" if s["rows"] and s["seconds"] > 0 else "-"
+        req = f"{s['requests'] if s['requests'] is not None else '-':>8}" if s3 else ""
         print(f"{'  ' * min(s['depth'], 2) + s['stage']:<20}{s['round']:>6}{s['seconds']:>9.2f}"
               f"{s['rows'] if s['rows'] is not None else '-':>10}{rate:>11}{w['rss_mb']:>8.0f}{w['uss_mb']:>8.0f}"
-              f"{w['store_mb']:>9.0f}{w['spilled_mb']:>9.0f}")
+              f"{w['store_mb']:>9.0f}{w['spilled_mb']:>9.0f}{req}")
     bad = check(cfg, n, planted, summary["rounds"], summary["final"])
     print(f"planted: {planted['exact']} exact and {planted['near']} near duplicate seeds; found "
           f"{summary['rounds'][0]['reason_counts'].get(C.R_DUPLICATE_SEED, 0)} duplicate_seed, "
@@ -280,6 +338,10 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
     for m in summary["rounds"]:
         print(f"round {m['round']}: in {m['rows_in']}, kept {m['rows_kept']}, "
               + ", ".join(f"{k} {v}" for k, v in m["reason_counts"].items()))
+        req = sum(s["requests"] or 0 for s in stages.rows if s["stage"] == "round" and s["round"] == m["round"])
+        print(f"round {m['round']}: {m['attempt_files']} attempt files ({m['attempt_files'] / max(1, m['rows_in']) * 16384:.2f}"
+              f" per 16k rows), {len(m['files'])} round files, engine phase {m['phase_seconds']['engine']:.1f} s, "
+              f"commit phase {m['phase_seconds']['commit']:.1f} s" + (f", {req} S3 requests" if s3 else ""))
     print(f"final: {summary['final']['rows']} rows, removed {summary['final']['removed_counts']}")
     print("invariants: " + ("ok" if not bad else "BROKEN: " + "; ".join(bad)), flush=True)
     if args.json and label != "warm-up":
@@ -289,8 +351,10 @@ def run_once(n: int, args, work: str, sampler: Sampler, label: str) -> dict:
                        "broken": bad, "output": out_dir}, f, indent=1, default=str)
     if not args.keep:
         shutil.rmtree(seeds_dir, ignore_errors=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if s3 is None:
+            shutil.rmtree(out_dir, ignore_errors=True)
     return {"seconds": secs, "peak": peak, "bad": bad,
+            "commit_s": sum(m["phase_seconds"]["commit"] for m in summary["rounds"]),
             "attempt_files": sum(m.get("attempt_files", 0) for m in summary["rounds"])}
 
 
@@ -313,9 +377,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the seeds and the output")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides, dotted.key=value")
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="s3: the output on a loopback S3-protocol server (moto), with --s3-delay-ms per request")
+    ap.add_argument("--s3-delay-ms", type=float, default=20.0)
     args = ap.parse_args()
 
     work = args.work or tempfile.mkdtemp(prefix="evol-ray-scale-")
+    s3 = start_s3(args.s3_delay_ms) if args.store == "s3" else None
+    if s3:
+        print(f"s3: moto on {s3[1]}, {args.s3_delay_ms:g} ms per request", flush=True)
     t = time.perf_counter()
     cluster = start_ray(args.nodes, args.object_store_gib)
     nodes = len([x for x in ray.nodes() if x["Alive"]])
@@ -324,11 +394,13 @@ def main() -> int:
     sampler = Sampler().start()
     try:
         if args.growth:  # not compared: see the module docstring
-            run_once(max(1000, args.rows // 100), args, work, sampler, "warm-up")
-        small = run_once(max(1, args.rows // 10), args, work, sampler, "N/10") if args.growth else None
-        big = run_once(args.rows, args, work, sampler, "N")
+            run_once(max(1000, args.rows // 100), args, work, sampler, "warm-up", s3)
+        small = run_once(max(1, args.rows // 10), args, work, sampler, "N/10", s3) if args.growth else None
+        big = run_once(args.rows, args, work, sampler, "N", s3)
     finally:
         sampler.stop()
+        if s3:
+            s3[0].terminate()
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
@@ -342,7 +414,7 @@ def main() -> int:
               f"{big['peak'] / small['peak']:.2f}x")
     print(f"rows={args.rows} rounds={args.rounds} seconds={big['seconds']:.1f} "
           f"rows_per_s={args.rows / big['seconds']:.0f} driver_peak_rss_mb={big['peak']:.0f} growth={growth:.2f} "
-          f"attempt_files={big['attempt_files']}")
+          f"commit_s={big['commit_s']:.1f} attempt_files={big['attempt_files']}")
     return 1 if big["bad"] or (small and small["bad"]) else 0
 
 

@@ -53,6 +53,10 @@ def _check_input_output(cfg: Config) -> None:
         _fail("input.limit", f"got {cfg.input.limit}, expected a positive integer or null")
     if cfg.output.rows_per_file < 1:
         _fail("output.rows_per_file", "must be at least 1")
+    if cfg.output.flush_rows < 1:
+        _fail("output.flush_rows", "must be at least 1")
+    if not cfg.output.flush_s > 0:
+        _fail("output.flush_s", "must be more than 0 seconds")
     if not cfg.model.source.strip():
         _fail("model.source", "must be a Hugging Face model id or a local directory")
 

@@ -35,6 +35,10 @@ class OutputConfig:
     answer_seeds: bool = True  # a seed without an answer gets one from the run's engines
     start_over: bool = False
     rows_per_file: int = 100_000
+    # an engine phase's results (`_attempts/`) are written as rows end, one file per writer when it
+    # holds this many rows (or 64 MB), or when its oldest row has waited flush_s: what a crash loses
+    flush_rows: int = 16_384
+    flush_s: float = 60.0
     progress_every_s: float = 30.0  # a progress line this often when the output is not a terminal
     wait_for_lease_s: float = 0.0  # how long to wait for another run's lease on this output
 

@@ -1,8 +1,9 @@
 """One round: engine phase, then commit phase, each safe to run again; and the pool after it.
 
 1. `engine_phase`: pool rows without an attempt in `round_N/_attempts/` go through the engine
-   stage (`evol_ray.evolve.engine_stages`), whose output Ray Data writes there block by block;
-   after a crash, a rerun finds the finished blocks and sends only the missing rows again;
+   stage (`evol_ray.evolve.engine_stages`), whose rows the attempt writers (`io/attempt_files`)
+   write there as they end, flushed by size and by time; after a crash, a rerun finds the files
+   written and sends only the missing rows again;
 2. `commit_phase`: the attempts (through the CPU checks, `evol_ray.checks.where`) into
    `round_N/`, counted (`count_in_ray`), the manifest written last (`evol_ray.io.commit`), then
    `_attempts/` removed.
@@ -35,7 +36,7 @@ from evol_ray.engine.base import EngineUnavailable
 from evol_ray import progress
 from evol_ray.engine.meter import start_engine_stats
 from evol_ray.evolve import engine_stages
-from evol_ray.io import commit, layout
+from evol_ray.io import attempt_files, commit, layout
 from evol_ray.io.datasets import read_files, read_round
 from evol_ray.io.storage import Location, remove
 from evol_ray.pipeline.pool import NEXT_POOL, REPEAT_ATTEMPTS
@@ -187,21 +188,23 @@ class EnginePhase:
 
 
 def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: ray.data.Dataset, engines,
-                 expected_rows: Optional[int], attempt: Callable[[ray.data.Dataset, object], ray.data.Dataset],
+                 expected_rows: Optional[int], attempt: Callable[..., ray.data.Dataset],
                  extra: Optional[ray.data.Dataset] = None) -> EnginePhase:
-    """Pool rows without an attempt in `rdir/_attempts/` through `attempt(rows, stats)` (the
-    engine stage) into that folder, block by block, with progress; `extra` (rows of
+    """Pool rows without an attempt in `rdir/_attempts/` through `attempt(rows, stats, sink)` (the
+    engine stage), whose rows the phase's attempt writers (`io/attempt_files`) write into that
+    folder as they end, flushed by size and by time, with progress; `extra` (rows of
     `ROUND_SCHEMA` made without the engines: repeated seeds) written beside them. Safe to run
-    again: a rerun sends only the rows still without an attempt. `label` names the phase
-    ("round 2", "seed answers") in logs, progress and errors."""
+    again: a rerun sends only the rows still without an attempt. A stop or a failure writes what
+    the writers hold before it is raised. `label` names the phase ("round 2", "seed answers") in
+    logs, progress and errors."""
     attempts_dir = rdir.join(layout.ATTEMPTS)
     commit.begin(rdir, keep=[layout.ATTEMPTS])  # a half-committed phase is never taken for a finished one
     started = time.monotonic()
     done_parts = _readable_parts(attempts_dir, label)
-    resumed = layout.row_count(attempts_dir, done_parts)  # one attempt per pool row
+    resumed = sum(done_parts.values())  # one attempt per pool row
     if resumed:
         log.info("%s: resuming, %d rows already have a result", label, resumed)
-    attempted = read_files(attempts_dir, done_parts, resumed) if resumed else None
+    attempted = read_files(attempts_dir, list(done_parts), resumed) if resumed else None
     partitions = resume_partitions(resumed + (expected_rows or resumed))
 
     def todo(ds: ray.data.Dataset) -> ray.data.Dataset:  # the rows still to attempt
@@ -213,32 +216,43 @@ def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: r
     log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
              f", {resumed} resumed" if resumed else "")
     stats = start_engine_stats(label)
+    written: Dict[str, int] = {}
     try:
         engines.round_begin()
-        attempts = attempt(todo(pool), stats)
-        if extra is not None:
-            attempts = attempts.union(todo(extra))
+        writers = attempt_files.start_writers(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
+                                              cfg.output.flush_rows, cfg.output.flush_s)
         try:
             with progress.shown(label, total, stats, cfg.output.progress_every_s):
-                attempts.write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
-                                       max_rows_per_file=cfg.output.rows_per_file)
-        except Exception as e:
-            if (why := _engine_unavailable(e)) is None:
-                raise
-            raise RunError(f"{label}: the engine stopped serving: {why}. The rows already "
-                           f"answered are kept in {attempts_dir.url}; run again to resume") from None
+                for _ in attempt(todo(pool), stats, writers).iter_internal_ref_bundles():
+                    pass  # the rows are in the writers; what comes out is a count per batch
+                if extra is not None:
+                    todo(extra).write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
+                                              max_rows_per_file=cfg.output.flush_rows)
+        except BaseException as e:
+            try:  # keep what has ended; the stop or failure goes on
+                written = attempt_files.close_writers(writers)
+            except Exception as failed_write:
+                # a write that failed (a full disk) is why the stage stopped: raised as itself,
+                # since Ray Data's wrapper of the stage's error keeps only the text of its cause
+                if isinstance(e, Exception) and isinstance(getattr(failed_write, "cause", failed_write), OSError):
+                    raise failed_write from None
+            if isinstance(e, Exception) and (why := _engine_unavailable(e)) is not None:
+                raise RunError(f"{label}: the engine stopped serving: {why}. The rows already "
+                               f"answered are kept in {attempts_dir.url}; run again to resume") from None
+            raise
+        written = attempt_files.close_writers(writers)
         figures = engines.round_figures(ray.get(stats.get.remote()))
     finally:
         ray.kill(stats)
     done = time.monotonic()
-    parts = _readable_parts(attempts_dir, label)
-    n_attempts = layout.row_count(attempts_dir, parts)  # footers only: the counts come from the files
-    log.info("%s: engine phase done in %.0f s (engine start-up %.0f s): %d attempts; commit phase",
-             label, done - started, figures.get("startup_s", 0.0), n_attempts)
+    parts = _readable_parts(attempts_dir, label, {**done_parts, **written})
+    n_attempts = sum(parts.values())  # the counts come from the files' footers, each read once
+    log.info("%s: engine phase done in %.0f s (engine start-up %.0f s): %d attempts in %d files; commit phase",
+             label, done - started, figures.get("startup_s", 0.0), n_attempts, len(parts))
     if expected_rows is not None and n_attempts != expected_rows:
         raise RunError(f"{label}: {n_attempts} attempts for {expected_rows} input rows; "
                        f"it is left uncommitted in {attempts_dir.url}")
-    return EnginePhase(parts, n_attempts, resumed, figures, started, done)
+    return EnginePhase(list(parts), n_attempts, resumed, figures, started, done)
 
 
 def commit_phase(cfg: Config, rdir: Location, phase: EnginePhase, checked: Optional[ray.data.Dataset],
@@ -281,7 +295,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     engine request. `about`: more manifest fields (Auto Evol's method digest)."""
     rdir = layout.round_dir(out, round_no)
     phase = engine_phase(cfg, out, rdir, f"round {round_no}", pool, engines, expected_rows,
-                         lambda rows, stats: engine_stages.evolve(rows, cfg, round_no, engines, stats),
+                         lambda rows, stats, sink: engine_stages.evolve(rows, cfg, round_no, engines, stats, sink),
                          None if repeats is None else REPEAT_ATTEMPTS(repeats))
     earlier = [read_round(out, m) for m in manifests]
     checked = where.round_checks(read_files(rdir.join(layout.ATTEMPTS), phase.parts, phase.attempts), cfg, seeds, earlier)
@@ -292,9 +306,9 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     return manifest
 
 
-def _readable_parts(attempts_dir: Location, label: str) -> List[str]:
+def _readable_parts(attempts_dir: Location, label: str, known: Optional[Dict[str, int]] = None) -> Dict[str, int]:
     try:
-        return commit.readable_parts(attempts_dir)
+        return commit.readable_parts(attempts_dir, known)
     except OSError as e:
         raise RunError(f"{label}: {e}; the rows already answered are kept in "
                        f"{attempts_dir.url}; run again to resume") from None

@@ -20,6 +20,7 @@ from evol_ray import identity
 from evol_ray.config import load_config
 from evol_ray.pipeline.driver import run
 from evol_ray.engine.meter import STATS_ACTOR_PREFIX, summarize_engines
+from evol_ray.io.attempt_files import HAND_OVER_S
 from evol_ray.io.storage import locate
 from tests.conftest import parquet_rows, tiny_overrides
 
@@ -46,6 +47,7 @@ def slow_round(model, seeds, out):
         "elimination.judge=false", "elimination.not_instruction=false", "elimination.lost_input=false",
         "elimination.language_drift=false", "elimination.copied_phrases=[]",
         "output.answer_seeds=false",  # the round is what these tests stop
+        "output.flush_s=1",  # the attempt writers write what has ended every second
     ]
 
 
@@ -77,30 +79,46 @@ def engine_actor_processes():
 
 
 def engine_rows_done(ray) -> int:
-    """Rows the running round's engine actors have finished, from its named stats actor."""
-    names = [n for n in ray.util.list_named_actors() if n.startswith(STATS_ACTOR_PREFIX)]
+    """Rows the running round's stage actors have finished, from its named stats actor, in any
+    namespace (a driver in another process runs in a namespace of its own)."""
     done = 0
-    for name in names:
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if not a["name"].startswith(STATS_ACTOR_PREFIX):
+            continue
         try:
-            snaps = ray.get(ray.get_actor(name).get.remote(), timeout=10)
+            snaps = ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).get.remote(), timeout=10)
         except Exception:
             continue  # the round ended and removed it
         done += summarize_engines(snaps).get("rows", 0)
     return done
 
 
-def test_driver_sigkill_mid_round_then_rerun(tmp_path, tiny_model, ray_local):
+FLUSH_S = 2.0
+
+
+def test_driver_sigkill_mid_round_loses_only_the_last_flush_interval(tmp_path, tiny_model, ray_local):
+    """Issue 29: with `output.flush_s` at a few seconds, a driver killed mid-round (its attempt
+    writers die with it) has written every row that ended more than one flush interval before the
+    kill; the rerun sends only the others, and every seed is in the round once."""
     seed_ids = write_seeds(tmp_path / "seeds.jsonl")
     out = tmp_path / "out"
-    args = slow_round(tiny_model, tmp_path / "seeds.jsonl", out)
+    args = slow_round(tiny_model, tmp_path / "seeds.jsonl", out) + [f"output.flush_s={FLUSH_S}"]
     gcs = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "evol_ray", "run", *args, f"ray.address={gcs}"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ended = []  # (when, rows handed to the writers: a batch is counted once its rows are with them)
+    window = FLUSH_S + HAND_OVER_S + 1.0  # a flush interval, a hand-over, and a second for the write
+    attempts = out / "round_1" / "_attempts"
     try:
-        attempts = out / "round_1" / "_attempts"
-        assert wait_for(lambda: parquet_rows(attempts) >= 6), "no attempt was written in time"
+        def sample():
+            ended.append((time.monotonic(), engine_rows_done(ray_local)))
+            return parquet_rows(attempts) >= 6 and ended[-1][0] - ended[0][0] > 2 * window
+
+        assert wait_for(sample, step=0.2), "no attempt was written in time"
+        ended.append((time.monotonic(), engine_rows_done(ray_local)))
         driver.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
@@ -108,7 +126,12 @@ def test_driver_sigkill_mid_round_then_rerun(tmp_path, tiny_model, ray_local):
     # Ray ends a dead driver's actors and tasks; give it a moment, then see what survived.
     assert wait_for(lambda: not engine_actor_processes(), timeout=60, step=0.5)
     done_before = parquet_rows(attempts)
-    assert 0 < done_before < N, f"the kill was not mid-round ({done_before} of {N} rows done)"
+    ended_at_kill = ended[-1][1]
+    ended_before_window = max(n for t, n in ended if t <= killed_at - window)
+    assert 0 < done_before < N, f"the kill was not mid-round ({done_before} of {N} rows written)"
+    assert ended_at_kill < N, "the round had ended before the kill"
+    assert done_before >= ended_before_window, (
+        f"{ended_before_window} rows had ended more than {window} s before the kill, {done_before} were written")
     assert not (out / "round_1" / "manifest.json").exists()
 
     cfg = load_config(args)
@@ -117,9 +140,9 @@ def test_driver_sigkill_mid_round_then_rerun(tmp_path, tiny_model, ray_local):
     parents = [x[C.PARENT_ID] for x in rows]
     assert sorted(parents) == sorted(seed_ids), "every seed exactly once"
     assert m["rows_in"] == N and m["rows_resumed"] == done_before
-    assert m["engine"]["rows"] == N - done_before, "completed rows were sent to the engine again"
-    print(f"driver kill: rows in {N}, done before kill {done_before}, re-sent {m['engine']['rows']}, "
-          f"rows out {len(rows)}")
+    assert m["engine"]["rows"] == N - done_before, "written rows were sent to the engine again"
+    print(f"driver kill (flush_s={FLUSH_S}): rows in {N}, ended before the kill {ended_at_kill}, "
+          f"written {done_before}, lost {max(0, ended_at_kill - done_before)}, re-sent {m['engine']['rows']}")
 
 
 def test_engine_actor_killed_mid_round(tmp_path, tiny_model, ray_local):

@@ -229,7 +229,7 @@ def test_server_killed_mid_round_stops_the_round_and_a_rerun_completes(server, k
     args = endpoint_args(server, seeds, out, "evolution.rounds=1", "engine.batch_size=2",
                          "engine.rows_in_flight=2", "engine.endpoint.max_in_flight=2",
                          "engine.endpoint.max_retries=1", "engine.endpoint.timeout_s=30",
-                         "evolution.answer_sampling.max_tokens=256")
+                         "evolution.answer_sampling.max_tokens=256", "output.flush_s=1")
     cfg = load_config(args)
     result = {}
     t = threading.Thread(target=lambda: result.update(out=_catch(run, cfg)))

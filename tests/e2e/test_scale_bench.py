@@ -30,7 +30,7 @@ def test_scale_bench_accounts_for_every_row(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1].split()
     assert [kv.split("=")[0] for kv in last] == ["rows", "rounds", "seconds", "rows_per_s",
-                                                  "driver_peak_rss_mb", "growth", "attempt_files"]
+                                                  "driver_peak_rss_mb", "growth", "commit_s", "attempt_files"]
     files = int(last[-1].split("=")[1])
     assert files == sum(m["attempt_files"] for m in json.loads(figures.read_text())["rounds"]) and files >= 2
     assert "invariants: ok" in done.stdout

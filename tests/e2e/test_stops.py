@@ -44,9 +44,8 @@ def engines_serving_for(log_dir, seconds: float) -> bool:
 
 def stop_mid_round(tmp_path, tiny_model, ray_local, out, stop, written=True):
     """A driver of the slow round into `out`, stopped by `stop(driver)` once 4 rows are written
-    (`written`), else 4 s after its engines started, well inside the round's 20-odd seconds of
-    answers (Ray Data decides when a finished block is written: in a full test session it once
-    wrote this whole round at its end, after the stop was due; issue 29's time flush).
+    (`written`: the slow round's writers flush every second), else 4 s after its engines started,
+    well inside the round's 20-odd seconds of answers.
     Returns the seeds' ids, the run's arguments, the driver's exit code and stderr, and the one
     stop line, after checking what every stop must: no traceback on the terminal (nor Ray Data's
     own words), and no engine process left (the driver stopped its engines itself)."""

@@ -242,3 +242,108 @@ def test_metered_generator_passes_every_seam_method_through():
     assert asyncio.run(gen.score_choices("p", ["a"])) == {"a": 0.0}
     assert asyncio.run(gen.embed("t")) == [1.0]
     assert meter.snapshot()["requests"] == 3 and meter.in_flight == 0
+
+
+class SinkDouble:
+    """An attempt writer's handle double: `.add.remote(table)` is awaitable and records when."""
+
+    def __init__(self):
+        self.got = []
+        outer = self
+
+        class Add:
+            def remote(self, table):
+                async def call():
+                    outer.got.append(table.column("id").to_pylist())
+                return call()
+
+        self.add = Add()
+
+
+def test_with_a_sink_a_row_leaves_as_its_chain_ends_not_with_its_batch():
+    """Issue 29: rows go to the writer while their batch's slowest row still runs; the batch's own
+    output is its count, given only once all its rows are with the writer."""
+    import pyarrow as pa
+
+    from evol_ray.engine.client_stage import SENT_SCHEMA, RowStage
+    from evol_ray.io.attempt_files import HAND_OVER_S
+
+    async def fn(gen, row):
+        await asyncio.sleep(HAND_OVER_S * 4 if row["id"] == "slow" else 0.01)
+        return {"id": row["id"]}
+
+    sink = SinkDouble()
+    stage = RowStage(lambda: None, fn, pa.schema([("id", pa.string())]), sink=[sink])
+
+    async def go():
+        run = asyncio.ensure_future(_all(stage(pa.table({"id": ["slow", "a", "b"]}))))
+        await asyncio.sleep(HAND_OVER_S * 2.5)
+        handed_mid_batch = [i for got in sink.got for i in got]
+        out = await run
+        stage.clock.cancel()
+        return handed_mid_batch, out
+
+    mid, out = asyncio.run(go())
+    assert sorted(mid) == ["a", "b"]  # handed over while "slow" still ran
+    assert sorted(i for got in sink.got for i in got) == ["a", "b", "slow"]  # each row once
+    assert len(out) == 1 and out[0].schema == SENT_SCHEMA and out[0].column("rows").to_pylist() == [3]
+
+
+async def _all(agen):
+    return [t async for t in agen]
+
+
+def test_attempt_writer_flushes_by_rows_and_by_time_and_close_returns_every_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import AttemptWriter
+    from evol_ray.io.storage import locate
+
+    schema = pa.schema([("id", pa.string())])
+    w = AttemptWriter(locate(str(tmp_path), StorageConfig()), schema, "w0", flush_rows=4, flush_s=0.4)
+
+    def rows(*ids):
+        return pa.table({"id": list(ids)}, schema=schema)
+
+    async def go():
+        await w.add(rows("a", "b", "c"))
+        assert not list(tmp_path.iterdir())  # 3 < flush_rows: buffered
+        await w.add(rows("d", "e"))
+        assert len(list(tmp_path.iterdir())) == 1  # 5 >= 4: written
+        await w.add(rows("f"))
+        await asyncio.sleep(0.9)  # older than flush_s: written by time
+        assert len(list(tmp_path.iterdir())) == 2
+        await w.add(rows("g"))
+        return await w.close()
+
+    files = asyncio.run(go())
+    assert len(files) == 3 and sorted(p.rsplit("/", 1)[1] for p in files) == sorted(p.name for p in tmp_path.iterdir())
+    assert [pq.read_table(p).column("id").to_pylist() for p in sorted(files)] == [["a", "b", "c", "d", "e"], ["f"], ["g"]]
+    assert {p: pq.read_metadata(p).num_rows for p in files} == files  # the counts close returns are the files'
+
+
+def test_attempt_writer_raises_a_failed_write_on_its_next_call(tmp_path):
+    """A write that failed (a full disk) fails the next call, so the phase stops with the error."""
+    import pyarrow as pa
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import AttemptWriter
+    from evol_ray.io.storage import locate
+
+    schema = pa.schema([("id", pa.string())])
+    w = AttemptWriter(locate(str(tmp_path / "gone"), StorageConfig()), schema, "w0", flush_rows=1000, flush_s=0.2)
+
+    def full(path, table):
+        raise OSError(28, "No space left on device")
+
+    w._write = full
+
+    async def go():
+        await w.add(pa.table({"id": ["a"]}, schema=schema))
+        await asyncio.sleep(0.6)  # the timed write failed
+        with pytest.raises(OSError, match="No space left"):
+            await w.add(pa.table({"id": ["b"]}, schema=schema))
+
+    asyncio.run(go())

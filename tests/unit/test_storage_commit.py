@@ -86,6 +86,26 @@ def test_readable_parts_removes_a_file_cut_short(tmp_path):
     assert not (tmp_path / "cut.parquet").exists()
 
 
+def test_readable_parts_counts_rows_and_reads_no_known_footer(tmp_path):
+    """Each footer is read once: a file the phase's writers reported is taken with their count."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    opened = []
+
+    class Counting(LocalFileSystem):
+        def _open(self, path, *args, **kwargs):
+            opened.append(path.rsplit("/", 1)[1])
+            return super()._open(path, *args, **kwargs)
+
+    for name, n in (("a.parquet", 2), ("b.parquet", 3)):
+        pq.write_table(pa.table({"x": list(range(n))}), str(tmp_path / name))
+    loc = locate(str(tmp_path), StorageConfig())
+    loc.fs = Counting(skip_instance_cache=True)
+    parts = commit.readable_parts(loc, {str(tmp_path / "b.parquet"): 3})
+    assert {p.rsplit("/", 1)[1]: n for p, n in parts.items()} == {"a.parquet": 2, "b.parquet": 3}
+    assert opened == ["a.parquet"]
+
+
 def test_readable_parts_keeps_a_file_the_store_fails_to_serve(tmp_path):
     """A read that fails for another reason than the bytes (the store away past its retries) is
     not a partial file: the run stops, naming the file, and the file stays for the rerun."""
