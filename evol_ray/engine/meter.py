@@ -1,9 +1,12 @@
-"""How busy the engines were: a meter per engine, and a named actor that collects them per round.
+"""How busy the engines were kept: the one meter of every request, and a named actor that
+collects the meters per engine phase.
 
-`EngineMeter` measures the share of wall time with at least one request in flight and the mean
-number in flight; `MeteredGenerator` wraps any `TextGenerator` with one. Each engine actor reports
-its meter's snapshot to the round's `EngineStats` actor; `summarize_engines` turns the snapshots
-into the figures of the round manifest.
+`EngineMeter` measures requests and tokens, the share of wall time with at least one request in
+flight and the mean number in flight; `MeteredGenerator` wraps any `TextGenerator` with one. Each
+stage actor (`client_stage.RowStage`) meters what it sends, whatever the backend, and reports its
+snapshot to the phase's `EngineStats` actor; `summarize_engines` is the one aggregation of the
+snapshots into the figures of the manifest (the engines add only what they alone know: start-up,
+vLLM's own statistics, `service.VLLMEngines.round_figures`).
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class MeteredGenerator:
 
 @ray.remote(num_cpus=0)
 class EngineStats:
-    """Collects each engine actor's latest meter snapshot for one round (driver reads it at the end)."""
+    """Collects each stage actor's latest meter snapshot for one phase (the driver reads it at the end)."""
 
     def __init__(self) -> None:
         self.snapshots: dict = {}
@@ -136,7 +139,7 @@ def mean_per_actor(snaps: list, area: str, seconds: str) -> float:
 
 
 def summarize_engines(snapshots: dict) -> dict:
-    """Per-round engine figures from every actor's snapshot ({} when no actor reported)."""
+    """A phase's request figures from every stage actor's snapshot ({} when none reported)."""
     if not snapshots:
         return {}
     snaps = list(snapshots.values())

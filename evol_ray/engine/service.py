@@ -31,7 +31,6 @@ import ray
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine import vllm_stats
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
-from evol_ray.engine.meter import EngineMeter, MeteredGenerator, mean_per_actor
 from evol_ray.engine.resources import (client_stage_args, engine_actor_options, release, replica_count,
                                        reserve, wait_until_placeable)
 
@@ -39,10 +38,12 @@ log = logging.getLogger("evol_ray")
 
 
 class EngineServer:
-    """One replica: one engine, metered; `generate`, `score_choices`, `embed` as async actor
+    """One replica: one engine; `generate`, `score_choices`, `embed` as async actor
     methods (Ray runs them concurrently on the actor's event loop, so they all join the engine's
     running batch). Built as a Ray actor by `VLLMEngines`; `make` builds a stand-in engine in the
-    actor instead of vLLM's (benchmarks and tests of placement)."""
+    actor instead of vLLM's (benchmarks and tests of placement). Requests are metered where they
+    are sent (the stage actors, `client_stage.RowStage`); an engine reports what only it knows:
+    its process, its start-up, and vLLM's own statistics (`snapshot`)."""
 
     def __init__(self, model: ModelConfig, engine_cfg, device: str, seed: int,
                  pooling: bool = False, make: Optional[Callable[[], TextGenerator]] = None) -> None:
@@ -53,8 +54,7 @@ class EngineServer:
             generator = actor_engine(model, engine_cfg, device, seed, pooling=pooling)
         else:
             generator = make()
-        self.meter = EngineMeter()
-        self.gen = MeteredGenerator(generator, self.meter)
+        self.gen = generator
         self.startup_s = time.monotonic() - t0
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.niceness = os.nice(0)
@@ -78,19 +78,16 @@ class EngineServer:
         return await self._call("embed", text)
 
     def snapshot(self) -> dict:
-        snap = self.meter.snapshot()
-        snap.update(name=self.name, startup_s=self.startup_s, niceness=self.niceness,
-                    pid=os.getpid())
-        stats = getattr(self.gen.inner, "vllm_stats", None)  # vLLM's own (a stand-in engine has none)
+        snap = {"name": self.name, "startup_s": self.startup_s, "niceness": self.niceness, "pid": os.getpid()}
+        stats = getattr(self.gen, "vllm_stats", None)  # vLLM's own (a stand-in engine has none)
         if stats is not None:
             snap["vllm"] = stats.snapshot()
         return snap
 
     def shutdown(self) -> None:
         """End the engine's processes now (the actor is killed next)."""
-        inner = self.gen.inner
-        if hasattr(inner, "shutdown"):
-            inner.shutdown(grace_s=0)
+        if hasattr(self.gen, "shutdown"):
+            self.gen.shutdown(grace_s=0)
 
 
 class RemoteGenerator:
@@ -139,10 +136,10 @@ class Engines:
     """What a stage needs of the run's engines: a picklable `generator_factory` (called once in
     each CPU stage actor), the stage's `map_batches` arguments, and the engine figures of a round.
 
-    This base class serves a plain factory (the OpenAI backend's, or a benchmark's): the meter
-    lives in each stage actor, which reports to the round's `EngineStats` (`metered_in_stage`)."""
-
-    metered_in_stage = True
+    Requests are metered in one place whatever the backend: each stage actor meters what it sends
+    and reports to the phase's `EngineStats`, and `meter.summarize_engines` makes the round's
+    figures of them. This base class serves a plain factory (the OpenAI backend's, or a
+    benchmark's)."""
 
     def __init__(self, cfg: Config, device: str, factory: Callable[[], TextGenerator],
                  actors: Optional[int] = None) -> None:
@@ -200,11 +197,9 @@ class VLLMEngines(Engines):
     at the first `start()` and kept until `stop()`. On GPU with tensor parallelism each replica has
     a placement group of its own, removed at `stop()` and when the start fails; a request the
     cluster cannot hold fails before any engine starts (`resources.wait_until_placeable`).
-    The meters live in the engines; a round's figures are the difference between the engines'
-    snapshots at its end and at its start, and an engine started (or restarted) during the round
-    counts its start-up there. `make`: a stand-in engine built in each actor (benchmarks, tests)."""
-
-    metered_in_stage = False
+    A round's figures are the stage's (`Engines.round_figures`) with, per engine, vLLM's own
+    statistics over the round (the difference between its snapshots at the round's end and start)
+    and its process; an engine started (or restarted) during the round counts its start-up there. `make`: a stand-in engine built in each actor (benchmarks, tests)."""
 
     def __init__(self, cfg: Config, device: str, model: Optional[ModelConfig] = None,
                  pooling: bool = False, make: Optional[Callable[[], TextGenerator]] = None) -> None:
@@ -252,39 +247,35 @@ class VLLMEngines(Engines):
 
     def round_figures(self, stage_snapshots: dict) -> dict:
         end = self._snapshots()
-        per, starts, startup = {}, 0, 0.0
+        starts, startup = 0, 0.0
         # every engine process seen this round (one that died mid-round is in `_begin` only)
         for s in list(self._begin.values()) + list(end.values()):
             if s["name"] not in self._reported:  # a start no earlier round reported
                 self._reported.add(s["name"])
                 starts += 1
                 startup = max(startup, s["startup_s"])
-        vllm = []
+        per_engine = {}
         for i, s in end.items():
             b = self._begin.get(i)
             b = b if b is not None and b["name"] == s["name"] else None
-            per[s["name"]] = _delta(s, b)
+            per_engine[s["name"]] = {"pid": s["pid"], "niceness": s["niceness"]}
             if "vllm" in s:
-                per[s["name"]]["vllm"] = vllm_stats.round_figures(s["vllm"], b.get("vllm") if b else None)
-                vllm.append(per[s["name"]]["vllm"])
-        life = sum(p["lifetime_s"] for p in per.values())
-        busy = sum(p["busy_s"] for p in per.values())
+                per_engine[s["name"]]["vllm"] = vllm_stats.round_figures(s["vllm"], b.get("vllm") if b else None)
+        sent = list(stage_snapshots.values())
+        window = max((x["lifetime_s"] for x in sent), default=0.0)
         return {
-            "actors": len(per),
+            **super().round_figures(stage_snapshots),
+            "engines": len(per_engine),
+            # the stage actors' requests in flight together, over the phase, per engine: what to
+            # compare with engine.max_num_seqs
+            "mean_in_flight_per_engine": (sum(x["area_s"] for x in sent) / window / len(per_engine)
+                                          if window and per_engine else 0.0),
             "stage_actors": self.stage_actors,
             "engine_starts": starts,
             "startup_s": startup,
-            "busy_share": busy / life if life else 0.0,
-            "mean_in_flight": sum(p["mean_in_flight"] * p["lifetime_s"] for p in per.values()) / life if life else 0.0,
-            # per stage actor, from the stage's own meters (the round's requests as sent)
-            "mean_in_flight_sending": mean_per_actor(list(stage_snapshots.values()), "sending_area_s", "sending_s"),
-            "rows": sum(s.get("rows", 0) for s in stage_snapshots.values()),
-            "requests": sum(p["requests"] for p in per.values()),
-            "prompt_tokens": sum(p["prompt_tokens"] for p in per.values()),
-            "generated_tokens": sum(p["generated_tokens"] for p in per.values()),
-            # vLLM's own statistics, per engine (per_actor[...]["vllm"]) and together
-            "vllm": vllm_stats.combine(vllm),
-            "per_actor": per,
+            # vLLM's own statistics, per engine (per_engine[...]["vllm"]) and together
+            "vllm": vllm_stats.combine([p["vllm"] for p in per_engine.values() if "vllm" in p]),
+            "per_engine": per_engine,
         }
 
     def stop(self) -> None:
@@ -300,17 +291,6 @@ class VLLMEngines(Engines):
                 ray.kill(h, no_restart=True)
         groups, self.groups = self.groups, []
         release(groups)
-
-
-def _delta(end: dict, begin: Optional[dict]) -> dict:
-    """One engine's figures over a round: `end` minus `begin` (a snapshot of the same process),
-    or `end` whole when the engine started during the round."""
-    keys = ("lifetime_s", "busy_s", "area_s", "requests", "prompt_tokens", "generated_tokens")
-    d = {k: end[k] - (begin[k] if begin else 0) for k in keys}
-    life = max(d["lifetime_s"], 1e-9)
-    d.update(busy_share=d["busy_s"] / life, mean_in_flight=d["area_s"] / life,
-             niceness=end["niceness"], pid=end["pid"])
-    return d
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ def test_every_row_accounted_for_in_every_round(finished_run):
         # the stage's rows in flight until its last request (engine.rows_in_flight=32, 8 seeds)
         assert 0 < m["engine"]["mean_in_flight_sending"] <= 32
         # engines run at normal priority, not at Ray's worker niceness of 15
-        assert {a["niceness"] for a in m["engine"]["per_actor"].values()} == {0}
+        assert {a["niceness"] for a in m["engine"]["per_engine"].values()} == {0}
         assert set(m["phase_seconds"]) == {"engine", "commit"}
         assert m["phase_seconds"]["engine"] + m["phase_seconds"]["commit"] <= m["wall_seconds"] + 0.01
         assert len({x[C.PARENT_ID] for x in rows}) == len(rows), "one attempt per pool row"
@@ -114,9 +114,9 @@ def test_engines_start_once_serve_both_rounds_and_end_with_the_run(finished_run)
         assert 0 < v["mean_kv_cache_usage"] <= 1 and v["prompt_tokens_per_s"] > 0 and v["generated_tokens_per_s"] > 0
         # the evolution prompts share their template's opening: read from the prefix cache
         assert v["prefix_cache_hit_rate"] is not None and v["prefix_cache_hit_rate"] > 0
-        [per] = m["engine"]["per_actor"].values()
+        [per] = m["engine"]["per_engine"].values()
         assert per["vllm"]["prompt_tokens"] > 0 and per["vllm"]["steps"] > 0
-    assert set(m1["engine"]["per_actor"]) == set(m2["engine"]["per_actor"])
+    assert set(m1["engine"]["per_engine"]) == set(m2["engine"]["per_engine"])
     end = time.monotonic() + 30
     while engine_processes() and time.monotonic() < end:
         time.sleep(0.5)

@@ -10,7 +10,7 @@ from evol_ray.engine.base import Completion
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator, summarize_engines
 from evol_ray.engine.resources import (ENGINE_NICENESS_VAR, choose_device, client_stage_args,
                                        engine_actor_options, rows_per_actor)
-from evol_ray.engine.service import RemoteGenerator, _delta
+from evol_ray.engine.service import RemoteGenerator
 from evol_ray.engine.vllm_engine import engine_args
 from evol_ray.stage import Stage
 
@@ -188,15 +188,29 @@ def test_remote_generator_spreads_requests_over_engines_by_what_is_in_flight():
     asyncio.run(go())
 
 
-def test_round_delta_of_a_warm_engine_and_of_one_started_during_the_round():
-    begin = {"name": "h:1", "lifetime_s": 10.0, "busy_s": 4.0, "area_s": 8.0, "requests": 5,
-             "prompt_tokens": 50, "generated_tokens": 20, "startup_s": 3.0, "niceness": 0, "pid": 1}
-    end = dict(begin, lifetime_s=30.0, busy_s=19.0, area_s=48.0, requests=25, prompt_tokens=250, generated_tokens=120)
-    d = _delta(end, begin)
-    assert d["lifetime_s"] == 20.0 and d["busy_share"] == pytest.approx(15 / 20)
-    assert d["mean_in_flight"] == pytest.approx(40 / 20) and d["requests"] == 20
-    fresh = _delta(end, None)
-    assert fresh["lifetime_s"] == 30.0 and fresh["requests"] == 25
+def test_vllm_round_figures_are_the_stage_meters_plus_what_only_the_engines_know():
+    """Issue 31: one metering path. Requests, tokens and in-flight figures come from the stage
+    actors' meters (`summarize_engines`), never a second engine-side count; the engines add their
+    processes and start-ups: an engine restarted during the round counts its start-up there, a
+    warm one in no later round."""
+    from evol_ray.engine.service import VLLMEngines
+
+    engines = VLLMEngines(_cfg("engine.replicas=2"), "cpu")
+    warm = {"name": "h:1", "startup_s": 30.0, "niceness": 0, "pid": 1}
+    engines._begin = {0: warm, 1: {"name": "h:2", "startup_s": 31.0, "niceness": 0, "pid": 2}}
+    engines._reported = {"h:1", "h:2"}
+    engines._snapshots = lambda: {0: warm, 1: {"name": "h:3", "startup_s": 12.0, "niceness": 0, "pid": 3}}
+    stage = {"s:1": {"lifetime_s": 10, "busy_s": 10, "area_s": 40, "mean_in_flight": 4, "requests": 5,
+                     "prompt_tokens": 100, "generated_tokens": 40, "rows": 3},
+             "s:2": {"lifetime_s": 10, "busy_s": 5, "area_s": 10, "mean_in_flight": 1, "requests": 2,
+                     "prompt_tokens": 10, "generated_tokens": 4, "rows": 1}}
+    f = engines.round_figures(stage)
+    assert f["requests"] == 7 and f["prompt_tokens"] == 110 and f["generated_tokens"] == 44 and f["rows"] == 4
+    assert f["busy_share"] == pytest.approx(15 / 20) and f["actors"] == 2 and set(f["per_actor"]) == {"s:1", "s:2"}
+    assert f["engines"] == 2 and set(f["per_engine"]) == {"h:1", "h:3"}
+    assert f["mean_in_flight_per_engine"] == pytest.approx((40 + 10) / 10 / 2)
+    assert f["engine_starts"] == 1 and f["startup_s"] == 12.0  # the restart; the warm engine paid before
+    assert engines.round_figures(stage)["engine_starts"] == 0  # reported once
 
 
 def test_one_device_decision_from_the_cluster():
@@ -347,3 +361,26 @@ def test_attempt_writer_raises_a_failed_write_on_its_next_call(tmp_path):
             await w.add(pa.table({"id": ["b"]}, schema=schema))
 
     asyncio.run(go())
+
+
+def test_attempt_writer_takes_rows_of_another_stage_in_its_own_schema(tmp_path):
+    """Repeated seeds' rows (made without the engines, `to_writers`) share the engine rows' files:
+    same columns in another order, or a null column typed otherwise, are cast to the writer's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import AttemptWriter
+    from evol_ray.io.storage import locate
+
+    schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
+    w = AttemptWriter(locate(str(tmp_path), StorageConfig()), schema, "w0", flush_rows=100, flush_s=60)
+
+    async def go():
+        await w.add(pa.table({"id": ["a"], "n": [1]}, schema=schema))
+        await w.add(pa.table({"n": pa.array([None], pa.null()), "id": ["b"]}))
+        return await w.close()
+
+    [path] = asyncio.run(go())
+    t = pq.read_table(path)
+    assert t.schema == schema and t.to_pylist() == [{"id": "a", "n": 1}, {"id": "b", "n": None}]
