@@ -16,8 +16,9 @@ from each source's rows (`to_items`: a round's kept rows; `seed_items`) in the s
      bucket, and its star of candidate pairs (its smallest node to each other) is what is checked;
   4. pass 2, each pair checked on the two signatures, and 5. the clusters
      (`checks.clusters.pair_marks`: connected components of the edges that hold, SciPy's
-     union-find, one kept row per cluster): in one Ray task while the candidates' signatures
-     fit CHECK_BYTES, else pass 2 as two hash joins by node with the candidates' signature rows
+     union-find, one kept row per cluster). Past one process they run in
+     `evol_ray.checks.dedup_pass2`: in one Ray task while the candidates' signatures fit
+     CHECK_BYTES, else pass 2 as two hash joins by node with the candidates' signature rows
      (`pair_rows` + `signature_side` -> `with_root_signature`, then -> `verified_pairs`) and the
      clusters by label propagation (`checks.clusters`). The driver holds no per-item data: the
      candidate nodes (which pick the candidates' rows) and the marks go from the task that makes
@@ -45,17 +46,15 @@ import ray
 
 from evol_ray import columns as C
 from evol_ray.checks import text
-from evol_ray.checks.buckets import (OTHER, bucket_pairs, candidate_rows, key_rows, pair_nodes, pair_rows,
-                                     signature_side, star_pairs, verified_pairs, with_root_signature)
-from evol_ray.checks.clusters import (MARK_SCHEMA, NODE_COLUMNS, changed_count, cluster_marks, edge_rows,
-                                      first_proposals, node_join_rows, pair_marks, propose, take_min,
-                                      with_labels)
+from evol_ray.checks.buckets import bucket_pairs, candidate_rows, key_rows, star_pairs
+from evol_ray.checks.clusters import MARK_SCHEMA, NODE_COLUMNS, pair_marks
+from evol_ray.checks.dedup_pass2 import (BATCH_ROWS, CANDIDATES, by_part, clusters_in_ray, collect, marks_task,
+                                         nodes_task, sig_row_bytes, verified_in_joins)
 from evol_ray.checks.minhash import Params, node_ids, params_from, signatures
-from evol_ray.stage import WHOLE_BLOCK, Stage, by_partition, shuffle_map_batches, without_empty_blocks
+from evol_ray.stage import WHOLE_BLOCK, Stage, shuffle_map_batches, without_empty_blocks
 
 log = logging.getLogger("evol_ray")
 
-BATCH_ROWS = 16384  # rows per batch of every stage here: Ray Data's 1024 lets per-batch costs dominate
 
 __all__ = ["Params", "params_from", "dedup", "reference_signatures", "find_duplicates"]
 
@@ -146,43 +145,16 @@ def mark_from_store(batch: pa.Table, marks_ref: ray.ObjectRef) -> pa.Table:
     return mark(batch, ray.get(marks_ref))
 
 
-def candidates_from_store(sigs: pa.Table, nodes_ref: ray.ObjectRef) -> pa.Table:
-    """`candidate_rows`, with the candidate nodes read from the object store in the worker, as
-    the marks are (`mark_from_store`)."""
-    return candidate_rows(sigs, ray.get(nodes_ref))
-
-
 # --- wiring ------------------------------------------------------------------------------------
 
 ROUND_SIGNATURES = Stage(round_signature_rows, BATCH_ROWS)
 SEED_SIGNATURES = Stage(seed_signature_rows, BATCH_ROWS)
 KEYS = Stage(key_rows, BATCH_ROWS)
 BUCKET_PAIRS = Stage(bucket_pairs, WHOLE_BLOCK)
-PAIR_ROWS = Stage(pair_rows, BATCH_ROWS)
-SIGNATURE_SIDE = Stage(signature_side, BATCH_ROWS)
-WITH_ROOT_SIGNATURE = Stage(with_root_signature, WHOLE_BLOCK)
-VERIFIED_PAIRS = Stage(verified_pairs, WHOLE_BLOCK)
-CANDIDATES = Stage(candidates_from_store, BATCH_ROWS)
-EDGE_ROWS = Stage(edge_rows, BATCH_ROWS)
-FIRST_PROPOSALS = Stage(first_proposals, BATCH_ROWS)
-TAKE_MIN = Stage(take_min, WHOLE_BLOCK)
-PROPOSE = Stage(propose, WHOLE_BLOCK)
-CHANGED_COUNT = Stage(changed_count, WHOLE_BLOCK)
-NODE_JOIN_ROWS = Stage(node_join_rows, BATCH_ROWS)
-WITH_LABELS = Stage(with_labels, WHOLE_BLOCK)
-CLUSTER_MARKS = Stage(cluster_marks, WHOLE_BLOCK)
 MARK = Stage(mark_from_store, BATCH_ROWS)
-
-def _collect(ds: ray.data.Dataset, schema: Optional[pa.Schema] = None) -> pa.Table:
-    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=WHOLE_BLOCK) if t.num_rows]
-    if not tables:
-        return schema.empty_table() if schema is not None else pa.table({})
-    return pa.concat_tables(tables)
-
 
 KEY_ROWS_PER_PARTITION = 250_000
 KEY_ROW_BYTES = 20  # dedup_key, dedup_node (uint64), dedup_part (int32)
-PASS2_BYTES_PER_PARTITION = 128 << 20  # pass 2's join rows carry signatures: partitions by bytes
 # Signature rows up to this size (about 28k items) are deduped in one process on the driver: a
 # 1k-row round then costs three Ray Data passes instead of seven, and no shuffle. Kept small, so
 # the driver's memory for it (with the band keys and sorts, about 4x) stays near 60 MB.
@@ -211,7 +183,7 @@ TARGET_COUNT = Stage(target_count, WHOLE_BLOCK)
 
 def _targets(sigs: ray.data.Dataset) -> int:
     # A map and a tiny collect: Ray Data's own `sum` starts a hash aggregation (4 s on 2 cores).
-    return sum(_collect(TARGET_COUNT(sigs))["n"].to_pylist())
+    return sum(collect(TARGET_COUNT(sigs))["n"].to_pylist())
 
 
 def find_duplicates(sigs: ray.data.Dataset, p: Params) -> pa.Table:
@@ -227,7 +199,7 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
       * signature rows that fit LOCAL_BYTES: collected once, every pass in this process (a
         shuffle's start-up and more Ray Data passes would cost more than the work);
       * else pass 1 in Ray Data; then, while the candidates' signatures fit CHECK_BYTES, pass 2
-        and the clusters in one Ray task (`_marks_task`), off the driver;
+        and the clusters in one Ray task (`dedup_pass2.marks_task`), off the driver;
       * beyond that, pass 2 as two joins in Ray Data, the clusters by label propagation.
 
     The candidate nodes and the marks stay in the object store, made there by a task, except on
@@ -236,7 +208,7 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
     t0 = time.perf_counter()
     sigs = without_empty_blocks(sigs)  # materialized: every later stage reads it
     n = sigs.count()
-    local = _collect(sigs) if 0 < sigs.size_bytes() <= LOCAL_BYTES else None
+    local = collect(sigs) if 0 < sigs.size_bytes() <= LOCAL_BYTES else None
     t_sig = time.perf_counter()
     # Nothing that could be marked (no kept row this round): no shuffle at all. (Ray's hash shuffle
     # also cannot sort a schema-less empty input.)
@@ -253,103 +225,25 @@ def _find_marks(sigs: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
     else:
         p = replace(p, partitions=shuffle_partitions(n, p))
         with shuffle_map_batches(sigs, n * keys_per_item(p) * KEY_ROW_BYTES):
-            pairs = without_empty_blocks(_by_part(KEYS(sigs, p=p), p.partitions, BUCKET_PAIRS))
-        n_nodes, nodes = _nodes_task.remote(pairs.to_arrow_refs())
+            pairs = without_empty_blocks(by_part(KEYS(sigs, p=p), p.partitions, BUCKET_PAIRS))
+        n_nodes, nodes = nodes_task.remote(pairs.to_arrow_refs())
         n_nodes, t_pairs = ray.get(n_nodes), time.perf_counter()
         if not n_nodes:
             n_marks, marks, where = 0, ray.put(MARK_SCHEMA.empty_table()), "-"
-        elif n_nodes * _sig_row_bytes(p) <= CHECK_BYTES:
+        elif n_nodes * sig_row_bytes(p) <= CHECK_BYTES:
             cands = CANDIDATES(sigs, nodes_ref=nodes)
-            n_marks, marks = _marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, False)
+            n_marks, marks = marks_task.remote(pairs.to_arrow_refs(), cands.to_arrow_refs(), p, False)
             n_marks, where = ray.get(n_marks), "in one task"
         else:
-            edges = _verified_in_joins(sigs, pairs, n_nodes, nodes, p)
+            edges = verified_in_joins(sigs, pairs, n_nodes, nodes, p)
             cands = CANDIDATES(sigs.select_columns(NODE_COLUMNS), nodes_ref=nodes)
-            n_marks, marks = _clusters_in_ray(edges, cands, p)
+            n_marks, marks = clusters_in_ray(edges, cands, p)
             where = "in two joins and label propagation"
     log.info("dedup: %d items; signatures %.1fs; pass 1 %s: %d items in candidate pairs %.1fs; pass 2 "
              "and clusters %s: %d marked %.1fs", n, t_sig - t0,
              "in this process" if local is not None else f"on {p.partitions} shuffle partition(s)",
              n_nodes, t_pairs - t_sig, where, n_marks, time.perf_counter() - t_pairs)
     return n_marks, marks
-
-
-def _sig_row_bytes(p: Params) -> int:
-    return 64 + (4 * p.num_perm if p.near else 0)
-
-
-def _tables(refs: list) -> Optional[pa.Table]:
-    """The blocks behind `refs` as one table, or None when they hold no row."""
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    return pa.concat_tables(tables) if tables else None
-
-
-@ray.remote(num_cpus=1, num_returns=2)
-def _nodes_task(pair_refs: list) -> Tuple[int, np.ndarray]:
-    """The nodes in the candidate pairs (sorted, unique), from their blocks: (how many, nodes).
-    One task, since the work is tiny (a Ray Data pass over pass 1's partitions cost 2.5 s at 1M
-    items); the nodes stay in the object store for the stages that read them."""
-    pairs = _tables(pair_refs)
-    nodes = pair_nodes(pairs)[C.DEDUP_NODE].to_numpy() if pairs is not None else np.zeros(0, np.uint64)
-    return len(nodes), nodes
-
-
-@ray.remote(num_cpus=1, num_returns=2)
-def _marks_task(pair_refs: list, cand_refs: list, p: Params, checked: bool) -> Tuple[int, pa.Table]:
-    """Pass 2 and the clusters in one worker (`clusters.pair_marks`), from the blocks of the
-    candidate pairs (or verified edges) and of the candidates' rows: (how many marks, marks)."""
-    pairs, cands = _tables(pair_refs), _tables(cand_refs)
-    a, b = (pairs[C.DEDUP_NODE], pairs[OTHER]) if not checked else (pairs["a"], pairs["b"])
-    marks = pair_marks(a.to_numpy(), b.to_numpy(), cands, p, checked)
-    return marks.num_rows, marks
-
-
-@ray.remote(num_cpus=1, num_returns=2)
-def _concat_task(refs: list) -> Tuple[int, pa.Table]:
-    """Blocks of marks -> (how many, one table): made in a worker, so the driver never holds them."""
-    marks = _tables(refs)
-    marks = marks if marks is not None else MARK_SCHEMA.empty_table()
-    return marks.num_rows, marks
-
-
-def _clusters_in_ray(edges: ray.data.Dataset, cands: ray.data.Dataset, p: Params) -> Tuple[int, ray.ObjectRef]:
-    """The clusters in Ray Data (`evol_ray.checks.clusters`): each node's label is the least node
-    it is connected to, by min-label propagation (a node offers its label to its neighbours and
-    takes the least offered) until no label goes down; then node rows and labels joined on the
-    node, and each label's kept row chosen where its rows land. Returns (how many marks, a
-    reference to them)."""
-    edges = without_empty_blocks(edges)
-    jp = max(1, min(p.partitions, math.ceil(edges.count() * 64 / PASS2_BYTES_PER_PARTITION)))
-    both_ways = without_empty_blocks(EDGE_ROWS(edges, partitions=jp))
-    labels = _by_part(FIRST_PROPOSALS(edges, partitions=jp), jp, TAKE_MIN, partitions=jp).materialize()
-    steps = 1
-    while sum(_collect(CHANGED_COUNT(labels))["n"].to_pylist()):
-        proposals = _by_part(both_ways.union(labels), jp, PROPOSE, partitions=jp)
-        labels = _by_part(proposals, jp, TAKE_MIN, partitions=jp).materialize()
-        steps += 1
-    rows = NODE_JOIN_ROWS(without_empty_blocks(cands), partitions=jp).union(NODE_JOIN_ROWS(labels, partitions=jp))
-    marks = _by_part(_by_part(rows, jp, WITH_LABELS, partitions=jp), jp, CLUSTER_MARKS, exact=p.exact)
-    n_marks, marks = _concat_task.remote(marks.to_arrow_refs())
-    log.info("dedup: clusters of %d edges in %d label step(s) on %d partition(s)", edges.count(), steps, jp)
-    return ray.get(n_marks), marks
-
-
-def _verified_in_joins(sigs: ray.data.Dataset, pairs: ray.data.Dataset, n_nodes: int, nodes: ray.ObjectRef,
-                       p: Params) -> ray.data.Dataset:
-    """Pass 2 in Ray Data: candidate pairs joined with their nodes' signature rows on the root,
-    then on the member (`evol_ray.checks.buckets`); returns the edges that hold, materialized."""
-    join_bytes = 2 * n_nodes * _sig_row_bytes(p) + pairs.size_bytes()
-    jp = max(1, min(p.partitions, math.ceil(join_bytes / PASS2_BYTES_PER_PARTITION)))
-    side = without_empty_blocks(SIGNATURE_SIDE(CANDIDATES(sigs, nodes_ref=nodes), p=p, partitions=jp))
-    with shuffle_map_batches(side, join_bytes):
-        carried = _by_part(PAIR_ROWS(pairs, p=p, partitions=jp).union(side), jp, WITH_ROOT_SIGNATURE,
-                           p=p, partitions=jp)
-        return _by_part(carried.union(side), jp, VERIFIED_PAIRS, p=p).materialize()
-
-
-def _by_part(rows: ray.data.Dataset, parts: int, stage: Stage, **kwargs) -> ray.data.Dataset:
-    """`stage` on all rows of each `dedup_part` (`stage.by_partition`)."""
-    return by_partition(rows, C.DEDUP_PART, parts, stage, drop_empty=False, **kwargs)
 
 
 def dedup(ds: ray.data.Dataset, p: Params, reference: Optional[ray.data.Dataset] = None,

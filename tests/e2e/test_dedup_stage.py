@@ -8,6 +8,7 @@ import ray
 from evol_ray.checks import where as cleanup
 from evol_ray import columns as C
 from evol_ray.checks import dedup as dedup_mod
+from evol_ray.checks import dedup_pass2
 from evol_ray.config import load_config
 from evol_ray.pipeline.round import count_files
 from evol_ray.io.storage import list_files, locate
@@ -40,7 +41,7 @@ def checked(request, ray_local, tmp_path_factory):
             mp.setattr(dedup_mod, "KEY_ROWS_PER_PARTITION", 200)
         if request.param == "joins":
             mp.setattr(dedup_mod, "CHECK_BYTES", 0)
-            mp.setattr(dedup_mod, "PASS2_BYTES_PER_PARTITION", 512)  # several partitions in every join
+            mp.setattr(dedup_pass2, "PASS2_BYTES_PER_PARTITION", 512)  # several partitions in every join
         yield _checked(tmp_path_factory)
 
 
