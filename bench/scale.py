@@ -190,8 +190,12 @@ def _free_port() -> int:
 def _serve_s3(port: int, delay_s: float, requests) -> None:
     """moto's S3 server (the app its `ThreadedMotoServer` serves), each request answered after
     `delay_s` and counted in `requests`. Runs in a process of its own."""
+    import logging
+
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
     app = DomainDispatcherApplication(create_backend_app)
 

@@ -2,7 +2,8 @@
 
 An engine phase (`pipeline/round.engine_phase`) starts one `AttemptWriter` actor per stage actor
 (no CPU, spread over the cluster). Each stage actor (`engine/client_stage.RowStage`) hands the rows
-whose chains have ended to its writer every HAND_OVER_S, and before a batch leaves it. A writer
+whose chains have ended to its writer every HAND_OVER_S, and before a batch leaves it (rows made
+without the engines, repeated seeds, go by `TO_WRITERS`). A writer
 buffers them and writes one Parquet file into `_attempts/` when it holds `output.flush_rows` rows
 or FLUSH_BYTES, or when its oldest row has waited `output.flush_s`; `close` writes the rest and
 returns every file it wrote with its rows, so the driver never reads their footers.
@@ -21,13 +22,16 @@ import asyncio
 import posixpath
 import time
 import uuid
+import zlib
 from typing import Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from evol_ray import columns as C
 from evol_ray.io.storage import Location
+from evol_ray.stage import WHOLE_BLOCK, Stage
 
 FLUSH_BYTES = 64 << 20  # a file is written once its rows hold this much Arrow memory (~ an S3 part's worth)
 HAND_OVER_S = 0.5  # how often a stage actor hands its ended rows to its writer
@@ -56,6 +60,8 @@ class AttemptWriter:
             self.timer = asyncio.get_running_loop().create_task(self._by_time())
         if not table.num_rows:
             return
+        if table.schema != self.schema:  # rows made by another stage (repeated seeds): same columns
+            table = table.select(self.schema.names).cast(self.schema)
         self.buffer.append(table)
         self.rows += table.num_rows
         self.nbytes += table.nbytes
@@ -109,6 +115,17 @@ def start_writers(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flu
     loc.fs.makedirs(loc.path, exist_ok=True)
     run = uuid.uuid4().hex[:12]
     return [WriterActor.remote(loc, schema, f"{run}-{i}", flush_rows, flush_s) for i in range(max(1, n))]
+
+
+def to_writers(batch: pa.Table, writers: List) -> pa.Table:
+    """Attempt rows made without the engines (repeated seeds) -> one of `writers` (by the batch's
+    first id), so they share the engine rows' files; writes the batch's count (`rows`)."""
+    if batch.num_rows:
+        ray.get(writers[zlib.crc32(batch[C.ID][0].as_py().encode()) % len(writers)].add.remote(batch))
+    return pa.table({"rows": [batch.num_rows]})
+
+
+TO_WRITERS = Stage(to_writers, WHOLE_BLOCK)
 
 
 def close_writers(writers: List, timeout: float = CLOSE_TIMEOUT_S) -> Dict[str, int]:

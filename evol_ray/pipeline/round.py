@@ -187,13 +187,13 @@ class EnginePhase:
     done: float
 
 
-def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: ray.data.Dataset, engines,
+def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset, engines,
                  expected_rows: Optional[int], attempt: Callable[..., ray.data.Dataset],
                  extra: Optional[ray.data.Dataset] = None) -> EnginePhase:
     """Pool rows without an attempt in `rdir/_attempts/` through `attempt(rows, stats, sink)` (the
     engine stage), whose rows the phase's attempt writers (`io/attempt_files`) write into that
     folder as they end, flushed by size and by time, with progress; `extra` (rows of
-    `ROUND_SCHEMA` made without the engines: repeated seeds) written beside them. Safe to run
+    `ROUND_SCHEMA` made without the engines: repeated seeds) through the same writers. Safe to run
     again: a rerun sends only the rows still without an attempt. A stop or a failure writes what
     the writers hold before it is raised. `label` names the phase ("round 2", "seed answers") in
     logs, progress and errors."""
@@ -226,8 +226,8 @@ def engine_phase(cfg: Config, out: Location, rdir: Location, label: str, pool: r
                 for _ in attempt(todo(pool), stats, writers).iter_internal_ref_bundles():
                     pass  # the rows are in the writers; what comes out is a count per batch
                 if extra is not None:
-                    todo(extra).write_parquet(attempts_dir.path, filesystem=out.arrow_fs,
-                                              max_rows_per_file=cfg.output.flush_rows)
+                    for _ in attempt_files.TO_WRITERS(todo(extra), writers=writers).iter_internal_ref_bundles():
+                        pass
         except BaseException as e:
             try:  # keep what has ended; the stop or failure goes on
                 written = attempt_files.close_writers(writers)
@@ -294,7 +294,7 @@ def run_round(cfg: Config, out: Location, round_no: int, pool: ray.data.Dataset,
     repeated seeds) are written as `duplicate_seed` attempts beside the evolved ones, with no
     engine request. `about`: more manifest fields (Auto Evol's method digest)."""
     rdir = layout.round_dir(out, round_no)
-    phase = engine_phase(cfg, out, rdir, f"round {round_no}", pool, engines, expected_rows,
+    phase = engine_phase(cfg, rdir, f"round {round_no}", pool, engines, expected_rows,
                          lambda rows, stats, sink: engine_stages.evolve(rows, cfg, round_no, engines, stats, sink),
                          None if repeats is None else REPEAT_ATTEMPTS(repeats))
     earlier = [read_round(out, m) for m in manifests]

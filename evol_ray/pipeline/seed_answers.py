@@ -83,7 +83,7 @@ def answer_seeds(cfg: Config, out: Location, seeds: ray.data.Dataset, engines, a
         now = time.monotonic()
         m = commit_phase(cfg, sdir, EnginePhase([], 0, 0, {}, now, now), None, fields)
     else:
-        phase = engine_phase(cfg, out, sdir, LABEL, todo, engines, n,
+        phase = engine_phase(cfg, sdir, LABEL, todo, engines, n,
                              lambda rows, stats, sink: engine_stages.answer(rows, cfg, engines, stats, sink))
         m = commit_phase(cfg, sdir, phase, None, {**fields, "device": engines.device})
     log.info("%s: committed in %s: %d seeds without an answer, %d answered and kept; %s", LABEL, sdir.url,
