@@ -216,7 +216,6 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
     log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
              f", {resumed} resumed" if resumed else "")
     stats = start_engine_stats(label)
-    written: Dict[str, int] = {}
     try:
         engines.round_begin()
         writers = attempt_files.start_writers(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
@@ -230,7 +229,7 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
                         pass
         except BaseException as e:
             try:  # keep what has ended; the stop or failure goes on
-                written = attempt_files.close_writers(writers)
+                attempt_files.close_writers(writers)
             except Exception as failed_write:
                 # a write that failed (a full disk) is why the stage stopped: raised as itself,
                 # since Ray Data's wrapper of the stage's error keeps only the text of its cause

@@ -20,6 +20,13 @@ from tests.e2e.test_failures import N, engine_actor_processes, round_rows, slow_
 pytestmark = pytest.mark.e2e
 
 
+# `python -m evol_ray` with Ctrl-C raising KeyboardInterrupt, as from a terminal: a test session
+# started in the background (`nohup ... &`, some CI runners) ignores SIGINT, and its children
+# inherit that, so the signal would never reach the driver.
+AS_FROM_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('evol_ray', run_name='__main__', alter_sys=True)")
+
+
 def vllm_processes():
     """vLLM's engine-core and worker processes under this test session (`VLLM::...`)."""
     found = []
@@ -53,7 +60,7 @@ def stop_mid_round(tmp_path, tiny_model, ray_local, out, stop, written=True):
     args = slow_round(tiny_model, tmp_path / "seeds.jsonl", out)
     gcs = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "EVOL_RAY_LOGS": str(tmp_path / "logs")}
-    driver = subprocess.Popen([sys.executable, "-m", "evol_ray", "run", *args, f"ray.address={gcs}"],
+    driver = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "run", *args, f"ray.address={gcs}"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         attempts = out / "round_1" / "_attempts"
