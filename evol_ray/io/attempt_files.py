@@ -19,11 +19,12 @@ its retries) fails the writer's next call, and so the phase, with the error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 import time
 import uuid
 import zlib
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -108,6 +109,27 @@ class AttemptWriter:
 
 
 WriterActor = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(AttemptWriter)
+
+
+@contextlib.contextmanager
+def writing(loc: Location, schema: pa.Schema, n: int, flush_rows: int,
+            flush_s: float) -> Iterator[Tuple[List, Dict[str, int]]]:
+    """`n` writers into `loc` for the body, and the files they wrote (path -> rows), filled when it
+    ends. When the body fails or is stopped, what the writers hold is written first; a write that
+    failed (a full disk) is raised as itself, since it is why the stage stopped and Ray Data's
+    wrapper of the stage's error keeps only the text of its cause."""
+    writers = start_writers(loc, schema, n, flush_rows, flush_s)
+    written: Dict[str, int] = {}
+    try:
+        yield writers, written
+    except BaseException as e:
+        try:
+            close_writers(writers)
+        except Exception as failed:
+            if isinstance(e, Exception) and isinstance(getattr(failed, "cause", failed), OSError):
+                raise failed from None
+        raise
+    written.update(close_writers(writers))
 
 
 def start_writers(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: float) -> List:

@@ -218,28 +218,20 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
     stats = start_engine_stats(label)
     try:
         engines.round_begin()
-        writers = attempt_files.start_writers(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
-                                              cfg.output.flush_rows, cfg.output.flush_s)
-        try:
-            with progress.shown(label, total, stats, cfg.output.progress_every_s):
-                for _ in attempt(todo(pool), stats, writers).iter_internal_ref_bundles():
-                    pass  # the rows are in the writers; what comes out is a count per batch
-                if extra is not None:
-                    for _ in attempt_files.TO_WRITERS(todo(extra), writers=writers).iter_internal_ref_bundles():
+        with attempt_files.writing(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
+                                   cfg.output.flush_rows, cfg.output.flush_s) as (writers, written):
+            try:
+                with progress.shown(label, total, stats, cfg.output.progress_every_s):
+                    sent = attempt(todo(pool), stats, writers)  # a count per batch: the rows are with the writers
+                    if extra is not None:
+                        sent = sent.union(attempt_files.TO_WRITERS(todo(extra), writers=writers))
+                    for _ in sent.iter_internal_ref_bundles():
                         pass
-        except BaseException as e:
-            try:  # keep what has ended; the stop or failure goes on
-                attempt_files.close_writers(writers)
-            except Exception as failed_write:
-                # a write that failed (a full disk) is why the stage stopped: raised as itself,
-                # since Ray Data's wrapper of the stage's error keeps only the text of its cause
-                if isinstance(e, Exception) and isinstance(getattr(failed_write, "cause", failed_write), OSError):
-                    raise failed_write from None
-            if isinstance(e, Exception) and (why := _engine_unavailable(e)) is not None:
+            except Exception as e:
+                if (why := _engine_unavailable(e)) is None:
+                    raise
                 raise RunError(f"{label}: the engine stopped serving: {why}. The rows already "
                                f"answered are kept in {attempts_dir.url}; run again to resume") from None
-            raise
-        written = attempt_files.close_writers(writers)
         figures = engines.round_figures(ray.get(stats.get.remote()))
     finally:
         ray.kill(stats)
