@@ -157,6 +157,7 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
     from evol_ray.analysis.runread import RunReadError, open_run
     from evol_ray.engine.resources import PlacementError
     from evol_ray.io.layout import SCORES
+    from evol_ray.io.lease import LeaseHeld, held
 
     try:
         if command == "report":
@@ -167,7 +168,8 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
             from evol_ray.analysis.score import score_run
 
             out, cfg = open_run(url, overrides)
-            m = score_run(cfg, out, force=True)
+            with held(out, cfg.output.wait_for_lease_s) as out:
+                m = score_run(cfg, out, force=True)
             means = ", ".join(f"round {r}: {shown(d['mean'])}"
                               for r, d in m["by_round"].items())
             print(f"evol-ray score: {m['rows']} instructions rated by {m['model']} into "
@@ -175,7 +177,7 @@ def _on_output(command: str, url: str, overrides: List[str]) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except (RunReadError, PlacementError, ValueError) as e:  # ValueError: a model source that cannot load
+    except (RunReadError, PlacementError, LeaseHeld, ValueError) as e:  # ValueError: a model source that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -185,13 +187,14 @@ def _select(ns) -> int:
     from evol_ray.analysis.runread import RunReadError
     from evol_ray.engine.resources import PlacementError
     from evol_ray.handoff.select import SelectError, select_run
+    from evol_ray.io.lease import LeaseHeld
 
     try:
         m = select_run(ns.output, ns.budget, ns.args)
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except (RunReadError, SelectError, PlacementError, ValueError) as e:  # ValueError: a model that cannot load
+    except (RunReadError, SelectError, PlacementError, LeaseHeld, ValueError) as e:  # ValueError: a model that cannot load
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     print(f"evol-ray select: {m['selected']} of {m['rows_rated']} rated rows (budget {m['budget']}) by round "
@@ -202,6 +205,7 @@ def _select(ns) -> int:
 def _export(ns) -> int:
     from evol_ray.analysis.runread import RunReadError
     from evol_ray.handoff.export import ExportError, export_cli
+    from evol_ray.io.lease import LeaseHeld
 
     try:
         share = ns.split
@@ -210,7 +214,7 @@ def _export(ns) -> int:
     except ConfigError as e:
         print(f"evol-ray: config error: {e}", file=sys.stderr)
         return 2
-    except (RunReadError, ExportError) as e:
+    except (RunReadError, ExportError, LeaseHeld) as e:
         print(f"evol-ray: error: {e}", file=sys.stderr)
         return 2
     rows = ", ".join(f"{k} {v}" for k, v in m["rows"].items())

@@ -29,7 +29,7 @@ from evol_ray.checks.text import word_counts
 from evol_ray.config import Config
 from evol_ray.counts import row_counts
 from evol_ray.figures import shown
-from evol_ray.io import commit, layout
+from evol_ray.io import commit, layout, lease
 from evol_ray.io.storage import Location
 
 HTML_FILE = "report.html"
@@ -264,5 +264,6 @@ def _extra(dif: Optional[dict], div: Optional[dict]) -> str:
 def report(url: str, overrides: List[str] = ()) -> str:
     """The whole `evol-ray report` command: read, render, write; returns the text summary."""
     out, cfg = runread.open_run(url, overrides)
-    fig = collect(out, cfg)
-    return summary_text(fig, write_report(out, fig))
+    with lease.held(out, cfg.output.wait_for_lease_s) as out:
+        fig = collect(out, cfg)
+        return summary_text(fig, write_report(out, fig))

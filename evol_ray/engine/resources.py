@@ -34,6 +34,10 @@ def connect(cfg: Config) -> str:
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:  # joining a cluster: its token, where one is found (a local Ray makes its own)
             ray_auth.use_token_if_found(os.environ)
+        else:  # a local Ray: token auth is Ray's default, and no news
+            auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            if _no_default_auth_notice not in auth_log.filters:
+                auth_log.addFilter(_no_default_auth_notice)
         try:
             ray.init(address=cfg.ray.address or None, log_to_driver=cfg.ray.verbose,
                      logging_level=logging.INFO if cfg.ray.verbose else logging.WARNING)
@@ -47,6 +51,12 @@ def connect(cfg: Config) -> str:
             log.info("Ray's and vLLM's own logs: Ray's session logs folder on each node (locally "
                      "/tmp/ray/session_latest/logs); -v or ray.verbose=true streams them here")
     return choose_device(cfg.engine.device, ray.cluster_resources())
+
+
+def _no_default_auth_notice(record: logging.LogRecord) -> bool:
+    """Off: Ray's warning that it turned token authentication on for a new local Ray (its default,
+    and what evol-ray wants). Its warning that authentication is off stays."""
+    return "Token authentication is enabled for this Ray cluster" not in str(record.msg)
 
 
 def _no_traceback(record: logging.LogRecord) -> bool:
@@ -69,6 +79,19 @@ def quiet_ray_data_console() -> None:
                 h.addFilter(_no_traceback)
     # "Progress bars disabled. To enable, set ...": we disabled them, on purpose
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    dataset_log = logging.getLogger("ray.data.dataset")
+    if _no_false_cpu_alarm not in dataset_log.filters:
+        dataset_log.addFilter(_no_false_cpu_alarm)
+
+
+def _no_false_cpu_alarm(record: logging.LogRecord) -> bool:
+    """Off: Ray Data's "The Ray cluster currently does not have any available CPUs. The Dataset
+    job will hang", which it logs when a dataset starts at a moment the cluster has no free CPU.
+    Between an engine phase and its commit that moment is the phase's own last tasks being
+    released (the engines hold `engine.cpus_per_replica`, the stage actors none): on a laptop it
+    was logged on every normal run and nothing ever hung. A dataset that does wait for CPUs shows
+    as a progress line that does not move."""
+    return "does not have any available CPUs" not in str(record.msg)
 
 
 def choose_device(requested: str, cluster_resources: dict) -> str:
@@ -229,6 +252,11 @@ def client_stage_args(e: EngineConfig, actors: int) -> dict:
     calls = BATCHES_PER_FILL * math.ceil(rows_per_actor(e) / e.batch_size)
     return {
         "num_cpus": CLIENT_CPUS,
+        # Not restarted: a stage actor that dies stops the phase, with every row it handed to its
+        # writer kept, and a rerun sends the rest. Ray Data's default (restart it and retry its
+        # batches) would send a retried batch's finished rows to the writers a second time, which
+        # the commit refuses, and makes Ray warn on every run that the restart could fail.
+        "max_restarts": 0,
         "compute": ray.data.ActorPoolStrategy(
             size=actors,
             max_tasks_in_flight_per_actor=calls,

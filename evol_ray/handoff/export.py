@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from evol_ray import columns as C
 from evol_ray import identity
 from evol_ray.config import Config, config_hash
-from evol_ray.io import commit, layout
+from evol_ray.io import commit, layout, lease
 from evol_ray.io.storage import Location, locate, remove
 
 FORMATS = ("alpaca", "sharegpt", "messages")
@@ -208,4 +208,5 @@ def export_cli(url: str, fmt: str, to: Optional[str], val_share: Optional[float]
     dest = locate(to, cfg.storage) if to else out.join("export", f"{fmt}-selected" if selected else fmt)
     share = cfg.export.validation_share if val_share is None else val_share
     source = layout.SELECTED if selected else layout.FINAL
-    return {**export(out, cfg, fmt, dest, share, source), "dest": dest.url}
+    with lease.held(out, cfg.output.wait_for_lease_s, read_only_ok=to is not None) as out:  # final/ not rewritten meanwhile
+        return {**export(out, cfg, fmt, dest, share, source), "dest": dest.url}

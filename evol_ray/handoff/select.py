@@ -38,7 +38,7 @@ from evol_ray.checks import minhash
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine.base import TextGenerator, engine_is_dead
 from evol_ray.engine.service import engines_for, table_through
-from evol_ray.io import commit, layout
+from evol_ray.io import commit, layout, lease
 from evol_ray.io.storage import Location
 
 log = logging.getLogger("evol_ray")
@@ -220,6 +220,11 @@ def select_run(url: str, budget: int, overrides: List[str] = ()) -> dict:
     if budget < 1:
         raise SelectError(f"--budget {budget}: expected a positive number of rows")
     out, cfg = runread.open_run(url, overrides)
+    with lease.held(out, cfg.output.wait_for_lease_s) as out:
+        return _select(out, cfg, budget)
+
+
+def _select(out: Location, cfg: Config, budget: int) -> dict:
     fm, rows = _final(out)
     if rows.num_rows == 0:
         raise SelectError(f"{out.join(layout.FINAL).url}: no row with an instruction and an answer")

@@ -11,6 +11,8 @@ process on the same host is taken at once; another host's once it has expired.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Iterator, Optional
 
 from evol_ray.io.storage import Location, is_s3
 
@@ -196,3 +198,24 @@ class Lease:
                 self.loc.fs.rm(self.loc.path)
             except FileNotFoundError:
                 pass
+
+
+@contextlib.contextmanager
+def held(out: Location, wait_s: float = 0.0, *, read_only_ok: bool = False) -> Iterator[Location]:
+    """`out` with its lease held while the block runs, every commit through it checked first: for
+    the commands that write beside a run (`score`, `select`, `report`, `export`), so that none of
+    them reads or commits while a driver is rewriting the same output. `LeaseHeld` names the holder.
+    `read_only_ok`: a command that only reads `out` (an export to elsewhere) goes on without the
+    lease where `out` cannot be written (a bucket this user may only read)."""
+    try:
+        lease = Lease(out).take(wait_s)
+    except PermissionError as e:
+        if not read_only_ok:
+            raise
+        log.info("%s: no lease taken (%s); reading it as it is", out.url, e)
+        yield out
+        return
+    try:
+        yield dataclasses.replace(out, guard=lease.check)
+    finally:
+        lease.release()

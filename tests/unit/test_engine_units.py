@@ -109,6 +109,7 @@ def test_client_stage_asks_for_no_gpu_and_holds_batches_for_its_row_slots():
     e = _cfg("engine.rows_in_flight=100", "engine.batch_size=16").engine
     args = client_stage_args(e, 4)
     assert "num_gpus" not in args and args["num_cpus"] == 0
+    assert args["max_restarts"] == 0  # a lost stage actor stops the phase: no batch's rows handed over twice
     assert args["compute"].min_size == args["compute"].max_size == 4
     assert rows_per_actor(e) == 100
     # twice the batches that fill the 100 slots (7 of 16 rows): a second set waits for slots
@@ -384,3 +385,16 @@ def test_attempt_writer_takes_rows_of_another_stage_in_its_own_schema(tmp_path):
     [path] = asyncio.run(go())
     t = pq.read_table(path)
     assert t.schema == schema and t.to_pylist() == [{"id": "a", "n": 1}, {"id": "b", "n": None}]
+
+
+def test_ray_datas_false_cpu_alarm_is_filtered_and_nothing_else():
+    import logging
+
+    from evol_ray.engine.resources import _no_false_cpu_alarm
+
+    def record(msg):
+        return logging.LogRecord("ray.data.dataset", logging.WARNING, "dataset.py", 1, msg, None, None)
+
+    assert not _no_false_cpu_alarm(record("Warning: The Ray cluster currently does not have any available CPUs. "
+                                          "The Dataset job will hang unless more CPUs are freed up."))
+    assert _no_false_cpu_alarm(record("Failed to write block: no space left on device"))

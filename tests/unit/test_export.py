@@ -124,3 +124,27 @@ def test_selected_export_needs_a_selection(run_dir, capsys):
     out, _, _ = run_dir
     assert main(["export", str(out), "--format", "alpaca", "--selected"]) == 2
     assert "run `evol-ray select` first" in capsys.readouterr().err
+
+
+def test_export_report_and_select_wait_for_no_run_but_stop_naming_the_one_that_writes(run_dir, capsys):
+    """A run that holds the output's lease (a live driver rewriting final/): `export`, `report`,
+    `select` and `score` stop with exit code 2 naming it and write nothing; once it is given up,
+    export runs and gives the lease up in turn."""
+    import os
+
+    from evol_ray.io.lease import LEASE_FILE, Lease
+    from evol_ray.io.storage import locate
+
+    out, cfg, _ = run_dir
+    driver = Lease(locate(str(out), cfg.storage)).take()
+    try:
+        for argv in (["export", str(out), "--format", "alpaca"], ["report", str(out)],
+                     ["select", str(out), "--budget", "5"], ["score", str(out)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert "held by another evol-ray run" in err and f"pid {os.getpid()}" in err, (argv, err)
+        assert not (out / "export").exists() and not (out / "report").exists()
+    finally:
+        driver.release()
+    assert main(["export", str(out), "--format", "alpaca"]) == 0
+    assert (out / "export" / "alpaca" / "manifest.json").exists() and not (out / LEASE_FILE).exists()
