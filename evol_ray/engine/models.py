@@ -201,10 +201,17 @@ def check_gguf(spec: KnownModel, gguf: Path) -> None:
 def _convert(gguf: Path, dest: Path) -> None:
     """GGUF -> an ordinary transformers folder (bfloat16 safetensors, tokenizer, chat template)."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    before = transformers.logging.get_verbosity()
+    # its advice to load GGUF in float32 for faster matmuls concerns inference, not this one-off conversion
+    transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    finally:
+        transformers.logging.set_verbosity(before)
     model.hf_quantizer = None  # dequantized on load; without this save_pretrained refuses
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
