@@ -87,6 +87,8 @@ def build_config(args, model: str, seeds: Path, out: Path):
         # a threshold given and the gate off: calibration (minutes of the engine) is not in the figures,
         # and a random-weight model could not pass it
         "elimination.judge_threshold=0.5", "elimination.coherence.enabled=false",
+        # the seeds' own answers are a phase after the rounds that the bare side does not run
+        "output.answer_seeds=false",
     ]
     if args.max_model_len:
         overrides.append(f"model.max_model_len={args.max_model_len}")
