@@ -112,6 +112,13 @@ def describe(e: BaseException, where: Optional[str] = None) -> str:
         return f"not allowed to write {target} ({c.strerror})"
     if isinstance(c, OSError) and c.strerror:
         return f"{c.strerror}: {c.filename}" if c.filename else c.strerror
+    from ray import exceptions as rx  # here, not at import: a stop is rare and the commands start light
+
+    if isinstance(c, rx.ObjectStoreFullError):
+        return "Ray's object store is full (a node's shared memory; ray start --object-store-memory sizes it)"
+    if isinstance(c, (rx.ObjectLostError, rx.ObjectFetchTimedOutError)):
+        return ("Ray lost data the run held in its object store (a node, or the worker that made the data, "
+                f"went away: {type(c).__name__})")
     text = str(c).strip().splitlines()
     return f"{type(c).__name__}: {text[0][:300]}" if text else type(c).__name__
 

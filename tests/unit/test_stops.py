@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+from ray.exceptions import OwnerDiedError
 
 from evol_ray import stops
 
@@ -40,6 +41,9 @@ def test_a_full_disk_inside_a_ray_data_write_names_the_output():
     (stops.Terminated(), 143, "stopped by SIGTERM"),
     (SystemExit(signal.SIGTERM), 143, "stopped by SIGTERM"),  # Ray's own SIGTERM handler, after ray.init
     (RayTaskError(OSError(errno.ENOSPC, "No space left on device", "/o/a.parquet")), 1, "no space left"),
+    (RayTaskError(PermissionError(errno.EACCES, "Permission denied", "/o/a.parquet")), 1,
+     "not allowed to write /o/a.parquet (Permission denied)"),
+    (OwnerDiedError("ab" * 28, None, "(task call site)"), 1, "Ray lost data the run held in its object store"),
 ])
 def test_each_stop_has_its_code_one_line_and_a_traceback_in_the_log(tmp_path, monkeypatch, capsys, raised, code, said):
     monkeypatch.setenv("EVOL_RAY_LOGS", str(tmp_path))
