@@ -45,6 +45,26 @@ def test_the_lease_on_s3_is_exclusive_renewed_by_etag_and_released(s3):
     assert not out.fs.exists(out.join(LEASE_FILE).path)
 
 
+def test_a_killed_drivers_lease_on_s3_is_taken_over_at_once(s3):
+    """A driver SIGKILLed on this host leaves its lease on S3, valid for another minute: the rerun
+    takes it at once (its process is gone), over the dead lease's ETag."""
+    import socket
+
+    url = s3.make_bucket("evol-lease-dead")
+    cfg = load_config(["input.path=x", f"output.path={url}/runs/a", "model.source=m", *s3.overrides()])
+    out = locate(cfg.output.path, cfg.storage)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out.fs.pipe_file(out.join(LEASE_FILE).path, json.dumps({
+        "host": socket.gethostname(), "pid": int(dead.stdout), "since": time.time(),
+        "expires": time.time() + 60, "token": "killed"}).encode())
+    started = time.monotonic()
+    lease = Lease(locate(cfg.output.path, cfg.storage)).take()
+    assert time.monotonic() - started < 5
+    assert json.loads(out.fs.cat_file(out.join(LEASE_FILE).path))["token"] == lease.token
+    lease.release()
+    assert not out.fs.exists(out.join(LEASE_FILE).path)
+
+
 def test_two_drivers_on_one_output_one_runs_the_other_stops_naming_it(tmp_path, tiny_model, ray_local):
     seed_ids = write_seeds(tmp_path / "seeds.jsonl")
     out = tmp_path / "out"
