@@ -79,18 +79,23 @@ class RowStage:
             return done
 
         out = await asyncio.gather(*(in_slot(r) for r in rows))
-        self.rows += len(rows)
-        self.statuses.update(r[C.STATUS] for r in out if r.get(C.STATUS) is not None)
-        self.reasons.update(r[C.REASON] for r in out if r.get(C.REASON))
-        if self.stats is not None:
-            snap = self.meter.snapshot()
-            snap.update(rows=self.rows, niceness=self.niceness, statuses=dict(self.statuses), reasons=dict(self.reasons))
-            self.stats.report.remote(self.name, snap)
         if self.sink is None:
+            self._done(out)
             yield pa.Table.from_pylist(list(out), schema=self.schema)
             return
         await self._hand_over()  # this batch's rows are with the writer before the batch leaves
         yield pa.table({"rows": [len(out)]}, schema=SENT_SCHEMA)
+
+    def _done(self, rows: List[Row]) -> None:
+        """Rows done (with the writer, or leaving with their batch): counted with their statuses and
+        reasons, and the actor's figures reported to the phase's stats (its progress line)."""
+        self.rows += len(rows)
+        self.statuses.update(r[C.STATUS] for r in rows if r.get(C.STATUS) is not None)
+        self.reasons.update(r[C.REASON] for r in rows if r.get(C.REASON))
+        if self.stats is not None:
+            snap = self.meter.snapshot()
+            snap.update(rows=self.rows, niceness=self.niceness, statuses=dict(self.statuses), reasons=dict(self.reasons))
+            self.stats.report.remote(self.name, snap)
 
     async def _hand_over(self) -> None:
         async with self.handing:
@@ -99,6 +104,7 @@ class RowStage:
             if self.ended:
                 rows, self.ended = self.ended, []
                 await self.sink.add.remote(pa.Table.from_pylist(rows, schema=self.schema))
+                self._done(rows)  # counted as they reach the writer: progress moves mid-batch
 
     async def _hand_over_by_time(self) -> None:
         while True:

@@ -288,20 +288,34 @@ def test_with_a_sink_a_row_leaves_as_its_chain_ends_not_with_its_batch():
         return {"id": row["id"]}
 
     sink = SinkDouble()
-    stage = RowStage(lambda: None, fn, pa.schema([("id", pa.string())]), sink=[sink])
+    stats = StatsDouble()
+    stage = RowStage(lambda: None, fn, pa.schema([("id", pa.string())]), sink=[sink], stats=stats)
 
     async def go():
         run = asyncio.ensure_future(_all(stage(pa.table({"id": ["slow", "a", "b"]}))))
         await asyncio.sleep(HAND_OVER_S * 2.5)
         handed_mid_batch = [i for got in sink.got for i in got]
+        reported_mid_batch = stats.rows
         out = await run
         stage.clock.cancel()
-        return handed_mid_batch, out
+        return handed_mid_batch, reported_mid_batch, out
 
-    mid, out = asyncio.run(go())
+    mid, reported, out = asyncio.run(go())
     assert sorted(mid) == ["a", "b"]  # handed over while "slow" still ran
+    assert reported == 2 and stats.rows == 3  # the phase's progress counts them then too
     assert sorted(i for got in sink.got for i in got) == ["a", "b", "slow"]  # each row once
     assert len(out) == 1 and out[0].schema == SENT_SCHEMA and out[0].column("rows").to_pylist() == [3]
+
+
+class StatsDouble:
+    """The phase's stats actor: the latest rows a stage actor reported."""
+
+    def __init__(self):
+        self.rows = 0
+        self.report = self
+
+    def remote(self, name, snap):
+        self.rows = snap["rows"]
 
 
 async def _all(agen):
