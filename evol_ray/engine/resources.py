@@ -35,9 +35,8 @@ def connect(cfg: Config) -> str:
         if address:  # joining a cluster: its token, where one is found (a local Ray makes its own)
             ray_auth.use_token_if_found(os.environ)
         else:  # a local Ray: token auth is Ray's default, and no news
-            auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-            if _no_default_auth_notice not in auth_log.filters:
-                auth_log.addFilter(_no_default_auth_notice)
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+                _no_default_auth_notice)  # addFilter adds a filter once, however often it is called
         try:
             ray.init(address=cfg.ray.address or None, log_to_driver=cfg.ray.verbose,
                      logging_level=logging.INFO if cfg.ray.verbose else logging.WARNING)
@@ -75,13 +74,10 @@ def quiet_ray_data_console() -> None:
     for h in logging.getLogger("ray.data").handlers:
         if not isinstance(h, logging.FileHandler) and type(h).__name__ != "SessionFileHandler":
             h.setLevel(logging.WARNING)
-            if _no_traceback not in h.filters:
-                h.addFilter(_no_traceback)
+            h.addFilter(_no_traceback)
     # "Progress bars disabled. To enable, set ...": we disabled them, on purpose
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    dataset_log = logging.getLogger("ray.data.dataset")
-    if _no_false_cpu_alarm not in dataset_log.filters:
-        dataset_log.addFilter(_no_false_cpu_alarm)
+    logging.getLogger("ray.data.dataset").addFilter(_no_false_cpu_alarm)
 
 
 def _no_false_cpu_alarm(record: logging.LogRecord) -> bool:
