@@ -110,9 +110,11 @@ class Progress:
 
 
 @contextlib.contextmanager
-def shown(label: str, total: Optional[int], stats, every_s: float) -> Iterator[Optional[Progress]]:
+def shown(label: str, total: Optional[int], stats, every_s: float, fresh: bool = False) -> Iterator[Optional[Progress]]:
     """Progress of the phase whose stage actors report to `stats` (an `EngineStats` actor handle),
-    while the body runs. `every_s` <= 0: none."""
+    while the body runs. `every_s` <= 0: none. `fresh`: `stats` was started for this phase, so
+    nothing is read before it starts (a stats actor takes about half a second to start, which the
+    engines would wait)."""
     if stats is None or every_s <= 0:
         yield None
         return
@@ -121,10 +123,12 @@ def shown(label: str, total: Optional[int], stats, every_s: float) -> Iterator[O
     def now() -> dict:
         return totals(ray.get(stats.get.remote(), timeout=10))
 
-    try:  # what an earlier phase on the same stats actor reported (Auto Evol's steps)
-        base = now()
-    except Exception:  # the stats actor slow to start: progress counts from zero, the phase goes on
-        base = {"rows": 0, "statuses": Counter(), "reasons": Counter()}
+    base = {"rows": 0, "statuses": Counter(), "reasons": Counter()}
+    if not fresh:
+        try:  # what an earlier phase on the same stats actor reported (Auto Evol's steps)
+            base = now()
+        except Exception:  # the stats actor slow to start: progress counts from zero, the phase goes on
+            pass
 
     def read() -> dict:
         t = now()

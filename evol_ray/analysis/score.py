@@ -35,7 +35,8 @@ from evol_ray import config as config_mod
 from evol_ray.analysis import runread
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine.base import TextGenerator, choice_distribution, engine_is_dead
-from evol_ray.engine.service import Engines, engines_for, table_through
+from evol_ray.engine.client_stage import table_through
+from evol_ray.engine.service import Engines, engines_for
 from evol_ray.evolve import prompts
 from evol_ray.io import commit, layout
 from evol_ray.io.storage import Location

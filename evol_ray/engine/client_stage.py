@@ -1,21 +1,28 @@
-"""The Ray Data stage in front of the run's engines: `RowStage`, a light CPU actor that builds its
-`TextGenerator` with the run's `Engines.generator_factory` (a client of the warm engine actors, or
-of an OpenAI-compatible server) and runs one row function on every row of a batch concurrently.
+"""The stage in front of the run's engines: `RowClient`s, light CPU actors started once with the
+run's engines and kept for every phase (rounds, seed answers, calibration, Auto Evol's steps,
+scores), each running one row function on the rows of the batches it is given, concurrently.
 
-Its `__call__` is an async generator, so Ray Data runs it on the actor's event loop with several
-batches at once (`resources.client_stage_args`). Rows run in the actor's row slots
-(`engine.rows_in_flight` per engine, `resources.rows_per_actor` per actor): a row whose chain ends
-hands its slot to a waiting row of any batch at once, so the engines' continuous batching stays
-full however long-tailed the rows are. Each actor meters its requests and reports to the round's
-`EngineStats`.
+Ray Data's actor pool starts its actors anew for every dataset it runs: about 2 s per round on a
+2-core machine (a worker process, `ray.data` imported), while the engines waited
+(`bench/throughput.py`). So a phase's input is a Ray Data dataset as before, and `map_rows` hands
+its blocks, one engine batch each, from the driver to the run's clients, each batch to the client
+with the fewest in flight, holding `calls_per_client` batches on each.
+
+A client runs a phase's rows in a `RowStage`: its row slots (`engine.rows_in_flight` per engine,
+`resources.rows_per_actor` per client) are shared by every batch it holds, so a row whose chain
+ends hands its slot to a waiting row of any batch at once, and the engines' continuous batching
+stays full however long-tailed the rows are. Each client meters its phase's requests and reports
+to the phase's `EngineStats`.
 
 With a `sink` (an engine phase's `io/attempt_files.AttemptWriter`s) a row leaves the stage as its
-chain ends: the actor hands its ended rows to its writer every HAND_OVER_S (and before a batch
-leaves), and the stage's own output is one count per batch. Without one (scores, selection) a
-batch's rows leave together when its last row has ended; only that row holds a slot meanwhile.
+chain ends: the client hands its ended rows to its writer every HAND_OVER_S and when the phase
+ends (`RowClient.end`), and a batch's call returns its count as soon as its rows have ended. Without one (scores, selection,
+calibration) a batch's rows come back together when its last row has ended; only that row holds a
+slot meanwhile.
 
 A row function's failure is that row's business (it records an error status); `EngineUnavailable`
-ends the stage (and so the round), leaving the rows already written for the rerun.
+ends the phase (and so the round), leaving the rows already written for the rerun, and the clients
+are dropped (the next phase starts new ones), so nothing of a failed phase goes on sending.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import asyncio
 import os
 import zlib
 from collections import Counter
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence
 
 import pyarrow as pa
 import ray
@@ -32,9 +39,8 @@ import ray
 from evol_ray import columns as C
 from evol_ray.engine.base import TextGenerator
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator
-from evol_ray.engine.resources import rows_per_actor
+from evol_ray.engine.resources import calls_per_client
 from evol_ray.io.attempt_files import HAND_OVER_S
-from evol_ray.stage import Stage
 
 Row = Dict[str, Any]
 RowFn = Callable[[TextGenerator, Row], Awaitable[Row]]
@@ -83,7 +89,10 @@ class RowStage:
             self._done(out)
             yield pa.Table.from_pylist(list(out), schema=self.schema)
             return
-        await self._hand_over()  # this batch's rows are with the writer before the batch leaves
+        if self.failed is not None:  # a hand-over failed: the phase stops
+            raise self.failed
+        # the batch leaves without waiting for the writer (a writer still starting would hold the
+        # next batches back); its rows go with the next hand-over, the last ones at `close`
         yield pa.table({"rows": [len(out)]}, schema=SENT_SCHEMA)
 
     def _done(self, rows: List[Row]) -> None:
@@ -106,6 +115,15 @@ class RowStage:
                 await self.sink.add.remote(pa.Table.from_pylist(rows, schema=self.schema))
                 self._done(rows)  # counted as they reach the writer: progress moves mid-batch
 
+    async def close(self) -> None:
+        """The phase ended: its last rows handed over (all are, once every batch's call returned)
+        and the hand-over clock stopped."""
+        if self.clock is not None:
+            self.clock.cancel()
+            self.clock = None
+        if self.sink is not None:
+            await self._hand_over()
+
     async def _hand_over_by_time(self) -> None:
         while True:
             await asyncio.sleep(HAND_OVER_S)
@@ -116,14 +134,104 @@ class RowStage:
                 return
 
 
-def map_rows(ds: ray.data.Dataset, engines, fn: RowFn, schema: pa.Schema, *,
+class RowClient:
+    """One of the run's stage actors (`Engines.clients`): its `TextGenerator` made once (a client
+    of the warm engine actors, or of an OpenAI-compatible server), and a `RowStage` per phase
+    (`begin`), whose batches `run` takes."""
+
+    def __init__(self, factory: Callable[[], TextGenerator], slots: int) -> None:
+        self.gen = factory()
+        self.slots = slots
+        self.phase: Optional[RowStage] = None
+
+    async def begin(self, fn: RowFn, schema: pa.Schema, columns: Optional[Sequence[str]],
+                    stats: Optional[object], sink: Optional[Sequence[object]]) -> None:
+        await self.end()
+        gen = self.gen
+        self.phase = RowStage(lambda: gen, fn, schema, columns, stats, self.slots, sink)
+
+    async def run(self, batch: pa.Table) -> pa.Table:
+        """One batch of the phase: its rows (or, with a sink, its count, once they have ended;
+        they reach the writer with the next hand-over)."""
+        if self.phase is None:
+            raise RuntimeError("RowClient.run before begin")
+        return [t async for t in self.phase(batch)][0]
+
+    async def end(self) -> None:
+        phase, self.phase = self.phase, None
+        if phase is not None:
+            await phase.close()
+
+
+def blocks_of(ds: ray.data.Dataset, rows: int) -> Iterable[ray.ObjectRef]:
+    """`ds` in blocks of at most `rows` rows (its object refs, as Ray Data makes them), without
+    its empty ones."""
+    for bundle in ds.repartition(target_num_rows_per_block=rows).iter_internal_ref_bundles():
+        for entry in bundle.blocks:
+            if entry.metadata.num_rows:
+                yield entry.ref
+
+
+def map_rows(batches: Iterable[Any], engines, fn: RowFn, schema: pa.Schema, *,
              columns: Optional[Sequence[str]] = None, stats: Optional[object] = None,
-             sink: Optional[Sequence[object]] = None) -> ray.data.Dataset:
-    """`ds` -> `fn` on every row, on `engines` (`evol_ray.engine.service.Engines`), started here
-    if they were not yet; with `sink`, the rows go to those writers and the result is one count
-    per batch (`SENT_SCHEMA`)."""
-    engines.start()
-    stage = Stage(RowStage, engines.cfg.engine.batch_size, engines.stage_args())
-    return stage(ds, constructor={"factory": engines.generator_factory, "fn": fn, "schema": schema,
-                                  "columns": columns, "stats": stats,
-                                  "slots": rows_per_actor(engines.cfg.engine), "sink": sink})
+             sink: Optional[Sequence[object]] = None) -> List[ray.ObjectRef]:
+    """`fn` on every row of `batches` (Arrow tables of up to `engine.batch_size` rows, or their
+    object refs: `blocks_of`) on the run's clients (`engines.clients()`, started with the
+    engines if they were not yet): each batch to the client with the fewest batches in flight,
+    at most `calls_per_client` on each. Returns each batch's result in input order, as object refs
+    already computed: its rows of `schema`, or with `sink` its count (`SENT_SCHEMA`). A failed
+    batch raises here, once the clients are dropped."""
+    clients = engines.clients()
+    cap = calls_per_client(engines.cfg.engine)
+    ray.get([c.begin.remote(fn, schema, columns, stats, sink) for c in clients])
+    load = [0] * len(clients)
+    pending: Dict[ray.ObjectRef, int] = {}
+    out: List[ray.ObjectRef] = []
+
+    def wait_one() -> None:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            load[pending.pop(ref)] -= 1
+            ray.get(ref)  # a failed batch stops the phase now
+
+    try:
+        for batch in batches:
+            while min(load) >= cap:
+                wait_one()
+            i = min(range(len(clients)), key=load.__getitem__)
+            ref = clients[i].run.remote(batch)
+            pending[ref] = i
+            load[i] += 1
+            out.append(ref)
+        while pending:
+            wait_one()
+        ray.get([c.end.remote() for c in clients])
+    except BaseException:
+        engines.drop_clients()
+        raise
+    return out
+
+
+def table_through(table: pa.Table, engines, fn: RowFn, schema: pa.Schema,
+                  columns: Optional[List[str]] = None, stats: Optional[object] = None,
+                  label: Optional[str] = None) -> pa.Table:
+    """Every row of `table` through `fn` on `engines` (`map_rows`), collected; the stage
+    reports to `stats` (an `EngineStats`) when given. `label`: the phase's progress is shown
+    under it (`evol_ray.progress`; a stats actor is started for it when none is given)."""
+    from evol_ray import progress
+    from evol_ray.engine.meter import EngineStats
+
+    own = label is not None and stats is None
+    if own:
+        stats = EngineStats.remote()
+    try:
+        size = engines.cfg.engine.batch_size
+        batches = (table.slice(i, size) for i in range(0, table.num_rows, size))
+        with progress.shown(label, table.num_rows, stats if label else None, engines.cfg.output.progress_every_s,
+                           fresh=own):
+            done = map_rows(batches, engines, fn, schema, columns=columns, stats=stats)
+            parts = [t.cast(schema) for t in ray.get(done)]
+    finally:
+        if own:
+            ray.kill(stats)
+    return pa.concat_tables(parts) if parts else schema.empty_table()

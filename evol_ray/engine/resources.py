@@ -222,16 +222,19 @@ def release(groups: list) -> None:
 
 
 # A stage actor mostly awaits its engines' replies, and checks text between them. It reserves no
-# CPU: a fraction would leave less than one whole CPU for the upstream read and filter tasks
-# beside an engine on a 2-core laptop, and Ray Data would wait for it forever.
+# CPU: a fraction would leave less than one whole CPU for Ray Data's read and filter tasks beside
+# an engine on a 2-core laptop, and they would wait for it forever.
 CLIENT_CPUS = 0
 
 
-# Batches a stage actor holds per batch its rows in flight fill: the second set waits on the
-# actor's row slots, so a row that ends hands its slot to a waiting row at once, and a batch whose
-# last row is slow holds one slot, not its whole batch's. 1 is the stage before `rows_in_flight`
-# (a batch's slots came back only when its slowest row ended): `bench/in_flight.py`, its "old" stage.
-BATCHES_PER_FILL = 2
+# Batches a stage actor holds per batch its rows in flight fill: the others wait on the actor's
+# row slots, so a row that ends hands its slot to a waiting row at once, and a batch whose last
+# row is slow holds one slot, not its whole batch's. A batch's call returns only when its slowest
+# row has ended, so the batches held must also cover rows that ended and wait for a slow sibling:
+# with long-tailed replies (`bench/in_flight.py --sigma 1.2`) 2 kept 84% of the slots busy, 4 kept
+# 98% (8: 97%). 1 is the stage before `rows_in_flight` (a batch's slots came back only when its
+# slowest row ended): `bench/in_flight.py`, its "old" stage.
+BATCHES_PER_FILL = 4
 
 
 def rows_per_actor(e: EngineConfig) -> int:
@@ -240,22 +243,16 @@ def rows_per_actor(e: EngineConfig) -> int:
     return math.ceil(e.rows_in_flight / e.clients_per_replica) if e.backend == "vllm" else e.rows_in_flight
 
 
-def client_stage_args(e: EngineConfig, actors: int) -> dict:
-    """`map_batches` arguments for the rows' stage in front of the engines: `actors` light CPU
-    actors (asking for no GPU), each running `rows_per_actor` rows at once (its row slots,
-    `client_stage.RowStage`) and holding BATCHES_PER_FILL times the batches that fill them, so that the
-    engines see `engine.rows_in_flight` rows' requests whatever the rows' lengths."""
-    calls = BATCHES_PER_FILL * math.ceil(rows_per_actor(e) / e.batch_size)
-    return {
-        "num_cpus": CLIENT_CPUS,
-        # Not restarted: a stage actor that dies stops the phase, with every row it handed to its
-        # writer kept, and a rerun sends the rest. Ray Data's default (restart it and retry its
-        # batches) would send a retried batch's finished rows to the writers a second time, which
-        # the commit refuses, and makes Ray warn on every run that the restart could fail.
-        "max_restarts": 0,
-        "compute": ray.data.ActorPoolStrategy(
-            size=actors,
-            max_tasks_in_flight_per_actor=calls,
-            max_concurrent_calls_per_actor=calls,
-        ),
-    }
+def calls_per_client(e: EngineConfig) -> int:
+    """Batches a stage actor (`client_stage.RowClient`) holds at once: BATCHES_PER_FILL times the
+    batches that fill its `rows_per_actor` row slots, so that the engines see
+    `engine.rows_in_flight` rows' requests whatever the rows' lengths."""
+    return BATCHES_PER_FILL * math.ceil(rows_per_actor(e) / e.batch_size)
+
+
+def client_actor_options() -> dict:
+    """Ray options of a stage actor: no GPU, no CPU reserved (CLIENT_CPUS), and not restarted: a
+    stage actor that dies stops the phase, with every row it handed to its writer kept, and a
+    rerun sends the rest (a restarted one, its batches retried, would hand a retried batch's
+    finished rows to the writers a second time, which the commit refuses)."""
+    return {"num_cpus": CLIENT_CPUS, "max_restarts": 0, "max_task_retries": 0}

@@ -2,13 +2,13 @@
 
 `engine.backend=vllm` (the default): `EngineServer` actors, one per replica, each holding one vLLM
 `AsyncLLM`, started by the driver and owned by its job (never detached: a driver that dies takes
-them along). Each round's Ray Data stage is a light CPU stage (`evol_ray.engine.client_stage.RowStage`)
-whose `RemoteGenerator` sends its rows' requests to them, as Ray Data LLM's shared-engine stage
-does (ray PR #55179). An engine actor that dies is restarted by Ray (`engine.max_restarts`) and
+them along). In front of them, the run's stage actors (`evol_ray.engine.client_stage.RowClient`,
+light CPU actors started with the engines and kept for every phase) hold a `RemoteGenerator` that
+sends their rows' requests to them, as Ray Data LLM's shared-engine stage does (ray PR #55179). An engine actor that dies is restarted by Ray (`engine.max_restarts`) and
 its unfinished requests retried on the new one (`max_task_retries`); after the last restart the
 rows' stage fails with `EngineUnavailable`, and the round's resume keeps every row written.
 
-`engine.backend=openai`: no engine actor; each CPU stage actor holds an `OpenAIGenerator`
+`engine.backend=openai`: no engine actor; each stage actor holds an `OpenAIGenerator`
 (`evol_ray.engine.openai_client`) to the configured server.
 
 Either way, everything past this module sees a `TextGenerator` made by `Engines.generator_factory`.
@@ -25,14 +25,13 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import pyarrow as pa
 import ray
 
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine import vllm_stats
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
-from evol_ray.engine.resources import (client_stage_args, engine_actor_options, release, replica_count,
-                                       reserve, wait_until_placeable)
+from evol_ray.engine.resources import (client_actor_options, engine_actor_options, release, replica_count,
+                                       reserve, rows_per_actor, wait_until_placeable)
 
 log = logging.getLogger("evol_ray")
 
@@ -150,9 +149,29 @@ class Engines:
         self.replicas = replica_count(cfg.engine, device)
         self.stage_actors = actors or self.replicas
         self._server = None  # an endpoint's statistics, polled during a phase
+        self._clients: List[Any] = []
 
-    def stage_args(self) -> dict:
-        return client_stage_args(self.cfg.engine, self.stage_actors)
+    def clients(self) -> List[Any]:
+        """The run's stage actors (`client_stage.RowClient`, `stage_actors` of them), started with
+        the engines (or here, the first time) and kept for every phase until `stop()`."""
+        self.start()
+        if not self._clients:
+            from evol_ray.engine.client_stage import RowClient
+
+            actor = ray.remote(RowClient).options(**client_actor_options())
+            self._clients = [actor.remote(self.generator_factory, rows_per_actor(self.cfg.engine))
+                             for _ in range(self.stage_actors)]
+        return self._clients
+
+    def drop_clients(self) -> None:
+        """The stage actors ended (a failed phase's rows stop here); the next phase starts new ones."""
+        clients, self._clients = self._clients, []
+        for c in clients:
+            ray.kill(c, no_restart=True)
+
+    def launch(self) -> None:
+        """Engines begin to start here without being waited for (`start` waits); an endpoint has
+        none."""
 
     def start(self) -> None:
         """Engines start here (once; later calls do nothing)."""
@@ -187,6 +206,7 @@ class Engines:
         return figures
 
     def stop(self) -> None:
+        self.drop_clients()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -216,11 +236,13 @@ class VLLMEngines(Engines):
         """GPUs these engines hold once started."""
         return self.replicas * self.cfg.engine.tensor_parallel_size if self.device == "gpu" else 0
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """The engine actors created and left to load their model while the caller goes on
+        (`start` waits for them): the driver reads and dedups the seeds meanwhile."""
         if self.handles:
             return
         e = self.cfg.engine
-        t0 = time.monotonic()
+        self._launched = time.monotonic()
         try:
             if self.device == "gpu":
                 wait_until_placeable(e, self.replicas)
@@ -230,13 +252,23 @@ class VLLMEngines(Engines):
             self.handles = [server.options(**engine_actor_options(e, self.device, g)).remote(
                 self.model, e, self.device, self.cfg.seed, self.pooling, self.make)
                 for g in (self.groups or [None] * self.replicas)]
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self) -> None:
+        if self.generator_factory is not None:
+            return
+        self.launch()
+        try:
             snaps = ray.get([h.snapshot.remote() for h in self.handles])  # waits for every engine
         except BaseException:
             self.stop()
             raise
-        log.info("engines: %d started in %.0f s (%s)", len(snaps), time.monotonic() - t0,
+        log.info("engines: %d started in %.0f s (%s)", len(snaps), time.monotonic() - self._launched,
                  ", ".join(s["name"] for s in snaps))
-        self.generator_factory = functools.partial(_client_for, self.handles, e.max_restarts)
+        self.generator_factory = functools.partial(_client_for, self.handles, self.cfg.engine.max_restarts)
+        self.clients()  # the stage actors start while the caller goes on
 
     def round_begin(self) -> None:
         self.start()
@@ -282,6 +314,7 @@ class VLLMEngines(Engines):
         """End the engines and give their GPUs back (placement groups removed); `start()` again
         starts new ones."""
         handles, self.handles = self.handles, []
+        self.generator_factory = None  # clients of these engines are no use after
         if handles:
             try:
                 ray.get([h.shutdown.remote() for h in handles], timeout=30)
@@ -291,6 +324,7 @@ class VLLMEngines(Engines):
                 ray.kill(h, no_restart=True)
         groups, self.groups = self.groups, []
         release(groups)
+        super().stop()  # the stage actors, clients of the engines just ended
 
 
 @contextlib.contextmanager
@@ -333,29 +367,6 @@ def make_room(engines: Engines, running: Optional[Engines]) -> None:
         log.info("engines: stopping the run's %d engine(s) to free their GPUs for %s", len(running.handles),
                  engines.model.source)
         running.stop()
-
-
-def table_through(table: pa.Table, engines: Engines, fn, schema: pa.Schema,
-                  columns: Optional[List[str]] = None, stats: Optional[object] = None,
-                  label: Optional[str] = None) -> pa.Table:
-    """Every row of `table` through `fn` on `engines` (`actor.map_rows`), collected; the stage
-    reports to `stats` (an `EngineStats`) when given. `label`: the phase's progress is shown
-    under it (`evol_ray.progress`; a stats actor is started for it when none is given)."""
-    from evol_ray import progress
-    from evol_ray.engine.client_stage import map_rows
-    from evol_ray.engine.meter import EngineStats
-
-    own = label is not None and stats is None
-    if own:
-        stats = EngineStats.remote()
-    try:
-        ds = map_rows(ray.data.from_arrow(table), engines, fn, schema, columns=columns, stats=stats)
-        with progress.shown(label, table.num_rows, stats if label else None, engines.cfg.output.progress_every_s):
-            parts = [t.cast(schema) for t in ray.get(ds.to_arrow_refs())]
-    finally:
-        if own:
-            ray.kill(stats)
-    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def make_engines(cfg: Config, device: str, model: Optional[ModelConfig] = None,

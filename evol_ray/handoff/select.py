@@ -37,7 +37,8 @@ from evol_ray.analysis.score import SCORES, expected_score
 from evol_ray.checks import minhash
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine.base import TextGenerator, engine_is_dead
-from evol_ray.engine.service import engines_for, table_through
+from evol_ray.engine.client_stage import table_through
+from evol_ray.engine.service import engines_for
 from evol_ray.io import commit, layout, lease
 from evol_ray.io.storage import Location
 

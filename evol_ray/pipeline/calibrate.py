@@ -38,7 +38,7 @@ import pyarrow as pa
 from evol_ray.calibration import metrics, sets
 from evol_ray.config import Config, threshold_of
 from evol_ray.engine.base import FORCED, engine_is_dead
-from evol_ray.engine.service import table_through
+from evol_ray.engine.client_stage import table_through
 from evol_ray.evolve import verdicts
 from evol_ray.figures import shown
 from evol_ray.io import commit, layout

@@ -31,7 +31,7 @@ from evol_ray import config as config_mod
 from evol_ray import identity
 from evol_ray.config import Config
 from evol_ray.engine.meter import start_engine_stats
-from evol_ray.engine.service import table_through
+from evol_ray.engine.client_stage import table_through
 from evol_ray.evolve import auto
 from evol_ray.evolve.prompts import AUTO_OP
 from evol_ray.figures import shown

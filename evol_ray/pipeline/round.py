@@ -188,11 +188,12 @@ class EnginePhase:
 
 
 def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset, engines,
-                 expected_rows: Optional[int], attempt: Callable[..., ray.data.Dataset],
+                 expected_rows: Optional[int], attempt: Callable[..., object],
                  extra: Optional[ray.data.Dataset] = None) -> EnginePhase:
     """Pool rows without an attempt in `rdir/_attempts/` through `attempt(rows, stats, sink)` (the
-    engine stage), whose rows the phase's attempt writers (`io/attempt_files`) write into that
-    folder as they end, flushed by size and by time, with progress; `extra` (rows of
+    engine stage, which returns when every row is with `sink`), whose rows the phase's attempt
+    writers (`io/attempt_files`) write into that folder as they end, flushed by size and by time,
+    with progress; `extra` (rows of
     `ROUND_SCHEMA` made without the engines: repeated seeds) through the same writers. Safe to run
     again: a rerun sends only the rows still without an attempt. A stop or a failure writes what
     the writers hold before it is raised. `label` names the phase ("round 2", "seed answers") in
@@ -221,12 +222,11 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
         with attempt_files.writing(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
                                    cfg.output.flush_rows, cfg.output.flush_s) as (writers, written):
             try:
-                with progress.shown(label, total, stats, cfg.output.progress_every_s):
-                    sent = attempt(todo(pool), stats, writers)  # a count per batch: the rows are with the writers
+                with progress.shown(label, total, stats, cfg.output.progress_every_s, fresh=True):
+                    attempt(todo(pool), stats, writers)  # returns when every row is with the writers
                     if extra is not None:
-                        sent = sent.union(attempt_files.TO_WRITERS(todo(extra), writers=writers))
-                    for _ in sent.iter_internal_ref_bundles():
-                        pass
+                        for _ in attempt_files.TO_WRITERS(todo(extra), writers=writers).iter_internal_ref_bundles():
+                            pass
             except Exception as e:
                 if (why := _engine_unavailable(e)) is None:
                     raise

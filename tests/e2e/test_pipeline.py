@@ -12,6 +12,7 @@ import pytest
 from evol_ray import columns as C
 from evol_ray.io import commit as commit_mod
 from evol_ray.config import load_config
+from evol_ray.engine.service import VLLMEngines
 from evol_ray.pipeline.driver import RunError, run
 from tests.conftest import tiny_overrides
 
@@ -148,9 +149,14 @@ def test_rerun_skips_complete_rounds_and_redoes_a_half_written_one(finished_run,
     cfg, out, _, _ = finished_run
     before = {r: json.load(open(out / f"round_{r}" / "manifest.json")) for r in (1, 2)}
     mtimes = {p: os.stat(p).st_mtime_ns for p in (out / "round_1").iterdir()}
-    again = run(cfg)
+    launched = []  # engines created: every start goes through `launch`
+    launch = VLLMEngines.launch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VLLMEngines, "launch", lambda self: (launch(self), launched.append(len(self.handles))))
+        again = run(cfg)
     assert again["rounds"] == [before[1], before[2]]  # nothing recomputed
     assert {p: os.stat(p).st_mtime_ns for p in (out / "round_1").iterdir()} == mtimes
+    assert launched == []  # every round committed: no engine loads its model
 
     # A crash between writing round 2's data and its manifest leaves no manifest: it is redone.
     os.remove(out / "round_2" / "manifest.json")

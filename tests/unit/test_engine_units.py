@@ -8,7 +8,7 @@ import pytest
 from evol_ray.config import load_config
 from evol_ray.engine.base import Completion
 from evol_ray.engine.meter import EngineMeter, MeteredGenerator, summarize_engines
-from evol_ray.engine.resources import (ENGINE_NICENESS_VAR, choose_device, client_stage_args,
+from evol_ray.engine.resources import (ENGINE_NICENESS_VAR, calls_per_client, choose_device, client_actor_options,
                                        engine_actor_options, rows_per_actor)
 from evol_ray.engine.service import RemoteGenerator
 from evol_ray.engine.vllm_engine import engine_args
@@ -107,13 +107,13 @@ def test_engine_actor_options_cpu_gpu_tensor_parallel_and_restarts():
 
 def test_client_stage_asks_for_no_gpu_and_holds_batches_for_its_row_slots():
     e = _cfg("engine.rows_in_flight=100", "engine.batch_size=16").engine
-    args = client_stage_args(e, 4)
-    assert "num_gpus" not in args and args["num_cpus"] == 0
-    assert args["max_restarts"] == 0  # a lost stage actor stops the phase: no batch's rows handed over twice
-    assert args["compute"].min_size == args["compute"].max_size == 4
+    opts = client_actor_options()
+    assert "num_gpus" not in opts and opts["num_cpus"] == 0
+    # a lost stage actor stops the phase: no batch's rows handed over twice
+    assert opts["max_restarts"] == 0 and opts["max_task_retries"] == 0
     assert rows_per_actor(e) == 100
-    # twice the batches that fill the 100 slots (7 of 16 rows): a second set waits for slots
-    assert args["compute"].max_concurrent_calls_per_actor == 2 * 7
+    # four times the batches that fill the 100 slots (7 of 16 rows): the rest wait for slots
+    assert calls_per_client(e) == 4 * 7
     two = _cfg("engine.rows_in_flight=100", "engine.clients_per_replica=2").engine
     assert rows_per_actor(two) == 50  # an engine's rows shared by its stage actors
     assert rows_per_actor(_cfg("engine.rows_in_flight=100", "engine.clients_per_replica=2",
@@ -277,7 +277,7 @@ class SinkDouble:
 
 def test_with_a_sink_a_row_leaves_as_its_chain_ends_not_with_its_batch():
     """Issue 29: rows go to the writer while their batch's slowest row still runs; the batch's own
-    output is its count, given only once all its rows are with the writer."""
+    output is its count, given once its rows have ended, and the phase's end hands the rest over."""
     import pyarrow as pa
 
     from evol_ray.engine.client_stage import SENT_SCHEMA, RowStage
@@ -297,7 +297,7 @@ def test_with_a_sink_a_row_leaves_as_its_chain_ends_not_with_its_batch():
         handed_mid_batch = [i for got in sink.got for i in got]
         reported_mid_batch = stats.rows
         out = await run
-        stage.clock.cancel()
+        await stage.close()
         return handed_mid_batch, reported_mid_batch, out
 
     mid, reported, out = asyncio.run(go())
