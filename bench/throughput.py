@@ -179,7 +179,10 @@ def run_pipeline(cfg) -> dict:
     busy = sum(e["busy_share"] * max(a["lifetime_s"] for a in e["per_actor"].values()) for e in engs)
     area = sum(e["mean_in_flight"] * max(a["lifetime_s"] for a in e["per_actor"].values()) for e in engs)
     rounds_s = sum(m["wall_seconds"] for m in ms)
-    return {"tokens": sum(m["generated_tokens"] for m in ms), "wall_s": wall, "gen_s": gen_s,
+    # each round's time outside its generation window (the stage, the writers, the commit, the
+    # next pool); round 1's also holds whatever of the engines' start-up it waited for
+    outside = [m["wall_seconds"] - max(a["lifetime_s"] for a in e["per_actor"].values()) for m, e in zip(ms, engs)]
+    return {"tokens": sum(m["generated_tokens"] for m in ms), "wall_s": wall, "gen_s": gen_s, "outside": outside,
             "startup_s": sum(e.get("startup_s", 0.0) for e in engs),
             "round_s": rounds_s, "phases": {"commit": sum(m["phase_seconds"]["commit"] for m in ms)},
             "final_s": wall - rounds_s, "busy_share": busy / gen_s if gen_s else 0.0,
@@ -306,12 +309,13 @@ def measure(args, cfg, model: str) -> int:
               f"{r['errors']:>8}")
     if "pipeline" in results:
         a = results["pipeline"]
-        outside = a["round_s"] - a["startup_s"] - a["gen_s"]
-        print(f"pipeline rounds {a['round_s']:.1f} s = engine start-up {a['startup_s']:.1f} + generation "
-              f"{a['gen_s']:.1f} + outside the engine {outside:.1f} (of which commit phase "
-              f"{a['phases']['commit']:.1f}); after the round (final set) {a['final_s']:.1f} s")
-        print(f"fixed cost per round (outside the engine: stage start, commit, next pool): "
-              f"{outside / max(1, args.rounds):.2f} s")
+        print(f"pipeline {a['wall_s']:.1f} s = rounds {a['round_s']:.1f} (generation {a['gen_s']:.1f}, commit phases "
+              f"{a['phases']['commit']:.1f}) + outside the rounds {a['final_s']:.1f} (seeds read while the engines "
+              f"start, {a['startup_s']:.1f} s; the final set; the engines stopped)")
+        later = a["outside"][1:]
+        if later:  # round 1's own holds the part of the engines' start-up it waited for
+            print(f"fixed cost per round (rounds 2-{args.rounds}: round wall minus its generation window: the "
+                  f"stage, the writers, the commit, the next pool): {sum(later) / len(later):.2f} s")
         for r, v in enumerate(a.get("vllm", []), 1):  # what "busy" cannot say on a GPU
             if v:
                 hits = "-" if v["prefix_cache_hit_rate"] is None else f"{v['prefix_cache_hit_rate']:.0%}"
