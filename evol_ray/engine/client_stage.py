@@ -54,12 +54,14 @@ class RowStage:
 
     def __init__(self, factory: Callable[[], TextGenerator], fn: RowFn, schema: pa.Schema,
                  columns: Optional[Sequence[str]] = None, stats: Optional[object] = None,
-                 slots: int = 1 << 30, sink: Optional[Sequence[object]] = None) -> None:
+                 slots: int = 1 << 30, sink: Optional[Sequence[object]] = None, phase: int = 0) -> None:
         self.meter = EngineMeter()
         self.slots = asyncio.Semaphore(slots)  # rows whose chains run at once
         self.gen = MeteredGenerator(factory(), self.meter)
         self.fn, self.schema, self.columns, self.stats = fn, schema, columns, stats
-        self.name = f"{os.uname().nodename}:{os.getpid()}"
+        # what it reports under: a client's process serves many phases, and phases that share a
+        # stats actor (Auto Evol's) must not overwrite each other's figures
+        self.name = f"{os.uname().nodename}:{os.getpid()}" + (f"#{phase}" if phase else "")
         self.niceness = os.nice(0)
         self.rows = 0
         self.statuses: Counter = Counter()  # of the rows written so far, for the phase's progress
@@ -116,10 +118,11 @@ class RowStage:
                 self._done(rows)  # counted as they reach the writer: progress moves mid-batch
 
     async def close(self) -> None:
-        """The phase ended: its last rows handed over (all are, once every batch's call returned)
-        and the hand-over clock stopped."""
+        """The phase ended: the hand-over clock stopped (a hand-over under way finishes first), and
+        the last rows handed over (all have ended once every batch's call returned)."""
         if self.clock is not None:
-            self.clock.cancel()
+            async with self.handing:
+                self.clock.cancel()
             self.clock = None
         if self.sink is not None:
             await self._hand_over()
@@ -143,12 +146,14 @@ class RowClient:
         self.gen = factory()
         self.slots = slots
         self.phase: Optional[RowStage] = None
+        self.phases = 0
 
     async def begin(self, fn: RowFn, schema: pa.Schema, columns: Optional[Sequence[str]],
                     stats: Optional[object], sink: Optional[Sequence[object]]) -> None:
         await self.end()
         gen = self.gen
-        self.phase = RowStage(lambda: gen, fn, schema, columns, stats, self.slots, sink)
+        self.phases += 1
+        self.phase = RowStage(lambda: gen, fn, schema, columns, stats, self.slots, sink, phase=self.phases)
 
     async def run(self, batch: pa.Table) -> pa.Table:
         """One batch of the phase: its rows (or, with a sink, its count, once they have ended;
@@ -183,7 +188,6 @@ def map_rows(batches: Iterable[Any], engines, fn: RowFn, schema: pa.Schema, *,
     batch raises here, once the clients are dropped."""
     clients = engines.clients()
     cap = calls_per_client(engines.cfg.engine)
-    ray.get([c.begin.remote(fn, schema, columns, stats, sink) for c in clients])
     load = [0] * len(clients)
     pending: Dict[ray.ObjectRef, int] = {}
     out: List[ray.ObjectRef] = []
@@ -195,6 +199,7 @@ def map_rows(batches: Iterable[Any], engines, fn: RowFn, schema: pa.Schema, *,
             ray.get(ref)  # a failed batch stops the phase now
 
     try:
+        ray.get([c.begin.remote(fn, schema, columns, stats, sink) for c in clients])
         for batch in batches:
             while min(load) >= cap:
                 wait_one()

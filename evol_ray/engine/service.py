@@ -238,7 +238,7 @@ class VLLMEngines(Engines):
 
     def launch(self) -> None:
         """The engine actors created and left to load their model while the caller goes on
-        (`start` waits for them): the driver reads and dedups the seeds meanwhile."""
+        (`start` waits for them): the driver prepares round 1 meanwhile."""
         if self.handles:
             return
         e = self.cfg.engine

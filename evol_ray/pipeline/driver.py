@@ -139,9 +139,9 @@ def _rounds(cfg: Config, out: Location, urls, fmt, cols, engines, legacy: Option
     """The rounds, the final set and the scores, on `engines`. A committed round is reused when its
     manifest's config hash is `reusable` (and its calibrated numbers and Auto Evol method
     are the run's); rounds past `evolution.rounds` are left in place, outside `final/`."""
+    all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)  # its input errors come before any engine work
     if any(layout.read_manifest(layout.round_dir(out, r)) is None for r in range(1, cfg.evolution.rounds + 1)):
-        engines.launch()  # a round is still to run: the engines load their model while the seeds are read
-    all_seeds, expected = seeds_mod.load_seeds(cfg, urls, fmt, cols)
+        engines.launch()  # a round is still to run: the engines load their model while round 1 is prepared
     # what is evolved, deduped against and kept as seeds: read by every round and the final set
     seeds = seeds_mod.ONLY_UNIQUE(all_seeds).materialize()
     repeats = seeds_mod.ONLY_REPEATS(all_seeds).materialize()

@@ -85,3 +85,23 @@ def test_a_failed_phase_drops_the_stage_actors_and_the_next_phase_starts_new_one
     finally:
         engines.stop()
     assert after and not after & before  # new actors, in new processes
+
+
+def test_a_stage_actor_lost_between_phases_is_replaced_after_the_phase_it_failed(tmp_path, ray_local):
+    """A stage actor that dies between two phases (its node lost): the next phase fails with the
+    clients dropped, and the one after starts new ones instead of reusing the dead actor."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+    engines = _engines(tmp_path)
+    rows = pa.table({"id": [f"r{i}" for i in range(8)]})
+    try:
+        ray.get(map_rows([rows], engines, where_row_ran, SCHEMA))
+        ray.kill(engines.clients()[0], no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):
+            map_rows([rows.slice(0, 4), rows.slice(4)], engines, where_row_ran, SCHEMA)
+        assert engines._clients == []
+        again = pa.concat_tables(ray.get(map_rows([rows.slice(0, 4), rows.slice(4)], engines, where_row_ran, SCHEMA)))
+    finally:
+        engines.stop()
+    assert again.column("id").to_pylist() == rows.column("id").to_pylist()

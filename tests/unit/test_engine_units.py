@@ -307,6 +307,79 @@ def test_with_a_sink_a_row_leaves_as_its_chain_ends_not_with_its_batch():
     assert len(out) == 1 and out[0].schema == SENT_SCHEMA and out[0].column("rows").to_pylist() == [3]
 
 
+def test_the_phase_end_waits_for_a_hand_over_under_way_and_counts_its_rows():
+    """A writer slow to take a hand-over (an S3 flush) when the phase ends: `close` lets that
+    hand-over finish instead of cancelling it after its rows left the stage, so every row reaches
+    the writer once and the phase's stats count them all."""
+    import pyarrow as pa
+
+    from evol_ray.engine.client_stage import RowStage
+    from evol_ray.io.attempt_files import HAND_OVER_S
+
+    got, entered = [], asyncio.Event()
+
+    class SlowAdd:
+        def remote(self, table):
+            async def call():
+                entered.set()
+                await asyncio.sleep(HAND_OVER_S)  # the writer busy flushing
+                got.append(table.column("id").to_pylist())
+            return call()
+
+    sink = type("Sink", (), {"add": SlowAdd()})()
+    stats = StatsDouble()
+
+    async def fn(gen, row):
+        return {"id": row["id"]}
+
+    stage = RowStage(lambda: None, fn, pa.schema([("id", pa.string())]), sink=[sink], stats=stats)
+
+    async def go():
+        await _all(stage(pa.table({"id": ["a", "b"]})))
+        await asyncio.wait_for(entered.wait(), HAND_OVER_S * 4)  # the clock's hand-over is under way
+        await stage.close()
+
+    asyncio.run(go())
+    assert sorted(i for ids in got for i in ids) == ["a", "b"]
+    assert stats.rows == 2
+
+
+def test_a_client_reports_each_phase_under_its_own_name():
+    """One stage actor serves many phases; phases that share a stats actor (Auto Evol's) must not
+    overwrite each other's figures, so each phase reports under its own name."""
+    import pyarrow as pa
+
+    from evol_ray.engine.client_stage import RowClient
+
+    stats = NamesDouble()
+
+    async def fn(gen, row):
+        return {"id": row["id"]}
+
+    client = RowClient(lambda: None, slots=4)
+    schema = pa.schema([("id", pa.string())])
+
+    async def go():
+        for ids in (["a"], ["b", "c"]):
+            await client.begin(fn, schema, None, stats, None)
+            await client.run(pa.table({"id": ids}))
+            await client.end()
+
+    asyncio.run(go())
+    assert len(stats.by_name) == 2 and sorted(s["rows"] for s in stats.by_name.values()) == [1, 2]
+
+
+class NamesDouble:
+    """The stats actor's report, by reporting name."""
+
+    def __init__(self):
+        self.by_name = {}
+        self.report = self
+
+    def remote(self, name, snap):
+        self.by_name[name] = snap
+
+
 class StatsDouble:
     """The phase's stats actor: the latest rows a stage actor reported."""
 
