@@ -12,7 +12,6 @@ Arrow tables. Nothing here is a framework: `Stage.__call__` is one `map_batches`
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -42,16 +41,7 @@ class Stage:
             args["fn_kwargs"] = fn_kwargs
         if constructor is not None:
             args["fn_constructor_kwargs"] = dict(constructor)
-        with warnings.catch_warnings():
-            if UNNAMED_ARGS & args.keys():  # Ray's own advice for them, which its deprecation notice contradicts
-                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            return ds.map_batches(self.fn, batch_format="pyarrow", batch_size=self.batch_size, **args)
-
-
-# `map_batches` arguments Ray Data (2.60) takes only through its deprecated `**ray_remote_args`:
-# no named parameter exists for them, and its actor pool's own comment says to pass them so
-# ("map_batches(..., max_restarts=0) to disable").
-UNNAMED_ARGS = frozenset({"max_restarts", "max_task_retries"})
+        return ds.map_batches(self.fn, batch_format="pyarrow", batch_size=self.batch_size, **args)
 
 
 def without_empty_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:

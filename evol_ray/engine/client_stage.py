@@ -16,9 +16,9 @@ to the phase's `EngineStats`.
 
 With a `sink` (an engine phase's `io/attempt_files.AttemptWriter`s) a row leaves the stage as its
 chain ends: the client hands its ended rows to its writer every HAND_OVER_S and when the phase
-ends (`RowClient.end`), and a batch's call returns its count as soon as its rows have ended. Without one (scores, selection,
-calibration) a batch's rows come back together when its last row has ended; only that row holds a
-slot meanwhile.
+ends (`RowClient.end`), and a batch's call returns its count as soon as its rows have ended.
+Without one (scores, selection, calibration) a batch's rows come back together when its last row
+has ended; only that row holds a slot meanwhile.
 
 A row function's failure is that row's business (it records an error status); `EngineUnavailable`
 ends the phase (and so the round), leaving the rows already written for the rerun, and the clients
