@@ -292,9 +292,11 @@ def _kill_group(proc) -> None:
 def measure(args, cfg, model: str) -> int:
     results = {}
     order = ["bare", "pipeline"] if args.order == "bare-first" else ["pipeline", "bare"]
+    loads = [("before", os.getloadavg()[0])]  # the 1-minute load average: is the machine quiet?
     for side in order:
         if args.only in (None, side):
             results[side] = run_bare(cfg) if side == "bare" else run_pipeline(cfg)
+            loads.append((f"after {side}", os.getloadavg()[0]))
 
     print(f"\nrows={args.rows} rounds={args.rounds} backend={args.backend} model={model} "
           f"device={local_device(args.device)} batch_size={args.batch_size} "
@@ -324,6 +326,7 @@ def measure(args, cfg, model: str) -> int:
                       f"{v['prompt_tokens_per_s']:.0f} prompt + {v['generated_tokens_per_s']:.0f} generated tok/s")
             else:
                 print(f"round {r} vLLM: not available (an endpoint whose server has no vLLM /metrics)")
+    print("1-minute load average: " + ", ".join(f"{k} {v:.2f}" for k, v in loads))
     if args.only:
         return 0
     a, b = results["pipeline"], results["bare"]

@@ -82,6 +82,10 @@ INSTRUCTIONS = [
     "Come up with a name for a bakery that sells only rye bread.",
     "I'd like a short poem about rain in Lisbon",
     "Let's plan a menu for a birthday party of ten children",
+    # verbs the first list missed (found by the labelled judge set)
+    "Sum up the key points of a meeting about a product release.",
+    "Brainstorm ten names for a podcast about urban gardening.",
+    "Proofread this paragraph and reword any sentence longer than 25 words.",
     "Please translate 'good night' into German and Japanese.",
     "Can you recommend three novels set in Lisbon",
     "Name five rivers in Africa and their lengths.",
