@@ -77,23 +77,23 @@ def clean_evolution(text: str) -> str:
 # an imperative verb opening one of its clauses, or a request phrase. Judged on its words only,
 # so it holds for any model size.
 REQUEST_VERBS = frozenset(
-    """adapt add analyse analyze answer apply argue arrange assess assume brainstorm build
-    calculate categorize check choose cite clarify classify compare compile complete compose
-    compute condense consider construct convert correct count create critique debug decide
-    define derive describe design detail determine develop devise diagnose discuss display
-    distinguish divide document draft draw edit elaborate enumerate estimate evaluate examine
-    explain explore express extract figure fill find fix format formulate generate give group
-    guess help highlight identify illustrate imagine implement improve include indicate infer
-    interpret investigate justify label list locate make map match measure mention modify name
-    note offer optimize order organize outline paraphrase parse pick plan predict prepare
-    present proofread propose prove provide rank rate recommend refactor reformulate rephrase
-    replace research respond restate review revise reword rewrite schedule select separate share
-    shorten show simplify simulate sketch solve sort specify state suggest sum summarise
-    summarize support teach tell test translate turn use validate verify walk write""".split()
+    """adapt add analyse analyze answer apply argue arrange assess assume build calculate
+    categorize check choose cite clarify classify compare compile complete compose compute
+    condense consider construct convert correct count create critique debug decide define derive
+    describe design detail determine develop devise diagnose discuss display distinguish divide
+    document draft draw edit elaborate enumerate estimate evaluate examine explain explore
+    express extract figure fill find fix format formulate generate give group guess help
+    highlight identify illustrate imagine implement improve include indicate infer interpret
+    investigate justify label list locate make map match measure mention modify name note offer
+    optimize order organize outline paraphrase parse pick plan predict prepare present proofread
+    propose prove provide rank rate recommend refactor reformulate rephrase replace research
+    respond restate revise reword rewrite schedule select separate share shorten show simplify
+    simulate sketch solve sort specify state suggest summarise summarize support tell test
+    translate turn use validate verify walk write""".split()
 )
 REQUEST_PHRASES = ("can you", "could you", "would you", "if you could", "please", "i want", "i need", "i would like",
                    "i'd like", "help me", "your task", "you are", "you will", "act as", "pretend",
-                   "given ", "suppose", "let's", "how to", "what to", "come up with")
+                   "given ", "suppose", "let's", "how to", "what to", "come up with", "sum up")
 # Openers no instruction starts with; and openers that are meta only when the first sentence
 # speaks of the rewriting ("Here is a harder version:" but not "Here is a list of numbers: sort it").
 META_OPENERS = ("sure", "certainly", "of course", "okay", "ok,", "this rewritten", "the rewritten",

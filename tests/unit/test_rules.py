@@ -67,6 +67,10 @@ NOT_INSTRUCTIONS = [
      "preparing for the upcoming day, and dealing with the challenges of the day. The day begins early, "
      "with a day of preparing the crew, which includes checking the weather forecast, checking the state "
      "of the light, and making sure the crew is ready to go to work.", C.R_ANSWERS_PARENT),
+    # answers that open with a noun spelled like a request verb: "sum up" counts, "sum" alone not
+    ("Sum: 1 + 2 + 3 + 4 = 10, so the total of the four numbers is ten.", C.R_ANSWERS_PARENT),
+    ("Review of The Godfather: a slow, patient film whose last hour makes up for everything before it.",
+     C.R_ANSWERS_PARENT),
 ]
 
 INSTRUCTIONS = [
@@ -84,7 +88,6 @@ INSTRUCTIONS = [
     "Let's plan a menu for a birthday party of ten children",
     # verbs the first list missed (found by the labelled judge set)
     "Sum up the key points of a meeting about a product release.",
-    "Brainstorm ten names for a podcast about urban gardening.",
     "Proofread this paragraph and reword any sentence longer than 25 words.",
     "Please translate 'good night' into German and Japanese.",
     "Can you recommend three novels set in Lisbon",
