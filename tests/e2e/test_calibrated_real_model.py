@@ -63,7 +63,7 @@ def test_the_judge_is_calibrated_and_accurate_on_pairs_it_was_not_tuned_on(calib
     judge = json.loads((out / "judge" / "manifest.json").read_text())
     assert judge["model"] == "qwen2.5-coder-1.5b-instruct" and judge["choice_scoring"] == "first_tokens"
     assert judge["test"]["rows"] == 34 and judge["errors"] == 0  # half of each (label, operation) group of 3
-    # the whole set's held-out figure is 0.873 (bench/judge.py); the run stops below 0.75
+    # the whole set's held-out figure is 0.843 (bench/judge.py); the run stops below 0.75
     assert judge["test"]["balanced_accuracy"] >= 0.75, judge["test"]
     assert 0.5 < judge["threshold"] < 1.0  # where a capable model's threshold lies: not at 0.5
     assert m["judge_threshold"] == judge["threshold"]
