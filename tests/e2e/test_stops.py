@@ -73,7 +73,8 @@ def stop_mid_round(tmp_path, tiny_model, ray_local, out, stop, written=True):
         if driver.poll() is None:
             driver.kill()
     [line] = [x for x in err.splitlines() if x.startswith("evol-ray: run:")] or [err[-3000:]]
-    assert "the rows written so far are kept" in line and "run again to resume: evol-ray run" in line
+    assert "the rows written so far are kept" in line and "run again to resume: evol-ray run" in line, \
+        (driver.returncode, err[-3000:])
     assert "Traceback" not in err and "open an issue" not in err  # Ray Data's own words stay in its log
     assert wait_for(lambda: not engine_actor_processes() and not vllm_processes(), timeout=60, step=0.5)
     return seed_ids, args, driver.returncode, err, line
