@@ -68,14 +68,30 @@ def sigterm_raises() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        raise Terminated()
-
-    old = signal.signal(signal.SIGTERM, handler)
+    global _GUARDED
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    _GUARDED = True
     try:
         yield
     finally:
+        _GUARDED = False
         signal.signal(signal.SIGTERM, old)
+
+
+_GUARDED = False  # inside `sigterm_raises` (a command run from the CLI)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def keep_sigterm_ours() -> None:
+    """Put `sigterm_raises`' handler back after `ray.init`, which sets Ray's own in Python and a
+    C++ failure handler in its core worker. With those in place a SIGTERM sometimes ended the
+    driver with exit code 1 and no line of ours (Ray's dump of the signal, then nothing); ours
+    raises `Terminated` in the main thread, which the stop's line and the engines' shutdown follow."""
+    if _GUARDED and _main_thread() and signal.getsignal(signal.SIGTERM) is not _raise_terminated:
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _main_thread() -> bool:

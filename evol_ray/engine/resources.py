@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import ray
 
-from evol_ray import ray_auth
+from evol_ray import ray_auth, stops
 from evol_ray.config import AUTO, Config, EngineConfig
 
 log = logging.getLogger("evol_ray")
@@ -45,6 +45,7 @@ def connect(cfg: Config) -> str:
             if why:
                 raise ray_auth.ClusterAuthError(why) from None
             raise
+        stops.keep_sigterm_ours()
         ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.verbose
         if not cfg.ray.verbose:
             log.info("Ray's and vLLM's own logs: Ray's session logs folder on each node (locally "
