@@ -62,8 +62,8 @@ def logged_to_file(command: str) -> Iterator[Optional[Path]]:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread (Ray's own handler, set at `ray.init`, exits
-    with SystemExit(15) instead: `exit_code` reads both)."""
+    """SIGTERM raises `Terminated` in the main thread. `ray.init` sets Ray's own handler (SystemExit(15),
+    which `exit_code` also reads); `keep_sigterm_ours`, called right after it, puts this one back."""
     if sys.platform == "win32" or not _main_thread():
         yield
         return
