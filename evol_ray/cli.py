@@ -270,7 +270,7 @@ def format_summary(summary: dict) -> str:
     for m in summary["rounds"]:
         eng = m.get("engine") or {}
         busy = (f", engine busy {eng['busy_share']:.0%} (mean {eng['mean_in_flight']:.1f} in flight, "
-                f"{eng.get('mean_in_flight_sending', 0.0):.1f} while sending)" if eng else "")
+                f"{eng.get('mean_in_flight_sending', 0.0):.1f} while sending)" if "busy_share" in eng else "")
         if v := eng.get("vllm"):
             busy += (f"; vLLM: {v['mean_running']:.1f} running, {v['mean_waiting']:.1f} waiting, KV cache "
                      f"{v['mean_kv_cache_usage']:.0%}, prefix-cache hits {shown(v['prefix_cache_hit_rate'], '.0%')}, "

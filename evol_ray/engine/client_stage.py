@@ -73,6 +73,7 @@ class RowStage:
         self.handing = asyncio.Lock()
         self.clock: Optional[asyncio.Task] = None
         self.failed: Optional[BaseException] = None
+        self.reported: Optional[Any] = None  # the last report sent to `stats` (awaited at `close`)
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[pa.Table]:
         rows = (batch.select(list(self.columns)) if self.columns else batch).to_pylist()
@@ -106,7 +107,7 @@ class RowStage:
         if self.stats is not None:
             snap = self.meter.snapshot()
             snap.update(rows=self.rows, niceness=self.niceness, statuses=dict(self.statuses), reasons=dict(self.reasons))
-            self.stats.report.remote(self.name, snap)
+            self.reported = self.stats.report.remote(self.name, snap)
 
     async def _hand_over(self) -> None:
         async with self.handing:
@@ -119,13 +120,19 @@ class RowStage:
 
     async def close(self) -> None:
         """The phase ended: the hand-over clock stopped (a hand-over under way finishes first), and
-        the last rows handed over (all have ended once every batch's call returned)."""
+        the last rows handed over (all have ended once every batch's call returned), and the last
+        report to the phase's stats landed."""
         if self.clock is not None:
             async with self.handing:
                 self.clock.cancel()
             self.clock = None
         if self.sink is not None:
             await self._hand_over()
+        if self.reported is not None:
+            # the driver reads the stats actor once every client's `end` returned: the last report
+            # must have landed by then (a call from this actor and one from the driver are not
+            # ordered; a phase read too early had no figures)
+            await self.reported
 
     async def _hand_over_by_time(self) -> None:
         while True:

@@ -381,14 +381,43 @@ class NamesDouble:
 
 
 class StatsDouble:
-    """The phase's stats actor: the latest rows a stage actor reported."""
+    """The phase's stats actor: the latest rows a stage actor reported. A report lands `delay`
+    seconds after it is sent (an actor call is delivered later, in no order with the driver's)."""
 
-    def __init__(self):
+    def __init__(self, delay: float = 0.0):
         self.rows = 0
+        self.delay = delay
         self.report = self
 
     def remote(self, name, snap):
-        self.rows = snap["rows"]
+        async def deliver():
+            await asyncio.sleep(self.delay)
+            self.rows = snap["rows"]
+        return asyncio.ensure_future(deliver())
+
+
+def test_the_phase_end_returns_once_its_last_report_landed():
+    """CI found a run's summary failing on a round with no figures: the driver read the stats
+    actor before a stage actor's last report (sent without waiting) had arrived. `close`, which
+    every client's `end` awaits before the driver reads, now waits for it."""
+    import pyarrow as pa
+
+    from evol_ray.engine.client_stage import RowStage
+
+    async def fn(gen, row):
+        return {"id": row["id"]}
+
+    stats = StatsDouble(delay=0.3)
+    stage = RowStage(lambda: None, fn, pa.schema([("id", pa.string())]), stats=stats)
+
+    async def go():
+        await _all(stage(pa.table({"id": ["a", "b", "c"]})))
+        before = stats.rows
+        await stage.close()
+        return before
+
+    assert asyncio.run(go()) == 0  # the report was still on its way when the batch returned
+    assert stats.rows == 3
 
 
 async def _all(agen):
@@ -485,3 +514,19 @@ def test_ray_datas_false_cpu_alarm_is_filtered_and_nothing_else():
     assert not _no_false_cpu_alarm(record("Warning: The Ray cluster currently does not have any available CPUs. "
                                           "The Dataset job will hang unless more CPUs are freed up."))
     assert _no_false_cpu_alarm(record("Failed to write block: no space left on device"))
+
+
+def test_a_round_without_stage_figures_still_has_its_summary_line():
+    """A round's engine figures with no stage actor's snapshot (the engines' own part only) are
+    shown without the busy share instead of failing the run's end."""
+    from evol_ray.cli import format_summary
+
+    figures = {"engines": 1, "mean_in_flight_per_engine": 0.0, "stage_actors": 2, "engine_starts": 0,
+               "startup_s": 0.0, "vllm": {}, "per_engine": {}}
+    rnd = {"round": 1, "rows_in": 3, "rows_kept": 3, "status_counts": {"kept": 3}, "reason_counts": {},
+           "generated_tokens": 30, "wall_seconds": 2.0, "engine": figures}
+    text = format_summary({"output": "runs/x", "rounds": [rnd], "final": {"rows": 3}})
+    assert "round 1: in 3, kept 3" in text and "engine busy" not in text
+    rnd["engine"] = {**figures, "busy_share": 0.5, "mean_in_flight": 2.0}
+    assert "engine busy 50% (mean 2.0 in flight" in format_summary({"output": "runs/x", "rounds": [rnd],
+                                                                    "final": {"rows": 3}})
