@@ -140,11 +140,28 @@ def describe(e: BaseException, where: Optional[str] = None) -> str:
 
 
 def exit_code(e: BaseException) -> int:
-    if isinstance(e, KeyboardInterrupt):
-        return SIGINT_EXIT
-    if isinstance(e, Terminated) or (isinstance(e, SystemExit) and e.code == signal.SIGTERM):
-        return SIGTERM_EXIT
+    """The stop's code. A signal counts wherever it is in `e`'s chain: Ctrl-C or SIGTERM raised
+    inside code that wraps what it catches (CI saw a SIGTERM end as "run: Terminated", exit
+    code 1), or a cleanup that failed while the signal's exception was being handled."""
+    for x in chain_of(e):
+        if isinstance(x, KeyboardInterrupt):
+            return SIGINT_EXIT
+        if isinstance(x, Terminated) or (isinstance(x, SystemExit) and x.code == signal.SIGTERM):
+            return SIGTERM_EXIT
     return FAILED
+
+
+def chain_of(e: BaseException) -> Iterator[BaseException]:
+    """`e`, then what it wraps (Ray's `cause`, `__cause__`) and what it was raised while handling
+    (`__context__`), each once."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        todo += [y for y in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(y, BaseException)]
 
 
 def ended(e: BaseException, command: str, argv, log_file: Optional[Path], where: Optional[str] = None) -> int:

@@ -36,9 +36,36 @@ def test_a_full_disk_inside_a_ray_data_write_names_the_output():
     assert stops.describe(full) == "no space left on the device writing a file"
 
 
+def wrapped(inner: BaseException) -> Exception:
+    """`inner` under a library's wrapper (`raise ... from`)."""
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise RuntimeError("the stage failed") from e
+    except RuntimeError as outer:
+        return outer
+
+
+def failed_while_handling(inner: BaseException) -> Exception:
+    """A cleanup's error raised while `inner` was being handled (`__context__`)."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise OSError("the engine's socket is closed")
+    except OSError as outer:
+        return outer
+
+
 @pytest.mark.parametrize("raised, code, said", [
     (KeyboardInterrupt(), 130, "stopped by Ctrl-C (SIGINT)"),
     (stops.Terminated(), 143, "stopped by SIGTERM"),
+    # seen in CI: a SIGTERM under another exception ended as "run: Terminated" with exit code 1
+    (wrapped(stops.Terminated()), 143, "stopped by SIGTERM"),
+    (failed_while_handling(stops.Terminated()), 143, "stopped by SIGTERM"),
+    (wrapped(KeyboardInterrupt()), 130, "stopped by Ctrl-C (SIGINT)"),
+    (wrapped(ValueError("bad row")), 1, "ValueError: bad row"),  # the cause is named
     (SystemExit(signal.SIGTERM), 143, "stopped by SIGTERM"),  # Ray's own SIGTERM handler, after ray.init
     (RayTaskError(OSError(errno.ENOSPC, "No space left on device", "/o/a.parquet")), 1, "no space left"),
     (RayTaskError(PermissionError(errno.EACCES, "Permission denied", "/o/a.parquet")), 1,
