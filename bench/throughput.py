@@ -161,6 +161,76 @@ def _bare_process(cfg, t0: float, results) -> None:
                  "errors": sum(r[C.STATUS] == C.ERROR_STATUS for r in rows)})
 
 
+class CpuByProcess:
+    """CPU seconds used on this machine during the pipeline run, by process kind: the engine's
+    (`ray::EngineServer`, vLLM's `VLLM::EngineCore`) and everything beside it (the driver, the stage
+    actors, the attempt writers, the stats actor, Ray's own daemons). Sampled every `every_s` from
+    /proc (psutil), so a process that ended between two samples misses at most its last interval;
+    what a process had used before the run is not counted."""
+
+    def __init__(self, every_s: float = 0.25) -> None:
+        import threading
+
+        import psutil
+
+        self.psutil, self.every_s = psutil, every_s
+        self.before = {p.pid: self._used(p) for p in psutil.process_iter()}
+        self.seen: dict = {}  # pid -> (kind, cpu seconds at the last sample)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _used(p) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except Exception:
+            return 0.0
+
+    @staticmethod
+    def kind(p) -> str:
+        try:
+            words = p.cmdline()
+        except Exception:
+            return ""
+        first = (words[0] if words else "").split()[0] if words and words[0].strip() else ""
+        if p.pid == os.getpid():
+            return "driver"
+        if first.startswith(("ray::", "VLLM::")):
+            return first.split(".")[0]
+        for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env"):
+            if any(daemon in w for w in words[:3]):
+                return f"ray {daemon}"
+        return ""
+
+    def _sample(self) -> None:
+        for p in self.psutil.process_iter():
+            kind = self.kind(p)  # a Ray worker is `ray::IDLE` until it takes an actor: its role is the last one
+            if p.pid in self.seen and kind in ("", "ray::IDLE"):
+                kind = self.seen[p.pid][0]
+            if kind:
+                self.seen[p.pid] = (kind, self._used(p))
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> "CpuByProcess":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sample()
+        self.stopped.set()
+        self.thread.join()
+
+    def totals(self) -> dict:
+        out: dict = {}
+        for pid, (kind, used) in self.seen.items():
+            out[kind] = out.get(kind, 0.0) + max(0.0, used - self.before.get(pid, 0.0))
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def run_pipeline(cfg) -> dict:
     import ray
 
@@ -168,9 +238,10 @@ def run_pipeline(cfg) -> dict:
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        t0 = time.monotonic()
-        summary = run(cfg)
-        wall = time.monotonic() - t0
+        with CpuByProcess() as cpu:
+            t0 = time.monotonic()
+            summary = run(cfg)
+            wall = time.monotonic() - t0
     finally:
         ray.shutdown()
     ms = summary["rounds"]
@@ -189,7 +260,8 @@ def run_pipeline(cfg) -> dict:
             "mean_in_flight": area / gen_s if gen_s else 0.0,
             "errors": sum(m["status_counts"].get(C.ERROR_STATUS, 0) for m in ms),
             "requests": sum(e["requests"] for e in engs),
-            "vllm": [e.get("vllm") or {} for e in engs]}  # vLLM's own statistics, per round
+            "vllm": [e.get("vllm") or {} for e in engs],  # vLLM's own statistics, per round
+            "cpu": cpu.totals()}
 
 
 def main() -> int:
@@ -326,6 +398,9 @@ def measure(args, cfg, model: str) -> int:
                       f"{v['prompt_tokens_per_s']:.0f} prompt + {v['generated_tokens_per_s']:.0f} generated tok/s")
             else:
                 print(f"round {r} vLLM: not available (an endpoint whose server has no vLLM /metrics)")
+        # on a CPU engine every one of these seconds is taken from the engine's cores
+        print(f"CPU seconds during the pipeline's {a['wall_s']:.0f} s, by process: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in a["cpu"].items()))
     print("1-minute load average: " + ", ".join(f"{k} {v:.2f}" for k, v in loads))
     if args.only:
         return 0
