@@ -108,10 +108,19 @@ class MeteredGenerator:
 
 @ray.remote(num_cpus=0)
 class EngineStats:
-    """Collects each stage actor's latest meter snapshot for one phase (the driver reads it at the end)."""
+    """Collects each stage actor's latest meter snapshot for one phase (the driver reads it at the
+    end); `begin` clears it for the next phase of a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         self.snapshots: dict = {}
+        self.label = label
+
+    def begin(self, label: str) -> None:
+        self.snapshots, self.label = {}, label
+
+    def phase(self) -> str:
+        """The phase whose figures `get` returns ("round 2", "seed answers")."""
+        return self.label
 
     def report(self, actor: str, snapshot: dict) -> None:
         self.snapshots[actor] = snapshot
@@ -124,12 +133,32 @@ STATS_ACTOR_PREFIX = "evol-ray-engine-stats"
 
 
 def start_engine_stats(label: str) -> object:
-    """The EngineStats actor of one engine phase (`label`: "round 2", "seed answers"), named so
-    that live progress can be read while it runs (`ray.util.list_named_actors()`, then
-    `ray.get(ray.get_actor(name).get.remote())`). The name carries the label and a random suffix,
-    so concurrent runs on one cluster never collide."""
+    """An EngineStats actor (`label`: "auto evol", "run"), named so that live progress can be read
+    while a phase runs (`ray.util.list_named_actors()`, then `ray.get(ray.get_actor(name).get.remote())`,
+    and `.phase.remote()` for the phase). The name carries the label and a random suffix, so
+    concurrent runs on one cluster never collide."""
     name = f"{STATS_ACTOR_PREFIX}-{label.replace(' ', '')}-{uuid.uuid4().hex[:8]}"
-    return EngineStats.options(name=name).remote()
+    return EngineStats.options(name=name).remote(label)
+
+
+class PhaseStats:
+    """The run's EngineStats actor (named `evol-ray-engine-stats-run-<suffix>`), started by its
+    first engine phase and cleared by each next (`begin`), so that a phase starts no process of
+    its own; `stop()` ends it (a failed phase does, and the next starts a new one)."""
+
+    def __init__(self) -> None:
+        self.actor: Optional[object] = None
+
+    def begin(self, label: str) -> object:
+        if self.actor is None:
+            self.actor = start_engine_stats("run")
+        ray.get(self.actor.begin.remote(label))
+        return self.actor
+
+    def stop(self) -> None:
+        actor, self.actor = self.actor, None
+        if actor is not None:
+            ray.kill(actor)
 
 
 def mean_per_actor(snaps: list, area: str, seconds: str) -> float:

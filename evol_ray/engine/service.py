@@ -30,8 +30,10 @@ import ray
 from evol_ray.config import Config, ModelConfig
 from evol_ray.engine import vllm_stats
 from evol_ray.engine.base import EngineUnavailable, TextGenerator, engine_is_dead
+from evol_ray.engine.meter import PhaseStats
 from evol_ray.engine.resources import (client_actor_options, engine_actor_options, release, replica_count,
                                        reserve, rows_per_actor, wait_until_placeable)
+from evol_ray.io.attempt_files import Writers
 
 log = logging.getLogger("evol_ray")
 
@@ -150,6 +152,8 @@ class Engines:
         self.stage_actors = actors or self.replicas
         self._server = None  # an endpoint's statistics, polled during a phase
         self._clients: List[Any] = []
+        # the stage actors' attempt writers and the phases' stats actor, kept for the run as they are
+        self.writers, self.stats = Writers(), PhaseStats()
 
     def clients(self) -> List[Any]:
         """The run's stage actors (`client_stage.RowClient`, `stage_actors` of them), started with
@@ -207,6 +211,8 @@ class Engines:
 
     def stop(self) -> None:
         self.drop_clients()
+        self.writers.stop()
+        self.stats.stop()
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -1,7 +1,8 @@
 """Attempt files: an engine phase's results written as the rows end, flushed by size and by time.
 
-An engine phase (`pipeline/round.engine_phase`) starts one `AttemptWriter` actor per stage actor
-(no CPU, spread over the cluster). Each stage actor (`engine/client_stage.RowStage`) hands the rows
+An engine phase (`pipeline/round.engine_phase`) writes through one `AttemptWriter` actor per stage
+actor (no CPU, spread over the cluster), started by the run's first phase and kept for the next
+(`Writers`). Each stage actor (`engine/client_stage.RowStage`) hands the rows
 whose chains have ended to its writer every HAND_OVER_S, and before a batch leaves it (rows made
 without the engines, repeated seeds, go by `TO_WRITERS`). A writer
 buffers them and writes one Parquet file into `_attempts/` when it holds `output.flush_rows` rows
@@ -41,16 +42,27 @@ CLOSE_TIMEOUT_S = 120.0
 
 class AttemptWriter:
     """Buffers attempt rows (`schema`) and writes them to `loc` as `<name>-<n>.parquet`. Run as a
-    Ray actor (`WriterActor`); a plain object in tests."""
+    Ray actor (`WriterActor`), kept from one phase to the next (`begin` points it at the next
+    phase's folder); a plain object in tests."""
 
-    def __init__(self, loc: Location, schema: pa.Schema, name: str, flush_rows: int, flush_s: float) -> None:
+    def __init__(self, loc: Optional[Location] = None, schema: Optional[pa.Schema] = None, name: str = "",
+                 flush_rows: int = 1, flush_s: float = 60.0) -> None:
+        self.lock = asyncio.Lock()  # one write at a time; rows keep coming meanwhile
+        self._reset(loc, schema, name, flush_rows, flush_s)
+
+    async def begin(self, loc: Location, schema: pa.Schema, name: str, flush_rows: int, flush_s: float) -> None:
+        """A new phase: its folder, schema and file names (the last phase was closed)."""
+        if self.buffer:
+            raise RuntimeError(f"attempt writer {self.name}: {self.rows} rows of the last phase were never written")
+        self._reset(loc, schema, name, flush_rows, flush_s)
+
+    def _reset(self, loc, schema, name, flush_rows, flush_s) -> None:
         self.loc, self.schema, self.name = loc, schema, name
         self.flush_rows, self.flush_s = flush_rows, flush_s
         self.buffer: List[pa.Table] = []
         self.rows = self.nbytes = 0
         self.oldest: Optional[float] = None  # when the oldest buffered row came
         self.files: Dict[str, int] = {}
-        self.lock = asyncio.Lock()  # one write at a time; rows keep coming meanwhile
         self.failed: Optional[BaseException] = None
         self.timer: Optional[asyncio.Task] = None
 
@@ -75,6 +87,7 @@ class AttemptWriter:
         """Writes what is buffered; returns every file written (path -> rows)."""
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None
         self._raise_failed()
         await self._flush()
         return dict(self.files)
@@ -111,32 +124,58 @@ class AttemptWriter:
 WriterActor = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(AttemptWriter)
 
 
+class Writers:
+    """The run's attempt writers (`n` of them, one per stage actor), started by the first phase
+    and kept for the next, so that a phase starts no process of its own (on a fast engine a
+    writer's start is a visible part of a round). `stop()` ends them; a phase that fails ends them
+    too (the next starts new ones)."""
+
+    def __init__(self) -> None:
+        self.actors: List = []
+
+    def begin(self, loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: float) -> List:
+        """The writers of a phase into `loc`, their files named apart from any earlier try's."""
+        loc.fs.makedirs(loc.path, exist_ok=True)
+        if len(self.actors) != max(1, n):
+            self.stop()
+            self.actors = [WriterActor.remote() for _ in range(max(1, n))]
+        run = uuid.uuid4().hex[:12]
+        ray.get([w.begin.remote(loc, schema, f"{run}-{i}", flush_rows, flush_s) for i, w in enumerate(self.actors)])
+        return list(self.actors)
+
+    def stop(self) -> None:
+        actors, self.actors = self.actors, []
+        for w in actors:
+            ray.kill(w)
+
+
 @contextlib.contextmanager
-def writing(loc: Location, schema: pa.Schema, n: int, flush_rows: int,
-            flush_s: float) -> Iterator[Tuple[List, Dict[str, int]]]:
-    """`n` writers into `loc` for the body, and the files they wrote (path -> rows), filled when it
-    ends. When the body fails or is stopped, what the writers hold is written first; a write that
-    failed (a full disk) is raised as itself, since it is why the stage stopped and Ray Data's
-    wrapper of the stage's error keeps only the text of its cause."""
-    writers = start_writers(loc, schema, n, flush_rows, flush_s)
+def writing(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: float,
+            kept: Optional[Writers] = None) -> Iterator[Tuple[List, Dict[str, int]]]:
+    """`n` writers into `loc` for the body (`kept`'s, the run's, or new ones that end with it),
+    and the files they wrote (path -> rows), filled when it ends. When the body fails or is
+    stopped, what the writers hold is written first and they are ended; a write that failed (a
+    full disk) is raised as itself, since it is why the stage stopped and Ray Data's wrapper of
+    the stage's error keeps only the text of its cause."""
+    mine = kept if kept is not None else Writers()
+    writers = mine.begin(loc, schema, n, flush_rows, flush_s)
     written: Dict[str, int] = {}
+    closed = False
     try:
-        yield writers, written
-    except BaseException as e:
         try:
-            close_writers(writers)
-        except Exception as failed:
-            if isinstance(e, Exception) and isinstance(getattr(failed, "cause", failed), OSError):
-                raise failed from None
-        raise
-    written.update(close_writers(writers))
-
-
-def start_writers(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: float) -> List:
-    """`n` writers into `loc`, named apart from any earlier try's files in it."""
-    loc.fs.makedirs(loc.path, exist_ok=True)
-    run = uuid.uuid4().hex[:12]
-    return [WriterActor.remote(loc, schema, f"{run}-{i}", flush_rows, flush_s) for i in range(max(1, n))]
+            yield writers, written
+        except BaseException as e:
+            try:
+                close_writers(writers)
+            except Exception as failed:
+                if isinstance(e, Exception) and isinstance(getattr(failed, "cause", failed), OSError):
+                    raise failed from None
+            raise
+        written.update(close_writers(writers))
+        closed = True
+    finally:
+        if not closed or kept is None:
+            mine.stop()
 
 
 def to_writers(batch: pa.Table, writers: List) -> pa.Table:
@@ -151,12 +190,8 @@ TO_WRITERS = Stage(to_writers, WHOLE_BLOCK)
 
 
 def close_writers(writers: List, timeout: float = CLOSE_TIMEOUT_S) -> Dict[str, int]:
-    """Every writer's rest written; the files they wrote (path -> rows). The writers are gone after."""
-    try:
-        written: Dict[str, int] = {}
-        for files in ray.get([w.close.remote() for w in writers], timeout=timeout):
-            written.update(files)
-        return written
-    finally:
-        for w in writers:
-            ray.kill(w)
+    """Every writer's rest written; the files they wrote (path -> rows)."""
+    written: Dict[str, int] = {}
+    for files in ray.get([w.close.remote() for w in writers], timeout=timeout):
+        written.update(files)
+    return written

@@ -34,7 +34,6 @@ from evol_ray.config import Config
 from evol_ray.counts import row_counts
 from evol_ray.engine.base import EngineUnavailable
 from evol_ray import progress
-from evol_ray.engine.meter import start_engine_stats
 from evol_ray.evolve import engine_stages
 from evol_ray.io import attempt_files, commit, layout
 from evol_ray.io.datasets import read_files, read_round
@@ -216,11 +215,11 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
     total = None if expected_rows is None else expected_rows - resumed
     log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
              f", {resumed} resumed" if resumed else "")
-    stats = start_engine_stats(label)
+    stats = engines.stats.begin(label)  # the run's, as its writers: a phase starts no actor
     try:
         engines.round_begin()
-        with attempt_files.writing(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
-                                   cfg.output.flush_rows, cfg.output.flush_s) as (writers, written):
+        with attempt_files.writing(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors, cfg.output.flush_rows,
+                                   cfg.output.flush_s, kept=engines.writers) as (writers, written):
             try:
                 with progress.shown(label, total, stats, cfg.output.progress_every_s, fresh=True):
                     attempt(todo(pool), stats, writers)  # returns when every row is with the writers
@@ -233,8 +232,9 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
                 raise RunError(f"{label}: the engine stopped serving: {why}. The rows already "
                                f"answered are kept in {attempts_dir.url}; run again to resume") from None
         figures = engines.round_figures(ray.get(stats.get.remote()))
-    finally:
-        ray.kill(stats)
+    except BaseException:
+        engines.stats.stop()  # a failed phase's late reports never reach the next one's figures
+        raise
     done = time.monotonic()
     parts = _readable_parts(attempts_dir, label, {**done_parts, **written})
     n_attempts = sum(parts.values())  # the counts come from the files' footers, each read once

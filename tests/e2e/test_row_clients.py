@@ -105,3 +105,45 @@ def test_a_stage_actor_lost_between_phases_is_replaced_after_the_phase_it_failed
     finally:
         engines.stop()
     assert again.column("id").to_pylist() == rows.column("id").to_pylist()
+
+
+def test_the_attempt_writers_and_stats_actor_serve_every_phase_until_one_fails(tmp_path, ray_local):
+    """The run's writers and stats actor (issue 29) are started by the first phase and kept: the
+    second phase writes through the same actors into its own folder and reads only its own
+    figures; a phase that fails ends them and the next starts new ones."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import writing
+    from evol_ray.io.storage import locate
+
+    engines = _engines(tmp_path)
+    schema = pa.schema([("id", pa.string())])
+
+    def phase(folder, ids, fail=False):
+        stats = engines.stats.begin(folder)
+        with writing(locate(str(tmp_path / folder), StorageConfig()), schema, 2, 100, 60.0,
+                     kept=engines.writers) as (writers, written):
+            ray.get(writers[0].add.remote(pa.table({"id": ids}, schema=schema)))
+            ray.get(stats.report.remote(f"client-{folder}", {"rows": len(ids)}))
+            if fail:
+                raise RuntimeError("the phase failed")
+        return [w._actor_id for w in writers], stats, written, ray.get(stats.get.remote())
+
+    try:
+        w1, s1, files1, figs1 = phase("round_1", ["a", "b"])
+        w2, s2, files2, figs2 = phase("round_2", ["c"])
+        assert w2 == w1 and s2._actor_id == s1._actor_id  # no actor started for round 2
+        assert ray.get(s2.phase.remote()) == "round_2" and list(figs2) == ["client-round_2"]
+        assert sorted(files1.values()) == [2] and all("/round_1/" in p for p in files1)
+        assert [pq.read_table(p).column("id").to_pylist() for p in files2] == [["c"]]
+        with pytest.raises(RuntimeError, match="the phase failed"):
+            phase("round_3", ["d"], fail=True)
+        assert engines.writers.actors == []
+        assert [pq.read_table(p).column("id").to_pylist() for p in (tmp_path / "round_3").iterdir()] == [["d"]]
+        w4, *_ = phase("round_4", ["e"])
+        assert not set(w4) & set(w1)  # new writers after the failure
+    finally:
+        engines.stop()
+    assert engines.writers.actors == [] and engines.stats.actor is None

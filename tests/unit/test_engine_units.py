@@ -530,3 +530,39 @@ def test_a_round_without_stage_figures_still_has_its_summary_line():
     rnd["engine"] = {**figures, "busy_share": 0.5, "mean_in_flight": 2.0}
     assert "engine busy 50% (mean 2.0 in flight" in format_summary({"output": "runs/x", "rounds": [rnd],
                                                                     "final": {"rows": 3}})
+
+
+def test_an_attempt_writer_serves_the_next_phase_after_close(tmp_path):
+    """The run keeps its writers from one phase to the next (issue 29: no actor start per round):
+    after `close`, `begin` points a writer at the next phase's folder and names; its files and
+    counts start anew. A writer still holding rows refuses a new phase instead of losing them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import AttemptWriter
+    from evol_ray.io.storage import locate
+
+    schema = pa.schema([("id", pa.string())])
+    first, second = (locate(str(tmp_path / d), StorageConfig()) for d in ("round_1", "round_2"))
+    for loc in (first, second):
+        loc.fs.makedirs(loc.path, exist_ok=True)
+    w = AttemptWriter()
+
+    async def go():
+        await w.begin(first, schema, "a-0", 100, 60.0)
+        await w.add(pa.table({"id": ["x", "y"]}, schema=schema))
+        one = await w.close()
+        await w.begin(second, schema, "b-0", 100, 0.2)
+        await w.add(pa.table({"id": ["z"]}, schema=schema))
+        await asyncio.sleep(0.6)  # the next phase's own time flush runs
+        two = await w.close()
+        await w.add(pa.table({"id": ["late"]}, schema=schema))
+        with pytest.raises(RuntimeError, match="1 rows of the last phase were never written"):
+            await w.begin(first, schema, "c-0", 100, 60.0)
+        return one, two
+
+    one, two = asyncio.run(go())
+    assert list(one.values()) == [2] and all("/round_1/a-0-" in p for p in one)
+    assert list(two.values()) == [1] and all("/round_2/b-0-" in p for p in two)
+    assert [pq.read_table(p).column("id").to_pylist() for p in two] == [["z"]]
