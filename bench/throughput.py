@@ -193,7 +193,7 @@ class CpuByProcess:
             words = p.cmdline()
         except Exception:
             return ""
-        first = (words[0] if words else "").split()[0] if words and words[0].strip() else ""
+        first = words[0].split()[0] if words and words[0].strip() else ""
         if p.pid == os.getpid():
             return "driver"
         if first.startswith(("ray::", "VLLM::")):
