@@ -150,18 +150,17 @@ class Writers:
 
 
 @contextlib.contextmanager
-def writing(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: float,
-            kept: Optional[Writers] = None) -> Iterator[Tuple[List, Dict[str, int]]]:
-    """`n` writers into `loc` for the body (`kept`'s, the run's, or new ones that end with it),
-    and the files they wrote (path -> rows), filled when it ends. When the body fails or is
-    stopped, what the writers hold is written first and they are ended; a write that failed (a
-    full disk) is raised as itself, since it is why the stage stopped and Ray Data's wrapper of
-    the stage's error keeps only the text of its cause."""
-    mine = kept if kept is not None else Writers()
-    writers = mine.begin(loc, schema, n, flush_rows, flush_s)
+def writing(kept: Writers, loc: Location, schema: pa.Schema, n: int, flush_rows: int,
+            flush_s: float) -> Iterator[Tuple[List, Dict[str, int]]]:
+    """`n` of the run's writers (`kept`) into `loc` for the body, and the files they wrote (path ->
+    rows), filled when it ends. When the body fails or is stopped, what the writers hold is written
+    first and they are ended; a write that failed (a full disk) is raised as itself, since it is
+    why the stage stopped and Ray Data's wrapper of the stage's error keeps only the text of its
+    cause."""
     written: Dict[str, int] = {}
     closed = False
     try:
+        writers = kept.begin(loc, schema, n, flush_rows, flush_s)  # a writer lost since the last phase fails here
         try:
             yield writers, written
         except BaseException as e:
@@ -174,8 +173,8 @@ def writing(loc: Location, schema: pa.Schema, n: int, flush_rows: int, flush_s: 
         written.update(close_writers(writers))
         closed = True
     finally:
-        if not closed or kept is None:
-            mine.stop()
+        if not closed:
+            kept.stop()  # the next phase starts new ones
 
 
 def to_writers(batch: pa.Table, writers: List) -> pa.Table:

@@ -215,11 +215,11 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
     total = None if expected_rows is None else expected_rows - resumed
     log.info("%s: engine phase: %s rows on %s%s", label, "?" if total is None else total, on,
              f", {resumed} resumed" if resumed else "")
-    stats = engines.stats.begin(label)  # the run's, as its writers: a phase starts no actor
     try:
+        stats = engines.stats.begin(label)  # the run's, as its writers: a phase starts no actor
         engines.round_begin()
-        with attempt_files.writing(attempts_dir, C.ROUND_SCHEMA, engines.stage_actors, cfg.output.flush_rows,
-                                   cfg.output.flush_s, kept=engines.writers) as (writers, written):
+        with attempt_files.writing(engines.writers, attempts_dir, C.ROUND_SCHEMA, engines.stage_actors,
+                                   cfg.output.flush_rows, cfg.output.flush_s) as (writers, written):
             try:
                 with progress.shown(label, total, stats, cfg.output.progress_every_s, fresh=True):
                     attempt(todo(pool), stats, writers)  # returns when every row is with the writers
@@ -233,7 +233,7 @@ def engine_phase(cfg: Config, rdir: Location, label: str, pool: ray.data.Dataset
                                f"answered are kept in {attempts_dir.url}; run again to resume") from None
         figures = engines.round_figures(ray.get(stats.get.remote()))
     except BaseException:
-        engines.stats.stop()  # a failed phase's late reports never reach the next one's figures
+        engines.stats.stop()  # a failed phase's late reports never reach the next one's figures (or it was lost)
         raise
     done = time.monotonic()
     parts = _readable_parts(attempts_dir, label, {**done_parts, **written})

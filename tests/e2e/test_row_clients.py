@@ -123,8 +123,8 @@ def test_the_attempt_writers_and_stats_actor_serve_every_phase_until_one_fails(t
 
     def phase(folder, ids, fail=False):
         stats = engines.stats.begin(folder)
-        with writing(locate(str(tmp_path / folder), StorageConfig()), schema, 2, 100, 60.0,
-                     kept=engines.writers) as (writers, written):
+        with writing(engines.writers, locate(str(tmp_path / folder), StorageConfig()), schema, 2, 100,
+                     60.0) as (writers, written):
             ray.get(writers[0].add.remote(pa.table({"id": ids}, schema=schema)))
             ray.get(stats.report.remote(f"client-{folder}", {"rows": len(ids)}))
             if fail:
@@ -147,3 +147,34 @@ def test_the_attempt_writers_and_stats_actor_serve_every_phase_until_one_fails(t
     finally:
         engines.stop()
     assert engines.writers.actors == [] and engines.stats.actor is None
+
+
+def test_a_writer_lost_between_phases_fails_that_phase_and_the_next_starts_new_ones(tmp_path, ray_local):
+    """A kept writer that died between two phases (its node lost): the next phase fails on it with
+    the writers ended, and the one after writes through new ones instead of the dead actor."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from evol_ray.config import StorageConfig
+    from evol_ray.io.attempt_files import writing
+    from evol_ray.io.storage import locate
+
+    engines = _engines(tmp_path)
+    schema = pa.schema([("id", pa.string())])
+
+    def phase(folder, ids):
+        with writing(engines.writers, locate(str(tmp_path / folder), StorageConfig()), schema, 1, 100,
+                     60.0) as (writers, written):
+            ray.get(writers[0].add.remote(pa.table({"id": ids}, schema=schema)))
+        return written
+
+    try:
+        phase("round_1", ["a"])
+        ray.kill(engines.writers.actors[0], no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):
+            phase("round_2", ["b"])
+        assert engines.writers.actors == []
+        written = phase("round_2", ["b"])
+    finally:
+        engines.stop()
+    assert [pq.read_table(p).column("id").to_pylist() for p in written] == [["b"]]
